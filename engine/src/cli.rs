@@ -1,0 +1,194 @@
+//! The command line: one subcommand per user job.
+
+use crate::orchestrator::progress::ProgressMode;
+use crate::orchestrator::{self, RunOptions};
+use crate::plugins::{self, SearchPath};
+use crate::runtime::Runtime;
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(name = "engine", version, about = "Run WebAssembly benchmark functions as sharded, sandboxed runs")]
+pub struct Cli {
+    /// More logging (-v info, -vv debug); `RUST_LOG` overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors and the final summary.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the function a config names and write its table.
+    Run {
+        /// The run's `config.toml` (or `.json`).
+        config: PathBuf,
+        /// Write the table here instead of `output.path`.
+        #[arg(long)]
+        output: Option<String>,
+        /// Mount this directory read-only as the guest's data directory.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Number of workers (overrides `cluster.workers`).
+        #[arg(long)]
+        workers: Option<usize>,
+        /// Look for plugins here first (repeatable).
+        #[arg(long = "plugins", value_name = "DIR")]
+        plugins: Vec<PathBuf>,
+    },
+    /// Check a config (and its function and arguments) without running it.
+    Validate {
+        config: PathBuf,
+        #[arg(long = "plugins", value_name = "DIR")]
+        plugins: Vec<PathBuf>,
+    },
+    /// List the functions on the plugin search path, with their parameters.
+    Functions {
+        #[arg(long = "plugins", value_name = "DIR")]
+        plugins: Vec<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Run a parsed command line; errors are printed by `main`.
+pub async fn run(cli: Cli) -> Result<ExitCode> {
+    let progress = if cli.quiet { ProgressMode::Quiet } else { ProgressMode::Auto };
+    match cli.command {
+        Command::Run { config, output, data, workers, plugins } => {
+            let opts = RunOptions { config, output, data, workers, plugins, progress };
+            let s = orchestrator::run(opts).await?;
+            let ok = s.shards - s.failed;
+            eprintln!(
+                "{}: {} shards ({ok} ok, {} failed), {} rows in {:.2}s -> {}",
+                if s.failed == 0 { "done" } else { "done with failures" },
+                s.shards,
+                s.failed,
+                s.rows,
+                s.elapsed.as_secs_f64(),
+                s.output
+            );
+            Ok(if s.failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Validate { config, plugins } => {
+            let opts = RunOptions { config: config.clone(), output: None, data: None, workers: None, plugins, progress };
+            let (p, shards) = tokio::task::block_in_place(|| -> Result<_> {
+                let runtime = Runtime::new(1)?;
+                let p = orchestrator::prepare(&runtime, &opts)?;
+                let shards = orchestrator::plan(&runtime, &p)?;
+                Ok((p, shards))
+            })?;
+            println!(
+                "ok: `{}` calls `{}` from `{}`: {} shards, output `{}`",
+                config.display(),
+                p.config.run.function,
+                p.component_path.display(),
+                shards.len(),
+                p.output
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Functions { plugins, json } => {
+            let search = SearchPath::new(&plugins);
+            let catalog = tokio::task::block_in_place(|| -> Result<_> {
+                let runtime = Runtime::new(1)?;
+                Ok(plugins::catalog(&runtime, &search))
+            })?;
+            print_functions(&search, catalog, json)
+        }
+    }
+}
+
+fn print_functions(
+    search: &SearchPath,
+    catalog: Vec<(PathBuf, Result<Vec<crate::runtime::FunctionInfo>>)>,
+    json: bool,
+) -> Result<ExitCode> {
+    if json {
+        let items: Vec<_> = catalog
+            .iter()
+            .filter_map(|(path, f)| f.as_ref().ok().map(|f| serde_json::json!({ "component": path, "functions": f })))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&items)?);
+    }
+    let mut any = false;
+    for (path, functions) in &catalog {
+        match functions {
+            Ok(functions) if !json => {
+                for f in functions {
+                    any = true;
+                    println!("{}  ({})", f.name, path.display());
+                    for line in f.doc.lines() {
+                        println!("    {line}");
+                    }
+                    let width = f.params.iter().map(|p| p.name.len()).max().unwrap_or(0);
+                    let twidth = f.params.iter().map(|p| p.ty.len()).max().unwrap_or(0);
+                    for p in &f.params {
+                        let default = match &p.default {
+                            Some(d) => format!("default {d}"),
+                            None => "required".into(),
+                        };
+                        println!("    {:width$}  {:twidth$}  {default}", p.name, p.ty);
+                        for line in p.doc.lines() {
+                            println!("    {:width$}    {line}", "");
+                        }
+                    }
+                    println!();
+                }
+            }
+            Ok(_) => any = true,
+            Err(e) => eprintln!("warning: skipped `{}`: {e:#}", path.display()),
+        }
+    }
+    if !any {
+        let dirs: Vec<String> = search.dirs.iter().map(|d| format!("`{}`", d.display())).collect();
+        eprintln!("no functions found; searched {}", dirs.join(", "));
+        eprintln!("hint: build the plugins with `scripts/demo`, or pass `--plugins DIR`");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The whole program: parse arguments, set up logging, run, report errors.
+/// `main.rs` calls this; so does the test suite's copy of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default = match (cli.quiet, cli.verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        _ => "debug",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::env::var_os("NO_COLOR").is_none() && std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .without_time()
+        .with_target(false)
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            if e.downcast_ref::<crate::InputError>().is_some() { ExitCode::from(2) } else { ExitCode::from(1) }
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! `engine`: see `engine::cli`.
+
+fn main() -> std::process::ExitCode {
+    engine::cli::main()
+}

@@ -1,0 +1,392 @@
+//! wasmtime: one engine per process, components compiled once and cached on
+//! disk, every call in a fresh sandboxed store.
+
+mod cache;
+mod host;
+
+use crate::table::{Cell, error_part};
+use anyhow::{Context, Result, bail};
+use host::{Bindings, BindingsPre, HostLimits, HostStop, ShardState};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{FsPerms, WasiCtx};
+
+pub use cache::cache_dir;
+
+/// How often the epoch ticks; deadlines are counted in ticks.
+const TICK: Duration = Duration::from_millis(10);
+
+/// Where the data directory appears inside the guest.
+pub const GUEST_DATA_DIR: &str = "/data";
+
+/// A parameter of a plugin function.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParamInfo {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub ty: String,
+    /// JSON text; `None` means required.
+    pub default: Option<String>,
+    pub doc: String,
+}
+
+/// A function a plugin offers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionInfo {
+    pub name: String,
+    pub doc: String,
+    pub params: Vec<ParamInfo>,
+}
+
+/// One independent piece of a call, as planned by the guest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Shard {
+    pub key: Vec<(String, Cell)>,
+    pub payload: String,
+}
+
+/// The sandbox of one call.
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    pub memory: u64,
+    pub timeout: Duration,
+    pub output_size: u64,
+    pub log_size: u64,
+    /// Mounted read-only at [`GUEST_DATA_DIR`].
+    pub data_dir: Option<PathBuf>,
+    /// Seeds `wasi:random` so a shard's randomness is reproducible.
+    pub seed: u64,
+}
+
+impl Sandbox {
+    /// Small limits for `describe`.
+    fn for_describe() -> Sandbox {
+        Sandbox {
+            memory: 256 << 20,
+            timeout: Duration::from_secs(30),
+            output_size: 1 << 20,
+            log_size: 1 << 20,
+            data_dir: None,
+            seed: 0,
+        }
+    }
+}
+
+/// Why a shard failed, as written at the start of its `error` cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorKind {
+    Timeout,
+    OutOfMemory,
+    Trap,
+    GuestError,
+    LimitExceeded,
+    Denied,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::OutOfMemory => "out-of-memory",
+            ErrorKind::Trap => "trap",
+            ErrorKind::GuestError => "guest-error",
+            ErrorKind::LimitExceeded => "limit-exceeded",
+            ErrorKind::Denied => "denied",
+        }
+    }
+}
+
+/// A classified failure of a guest call.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{}: {message}", kind.as_str())]
+pub struct GuestFailure {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+/// What running one shard produced.
+#[derive(Debug)]
+pub struct ShardOutput {
+    /// The part: rows on success, the key and `error` on failure.
+    pub part: Vec<u8>,
+    pub failure: Option<GuestFailure>,
+    pub log: Vec<u8>,
+    pub outputs: BTreeMap<String, Vec<u8>>,
+    pub elapsed: Duration,
+}
+
+/// A compiled component, ready to instantiate.
+pub struct Plugin {
+    pub sha256: String,
+    /// Where it came from, for messages.
+    pub origin: String,
+    pre: BindingsPre<ShardState>,
+}
+
+/// The process's wasmtime engine, linker and component cache.
+pub struct Runtime {
+    engine: Engine,
+    linker: wasmtime::component::Linker<ShardState>,
+    cache_dir: Option<PathBuf>,
+    loaded: Mutex<HashMap<String, Arc<Plugin>>>,
+}
+
+impl Runtime {
+    /// An engine able to run `slots` sandboxes at once.
+    pub fn new(slots: u32) -> Result<Runtime> {
+        let slots = slots.max(1) + 2;
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(slots)
+            .total_core_instances(slots * 16)
+            .total_memories(slots * 4)
+            .total_tables(slots * 16)
+            .total_stacks(slots)
+            .max_core_instances_per_component(64)
+            .max_memories_per_component(16)
+            .max_tables_per_component(64)
+            .max_memories_per_module(1)
+            .max_tables_per_module(4)
+            .table_elements(200_000)
+            .max_core_instance_size(16 << 20)
+            .max_component_instance_size(16 << 20)
+            .max_memory_size(4 << 30);
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .max_wasm_stack(2 << 20);
+        let engine = Engine::new(&config).map_err(anyhow::Error::from).context("cannot start the WebAssembly engine")?;
+        spawn_ticker(&engine);
+        let linker = host::linker(&engine)?;
+        Ok(Runtime { engine, linker, cache_dir: cache_dir(), loaded: Mutex::new(HashMap::new()) })
+    }
+
+    /// Load a component file (compiling it, or reusing the on-disk cache).
+    pub fn load_file(&self, path: &Path) -> Result<Arc<Plugin>> {
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read component `{}`", path.display()))?;
+        self.load_bytes(&bytes, &path.display().to_string())
+    }
+
+    /// Load a component from bytes; `origin` names it in messages.
+    pub fn load_bytes(&self, bytes: &[u8], origin: &str) -> Result<Arc<Plugin>> {
+        let sha256 = cache::sha256_hex(bytes);
+        if let Some(p) = self.loaded.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.get(&sha256) {
+            return Ok(p.clone());
+        }
+        check_is_component(bytes, origin)?;
+        let component = cache::compile(&self.engine, self.cache_dir.as_deref(), &sha256, bytes)
+            .with_context(|| format!("cannot compile `{origin}`"))?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| anyhow::anyhow!("`{origin}` cannot run in the sandbox: {}", root_message(&e)))?;
+        let pre = BindingsPre::new(pre).map_err(|e| {
+            anyhow::anyhow!(
+                "`{origin}` is not an engine plugin (world `engine:plugin/plugin@{}`): {}",
+                crate::WIT_VERSION,
+                root_message(&e)
+            )
+        })?;
+        let plugin = Arc::new(Plugin { sha256: sha256.clone(), origin: origin.to_owned(), pre });
+        self.loaded.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.insert(sha256, plugin.clone());
+        Ok(plugin)
+    }
+
+    fn instantiate(&self, plugin: &Plugin, sandbox: &Sandbox) -> Result<(Store<ShardState>, Bindings, [MemoryOutputPipe; 2])> {
+        let pipes = [MemoryOutputPipe::new(sandbox.log_size as usize), MemoryOutputPipe::new(sandbox.log_size as usize)];
+        let mut wasi = WasiCtx::builder();
+        wasi.stdout(pipes[0].clone()).stderr(pipes[1].clone());
+        if let Some(dir) = &sandbox.data_dir {
+            wasi.preopened_dir(dir, GUEST_DATA_DIR, FsPerms::ReadOnly)
+                .map_err(anyhow::Error::from)
+                .with_context(|| format!("cannot open the data directory `{}`", dir.display()))?;
+        }
+        use rand::SeedableRng;
+        wasi.secure_random(rand::rngs::StdRng::seed_from_u64(sandbox.seed))
+            .insecure_random(rand::rngs::StdRng::seed_from_u64(sandbox.seed ^ 0x5eed))
+            .insecure_random_seed(u128::from(sandbox.seed))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        let limits = HostLimits { memory: sandbox.memory, output_size: sandbox.output_size, log_size: sandbox.log_size };
+        let mut store = Store::new(&self.engine, ShardState::new(wasi.build(), limits));
+        store.limiter(|s| s);
+        let ticks = (sandbox.timeout.as_millis() / TICK.as_millis()).max(1) as u64 + 1;
+        store.set_epoch_deadline(ticks);
+        store.epoch_deadline_trap();
+        let bindings = plugin.pre.instantiate(&mut store)?;
+        Ok((store, bindings, pipes))
+    }
+
+    /// The functions a plugin offers.
+    pub fn describe(&self, plugin: &Plugin) -> Result<Vec<FunctionInfo>> {
+        let (mut store, bindings, _) = self.instantiate(plugin, &Sandbox::for_describe())?;
+        let infos = bindings
+            .call_describe(&mut store)
+            .map_err(|e| anyhow::anyhow!("`describe` of `{}` failed: {}", plugin.origin, classify(&e, store.data())))?;
+        Ok(infos
+            .into_iter()
+            .map(|f| FunctionInfo {
+                name: f.name,
+                doc: f.doc,
+                params: f
+                    .params
+                    .into_iter()
+                    .map(|p| ParamInfo { name: p.name, ty: p.type_, default: p.default, doc: p.doc })
+                    .collect(),
+            })
+            .collect())
+    }
+
+    /// Split a call into shards.
+    pub fn plan(&self, plugin: &Plugin, function: &str, args: &str, sandbox: &Sandbox) -> Result<Vec<Shard>, GuestFailure> {
+        let (mut store, bindings, _) = self.instantiate(plugin, sandbox).map_err(|e| GuestFailure {
+            kind: ErrorKind::Denied,
+            message: format!("{e:#}"),
+        })?;
+        match bindings.call_plan(&mut store, function, args) {
+            Ok(Ok(shards)) => Ok(shards
+                .into_iter()
+                .map(|s| Shard { key: s.key.into_iter().map(|(k, v)| (k, host::from_wit(v))).collect(), payload: s.payload })
+                .collect()),
+            Ok(Err(message)) => Err(GuestFailure { kind: ErrorKind::GuestError, message }),
+            Err(e) => Err(classify(&e, store.data())),
+        }
+    }
+
+    /// Run one shard in a fresh sandbox. Never fails: a failure is data.
+    pub fn run(&self, plugin: &Plugin, function: &str, args: &str, shard: &Shard, sandbox: &Sandbox) -> ShardOutput {
+        let started = Instant::now();
+        let (mut store, bindings, pipes) = match self.instantiate(plugin, sandbox) {
+            Ok(x) => x,
+            Err(e) => {
+                let failure = GuestFailure { kind: ErrorKind::Denied, message: format!("{e:#}") };
+                return failed_output(shard, failure, Vec::new(), started);
+            }
+        };
+        let wit_shard = host::wit::Shard {
+            key: shard.key.iter().map(|(k, v)| (k.clone(), host::to_wit(v))).collect(),
+            payload: shard.payload.clone(),
+        };
+        let result = store
+            .data_mut()
+            .new_writer()
+            .and_then(|writer| bindings.call_run(&mut store, function, args, &wit_shard, writer));
+        let failure = match result {
+            Ok(Ok(())) => None,
+            Ok(Err(message)) => Some(GuestFailure { kind: ErrorKind::GuestError, message }),
+            Err(e) => Some(classify(&e, store.data())),
+        };
+        let mut log = std::mem::take(&mut store.data_mut().log);
+        for (name, pipe) in ["stdout", "stderr"].iter().zip(&pipes) {
+            let text = pipe.contents();
+            if !text.is_empty() {
+                log.extend_from_slice(format!("--- {name} ---\n").as_bytes());
+                log.extend_from_slice(&text);
+            }
+        }
+        let state = store.into_data();
+        match failure {
+            Some(f) => failed_output(shard, f, log, started),
+            None => ShardOutput {
+                part: state.part.finish(),
+                failure: None,
+                log,
+                outputs: state.outputs,
+                elapsed: started.elapsed(),
+            },
+        }
+    }
+}
+
+fn failed_output(shard: &Shard, failure: GuestFailure, log: Vec<u8>, started: Instant) -> ShardOutput {
+    ShardOutput {
+        part: error_part(&shard.key, &failure.to_string()),
+        failure: Some(failure),
+        log,
+        outputs: BTreeMap::new(),
+        elapsed: started.elapsed(),
+    }
+}
+
+/// Name a failure the way an operator thinks of it.
+fn classify(e: &wasmtime::Error, state: &ShardState) -> GuestFailure {
+    if let Some(stop) = e.downcast_ref::<HostStop>() {
+        let kind = match stop {
+            HostStop::LimitExceeded(_) => ErrorKind::LimitExceeded,
+            HostStop::BadRow(_) => ErrorKind::GuestError,
+        };
+        return GuestFailure { kind, message: stop.to_string() };
+    }
+    let message = root_message(e);
+    if let Some(trap) = e.downcast_ref::<Trap>() {
+        if *trap == Trap::Interrupt {
+            return GuestFailure { kind: ErrorKind::Timeout, message: "the shard ran past `limits.timeout`".into() };
+        }
+        if state.memory_denied {
+            return GuestFailure {
+                kind: ErrorKind::OutOfMemory,
+                message: format!("the guest needed more than `limits.memory` ({} bytes) and stopped: {message}", state.limits().memory),
+            };
+        }
+        return GuestFailure { kind: ErrorKind::Trap, message: guest_trap_message(e, &message) };
+    }
+    if message.contains("write beyond capacity of MemoryOutputPipe") {
+        return GuestFailure { kind: ErrorKind::LimitExceeded, message: "stdout/stderr exceeded `limits.log_size`".into() };
+    }
+    if state.memory_denied {
+        return GuestFailure { kind: ErrorKind::OutOfMemory, message: format!("the guest ran out of `limits.memory`: {message}") };
+    }
+    GuestFailure { kind: ErrorKind::Trap, message }
+}
+
+/// A trap's reason, plus the guest function where it happened when known.
+fn guest_trap_message(e: &wasmtime::Error, message: &str) -> String {
+    let frame = e
+        .downcast_ref::<wasmtime::WasmBacktrace>()
+        .and_then(|bt| bt.frames().iter().find_map(|f| f.func_name().map(str::to_owned)));
+    match frame {
+        Some(f) => format!("{message} (in `{f}`)"),
+        None => message.to_owned(),
+    }
+}
+
+fn root_message(e: &wasmtime::Error) -> String {
+    e.chain().last().map(|c| c.to_string()).unwrap_or_default()
+}
+
+/// Refuse what is not a component before wasmtime says something obscure.
+fn check_is_component(bytes: &[u8], origin: &str) -> Result<()> {
+    if bytes.len() < 8 || &bytes[0..4] != b"\0asm" {
+        bail!("`{origin}` is not a WebAssembly file");
+    }
+    // Layer 1 = component, 0 = core module.
+    if bytes[6..8] == [0, 0] {
+        bail!(
+            "`{origin}` is a core WebAssembly module, not a component; build it with \
+             `cargo build --target wasm32-wasip2` (or `wasm-tools component new`)"
+        );
+    }
+    Ok(())
+}
+
+fn spawn_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("epoch-ticker".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(TICK);
+            }
+        })
+        .ok();
+}

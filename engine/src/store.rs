@@ -1,0 +1,171 @@
+//! Object stores (local paths, `file://`, `s3://`, memory) and the run layout.
+//!
+//! A run lives under `runs/<run-id>/` (or `tenants/<tenant>/runs/<run-id>/`):
+//!
+//! | object                 | written by   | how                       |
+//! |------------------------|--------------|---------------------------|
+//! | `run.json`             | orchestrator | overwrite                 |
+//! | `component.wasm`       | orchestrator | overwrite                 |
+//! | `shards.json`          | orchestrator | create-if-absent          |
+//! | `claims/<shard>`       | workers      | create-if-absent          |
+//! | `parts/<shard>.csv`    | workers      | create-if-absent (1 only) |
+//! | `failed/<shard>`       | workers      | overwrite                 |
+//! | `log/<shard>.log`      | workers      | overwrite                 |
+//! | `outputs/<shard>/<name>` | workers    | overwrite                 |
+//!
+//! `<shard>` is the shard's index, zero-padded to eight digits.
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
+use std::sync::Arc;
+
+/// A store and a path inside it: where a file or a directory lives.
+#[derive(Clone)]
+pub struct Location {
+    pub store: Arc<dyn ObjectStore>,
+    pub path: ObjPath,
+    /// As the user wrote it, for messages.
+    pub display: String,
+}
+
+impl std::fmt::Debug for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.display)
+    }
+}
+
+impl Location {
+    /// Parse a local path, `file://…`, `s3://bucket/key` or `memory://`.
+    pub fn parse(text: &str) -> Result<Location> {
+        let display = text.to_owned();
+        if let Some(rest) = text.strip_prefix("memory://") {
+            return Ok(Location { store: Arc::new(InMemory::new()), path: ObjPath::from(rest), display });
+        }
+        if text.contains("://") {
+            let url = url::Url::parse(text).with_context(|| format!("`{text}` is not a valid URL"))?;
+            if url.scheme() == "file" {
+                let path = url.to_file_path().map_err(|_| anyhow::anyhow!("`{text}` is not a local file URL"))?;
+                return local(&path, display);
+            }
+            if url.scheme() == "s3" {
+                let bucket = url.host_str().unwrap_or_default();
+                if bucket.is_empty() {
+                    bail!("`{text}` names no bucket; write `s3://BUCKET/KEY`");
+                }
+                let store = object_store::aws::AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .build()
+                    .with_context(|| format!("cannot configure S3 for `{text}`"))?;
+                let path = ObjPath::from(url.path().trim_start_matches('/'));
+                return Ok(Location { store: Arc::new(store), path, display });
+            }
+            let (store, path) = object_store::parse_url(&url)
+                .with_context(|| format!("`{text}`: unsupported store; use a local path, `file://` or `s3://`"))?;
+            return Ok(Location { store: Arc::from(store), path, display });
+        }
+        local(std::path::Path::new(text), display)
+    }
+
+    /// A location below this one.
+    pub fn child(&self, rel: &str) -> Location {
+        let mut path = self.path.clone();
+        for part in rel.split('/').filter(|p| !p.is_empty()) {
+            path = path.child(part);
+        }
+        Location { store: self.store.clone(), path, display: format!("{}/{rel}", self.display.trim_end_matches('/')) }
+    }
+}
+
+fn local(path: &std::path::Path, display: String) -> Result<Location> {
+    let absolute = std::path::absolute(path).with_context(|| format!("bad path `{}`", path.display()))?;
+    let path = ObjPath::from_absolute_path(&absolute).with_context(|| format!("bad path `{}`", absolute.display()))?;
+    Ok(Location { store: Arc::new(LocalFileSystem::new()), path, display })
+}
+
+/// The run's folder in the store, with the few operations the protocol uses.
+#[derive(Clone, Debug)]
+pub struct RunStore {
+    pub root: Location,
+}
+
+/// The store key of a shard index.
+pub fn shard_name(i: usize) -> String {
+    format!("{i:08}")
+}
+
+impl RunStore {
+    /// `runs/<run_id>` (under `tenants/<tenant>/` for a tenant) in `base`.
+    pub fn new(base: &Location, tenant: Option<&str>, run_id: &str) -> RunStore {
+        let rel = match tenant {
+            Some(t) => format!("tenants/{t}/runs/{run_id}"),
+            None => format!("runs/{run_id}"),
+        };
+        RunStore { root: base.child(&rel) }
+    }
+
+    fn path(&self, rel: &str) -> ObjPath {
+        self.root.child(rel).path
+    }
+
+    /// Write, replacing what is there.
+    pub async fn put(&self, rel: &str, bytes: impl Into<Bytes>) -> Result<()> {
+        let path = self.path(rel);
+        self.root
+            .store
+            .put(&path, PutPayload::from_bytes(bytes.into()))
+            .await
+            .with_context(|| format!("cannot write `{path}`"))?;
+        Ok(())
+    }
+
+    /// Write only if absent; `false` when another writer was first.
+    pub async fn create(&self, rel: &str, bytes: impl Into<Bytes>) -> Result<bool> {
+        let path = self.path(rel);
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match self.root.store.put_opts(&path, PutPayload::from_bytes(bytes.into()), opts).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(e).with_context(|| format!("cannot create `{path}`")),
+        }
+    }
+
+    /// Read a whole object, `None` if absent.
+    pub async fn get(&self, rel: &str) -> Result<Option<Bytes>> {
+        let path = self.path(rel);
+        match self.root.store.get(&path).await {
+            Ok(r) => Ok(Some(r.bytes().await.with_context(|| format!("cannot read `{path}`"))?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read `{path}`")),
+        }
+    }
+
+    /// The first bytes of an object (for headers).
+    pub async fn get_prefix(&self, rel: &str, len: u64) -> Result<Bytes> {
+        let path = self.path(rel);
+        let meta = self.root.store.head(&path).await.with_context(|| format!("cannot read `{path}`"))?;
+        let end = meta.size.min(len);
+        self.root.store.get_range(&path, 0..end).await.with_context(|| format!("cannot read `{path}`"))
+    }
+
+    /// The names directly or indirectly below `rel/`, relative to it.
+    pub async fn list(&self, rel: &str) -> Result<Vec<String>> {
+        let prefix = self.path(rel);
+        let metas: Vec<_> = self
+            .root
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .with_context(|| format!("cannot list `{prefix}`"))?;
+        let strip = format!("{prefix}/");
+        Ok(metas
+            .into_iter()
+            .filter_map(|m| m.location.as_ref().strip_prefix(&strip).map(str::to_owned))
+            .collect())
+    }
+}

@@ -1,0 +1,212 @@
+//! Result tables: cells, one shard's part (a CSV with its own header), and the
+//! column logic of merging parts into one CSV.
+//!
+//! A part's columns are the names its rows used, in first-seen order; the merged
+//! table's columns are the union over parts in shard order, with `error` last.
+
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+/// The column every output has: empty on success, `kind: message` on failure.
+pub const ERROR_COLUMN: &str = "error";
+
+/// One cell of a result table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Cell {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(String),
+}
+
+impl Cell {
+    /// The CSV text of a cell: null is empty, floats keep a `.0` or exponent.
+    pub fn to_text(&self) -> String {
+        match self {
+            Cell::Null => String::new(),
+            Cell::Bool(b) => b.to_string(),
+            Cell::Int(i) => i.to_string(),
+            Cell::Float(f) => format!("{f:?}"),
+            Cell::Text(s) => s.clone(),
+        }
+    }
+}
+
+/// Why a row was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RowError {
+    #[error("malformed row {row}: {why}")]
+    Malformed { row: u64, why: String },
+    #[error("the shard's output exceeds `limits.output_size` ({limit} bytes)")]
+    TooLarge { limit: u64 },
+}
+
+/// Builds one shard's part as rows arrive.
+pub struct PartBuilder {
+    columns: Vec<String>,
+    index: HashMap<String, usize>,
+    body: csv::Writer<Vec<u8>>,
+    rows: u64,
+    limit: u64,
+    scratch: Vec<String>,
+}
+
+/// Most columns one row may have; guards the host against absurd rows.
+const MAX_COLUMNS: usize = 10_000;
+
+impl PartBuilder {
+    /// A part that may grow to `limit` bytes.
+    pub fn new(limit: u64) -> Self {
+        PartBuilder {
+            columns: Vec::new(),
+            index: HashMap::new(),
+            body: csv::WriterBuilder::new().flexible(true).from_writer(Vec::new()),
+            rows: 0,
+            limit,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Rows pushed so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Append a row of named cells.
+    pub fn push<'a>(&mut self, row: impl IntoIterator<Item = (&'a str, &'a Cell)>) -> Result<(), RowError> {
+        let n = self.rows + 1;
+        self.scratch.clear();
+        let mut seen = vec![false; self.columns.len()];
+        for (name, cell) in row {
+            if name.is_empty() {
+                return Err(RowError::Malformed { row: n, why: "a cell has an empty column name".into() });
+            }
+            let i = match self.index.get(name) {
+                Some(&i) => i,
+                None => {
+                    if self.columns.len() >= MAX_COLUMNS {
+                        return Err(RowError::Malformed { row: n, why: format!("more than {MAX_COLUMNS} columns") });
+                    }
+                    self.columns.push(name.to_owned());
+                    self.index.insert(name.to_owned(), self.columns.len() - 1);
+                    seen.push(false);
+                    self.columns.len() - 1
+                }
+            };
+            if std::mem::replace(&mut seen[i], true) {
+                return Err(RowError::Malformed { row: n, why: format!("column `{name}` appears twice") });
+            }
+            if self.scratch.len() <= i {
+                self.scratch.resize(i + 1, String::new());
+            }
+            self.scratch[i] = cell.to_text();
+        }
+        if self.scratch.is_empty() {
+            return Err(RowError::Malformed { row: n, why: "the row has no cells".into() });
+        }
+        self.body.write_record(&self.scratch).map_err(|e| RowError::Malformed { row: n, why: e.to_string() })?;
+        self.rows = n;
+        if self.body.get_ref().len() as u64 > self.limit {
+            return Err(RowError::TooLarge { limit: self.limit });
+        }
+        Ok(())
+    }
+
+    /// The finished part: header line, then the rows.
+    pub fn finish(self) -> Vec<u8> {
+        let body = self.body.into_inner().unwrap_or_default();
+        let mut header = csv::Writer::from_writer(Vec::with_capacity(body.len() + 64));
+        // Writing to a Vec cannot fail.
+        let _ = header.write_record(&self.columns);
+        let mut out = header.into_inner().unwrap_or_default();
+        out.extend_from_slice(&body);
+        out
+    }
+}
+
+/// The part of a failed shard: its key cells and the error.
+pub fn error_part(key: &[(String, Cell)], error: &str) -> Vec<u8> {
+    let mut part = PartBuilder::new(u64::MAX);
+    let error = Cell::Text(error.to_owned());
+    let cells = key.iter().map(|(k, v)| (k.as_str(), v)).chain([(ERROR_COLUMN, &error)]);
+    // A key with duplicate names is the plugin's bug; keep the error regardless.
+    if part.push(cells).is_err() {
+        let _ = part.push([(ERROR_COLUMN, &error)]);
+    }
+    part.finish()
+}
+
+/// The union of part headers in order of first appearance, `error` last.
+pub fn merged_columns<'a>(headers: impl IntoIterator<Item = &'a [String]>) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    let mut columns: Vec<String> = Vec::new();
+    for header in headers {
+        for c in header {
+            if c != ERROR_COLUMN && seen.insert(c.clone()) {
+                columns.push(c.clone());
+            }
+        }
+    }
+    columns.push(ERROR_COLUMN.to_owned());
+    columns
+}
+
+/// Parse the header line of a part.
+pub fn parse_header(bytes: &[u8]) -> Result<Vec<String>, csv::Error> {
+    let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(bytes);
+    let mut record = csv::StringRecord::new();
+    reader.read_record(&mut record)?;
+    Ok(record.iter().map(str::to_owned).collect())
+}
+
+/// Copy a part's rows into `out`, placed under the merged `columns`.
+pub fn append_part<W: std::io::Write>(part: &[u8], columns: &[String], out: &mut csv::Writer<W>) -> Result<u64, csv::Error> {
+    let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(part);
+    let header = reader.headers()?.clone();
+    let source: HashMap<&str, usize> = header.iter().enumerate().map(|(i, h)| (h, i)).collect();
+    // For each output column, the part's field that fills it, if any.
+    let from: Vec<Option<usize>> = columns.iter().map(|c| source.get(c.as_str()).copied()).collect();
+    let mut record = csv::ByteRecord::new();
+    let mut n = 0;
+    while reader.read_byte_record(&mut record)? {
+        out.write_record(from.iter().map(|f| f.and_then(|j| record.get(j)).unwrap_or(b"")))?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_grow_and_merge() {
+        let mut a = PartBuilder::new(1 << 20);
+        a.push([("x", &Cell::Int(1))]).unwrap();
+        a.push([("y", &Cell::Float(2.0)), ("x", &Cell::Int(2))]).unwrap();
+        let a = a.finish();
+        assert_eq!(String::from_utf8_lossy(&a), "x,y\n1\n2,2.0\n");
+        let b = error_part(&[("x".into(), Cell::Int(3))], "trap: boom");
+        let ha = parse_header(&a).unwrap();
+        let hb = parse_header(&b).unwrap();
+        let cols = merged_columns([ha.as_slice(), hb.as_slice()]);
+        assert_eq!(cols, ["x", "y", "error"]);
+        let mut out = csv::Writer::from_writer(Vec::new());
+        out.write_record(&cols).unwrap();
+        append_part(&a, &cols, &mut out).unwrap();
+        append_part(&b, &cols, &mut out).unwrap();
+        let text = String::from_utf8(out.into_inner().unwrap()).unwrap();
+        assert_eq!(text, "x,y,error\n1,,\n2,2.0,\n3,,trap: boom\n");
+    }
+
+    #[test]
+    fn refuses_duplicate_columns_and_oversize() {
+        let mut p = PartBuilder::new(10);
+        let err = p.push([("a", &Cell::Int(1)), ("a", &Cell::Int(2))]).unwrap_err();
+        assert!(err.to_string().contains("`a` appears twice"), "{err}");
+        let big = Cell::Text("x".repeat(20));
+        assert_eq!(p.push([("a", &big)]), Err(RowError::TooLarge { limit: 10 }));
+    }
+}

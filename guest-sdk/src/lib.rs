@@ -1,0 +1,445 @@
+//! Write benchmark functions for the engine.
+//!
+//! A plugin is a type implementing [`Plugin`], exported with [`export!`] and built
+//! with `cargo build --target wasm32-wasip2 --release`:
+//!
+//! ```ignore
+//! use guest_sdk::{Call, Function, Param, Plugin, Result, Row, Shard, Table};
+//!
+//! struct Hello;
+//!
+//! impl Plugin for Hello {
+//!     fn describe() -> Vec<Function> {
+//!         vec![Function::new("hello.greet", "Greet each name.")
+//!             .param(Param::new("names", "list<string>", "Who to greet."))]
+//!     }
+//!     fn plan(call: &Call) -> Result<Vec<Shard>> {
+//!         let names: Vec<String> = call.arg("names")?;
+//!         names.iter().map(|n| Shard::new().key("name", n.as_str()).payload(n)).collect()
+//!     }
+//!     fn run(_call: &Call, shard: &Shard, out: &mut Table) -> Result<()> {
+//!         let name: String = shard.get()?;
+//!         out.push(Row::new().set("name", name.as_str()).set("greeting", format!("hello, {name}")))
+//!     }
+//! }
+//!
+//! guest_sdk::export!(Hello);
+//! ```
+//!
+//! Plugin logic also builds natively, so it can be unit-tested with plain
+//! `cargo test` through [`testing`].
+
+extern crate self as guest_sdk;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::fmt;
+
+#[doc(hidden)]
+pub use wit_bindgen;
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "wit",
+        world: "plugin",
+        runtime_path: "::guest_sdk::wit_bindgen::rt",
+        export_macro_name: "__export_plugin",
+        pub_export_macro: true,
+        default_bindings_module: "::guest_sdk::bindings",
+        additional_derives: [PartialEq],
+    });
+}
+
+use bindings::engine::plugin::{host, types as wit};
+
+pub mod testing;
+
+/// The version of the WIT contract this SDK speaks.
+pub const WIT_VERSION: &str = "0.1.0";
+
+/// Where the run's read-only data directory is mounted inside the sandbox.
+///
+/// Natively (in unit tests) it is `$ENGINE_DATA_DIR`, or `data` if unset.
+pub fn data_dir() -> std::path::PathBuf {
+    if cfg!(target_arch = "wasm32") {
+        "/data".into()
+    } else {
+        std::env::var_os("ENGINE_DATA_DIR").map_or_else(|| "data".into(), Into::into)
+    }
+}
+
+// ---------------------------------------------------------------- errors
+
+/// An error a plugin returns; the engine writes its message into the shard's
+/// `error` column.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Error(String);
+
+impl Error {
+    /// An error with this message.
+    pub fn new(message: impl fmt::Display) -> Self {
+        Error(message.to_string())
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<E: std::error::Error> From<E> for Error {
+    fn from(e: E) -> Self {
+        Error(e.to_string())
+    }
+}
+
+/// The result type of plugin functions.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Return early with an [`Error`] built like `format!`.
+#[macro_export]
+macro_rules! bail {
+    ($($arg:tt)*) => { return Err($crate::Error::new(format!($($arg)*))) };
+}
+
+// ---------------------------------------------------------------- cells and rows
+
+/// One cell of a result table: null, bool, integer, float or text.
+pub type Cell = wit::Cell;
+
+impl From<bool> for Cell {
+    fn from(v: bool) -> Self {
+        Cell::Boolean(v)
+    }
+}
+impl From<i64> for Cell {
+    fn from(v: i64) -> Self {
+        Cell::Integer(v)
+    }
+}
+impl From<i32> for Cell {
+    fn from(v: i32) -> Self {
+        Cell::Integer(v.into())
+    }
+}
+impl From<usize> for Cell {
+    fn from(v: usize) -> Self {
+        Cell::Integer(i64::try_from(v).unwrap_or(i64::MAX))
+    }
+}
+impl From<f64> for Cell {
+    fn from(v: f64) -> Self {
+        Cell::Float(v)
+    }
+}
+impl From<f32> for Cell {
+    fn from(v: f32) -> Self {
+        Cell::Float(v.into())
+    }
+}
+impl From<&str> for Cell {
+    fn from(v: &str) -> Self {
+        Cell::Text(v.to_owned())
+    }
+}
+impl From<String> for Cell {
+    fn from(v: String) -> Self {
+        Cell::Text(v)
+    }
+}
+impl<T: Into<Cell>> From<Option<T>> for Cell {
+    fn from(v: Option<T>) -> Self {
+        v.map_or(Cell::Null, Into::into)
+    }
+}
+
+/// A result row: named cells, in the order they are set.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Row {
+    cells: Vec<(String, Cell)>,
+}
+
+impl Row {
+    /// An empty row.
+    pub fn new() -> Self {
+        Row::default()
+    }
+
+    /// Set a cell; setting a column again replaces its value.
+    pub fn set(mut self, column: &str, value: impl Into<Cell>) -> Self {
+        let value = value.into();
+        match self.cells.iter_mut().find(|(c, _)| c == column) {
+            Some(slot) => slot.1 = value,
+            None => self.cells.push((column.to_owned(), value)),
+        }
+        self
+    }
+
+    /// The value of a column, if set.
+    pub fn get(&self, column: &str) -> Option<&Cell> {
+        self.cells.iter().find(|(c, _)| c == column).map(|(_, v)| v)
+    }
+
+    /// The cells in order.
+    pub fn cells(&self) -> &[(String, Cell)] {
+        &self.cells
+    }
+}
+
+/// Where a shard's rows go: the engine's table in the sandbox, a vector in tests.
+pub struct Table<'a> {
+    sink: Sink<'a>,
+}
+
+enum Sink<'a> {
+    Host(&'a host::TableWriter),
+    Memory(&'a mut Vec<Row>),
+}
+
+impl<'a> Table<'a> {
+    /// A table that collects rows in memory (for native tests).
+    pub fn in_memory(rows: &'a mut Vec<Row>) -> Self {
+        Table { sink: Sink::Memory(rows) }
+    }
+
+    /// Push one row. Fails if the engine refuses it (too many rows or bytes).
+    pub fn push(&mut self, row: Row) -> Result<()> {
+        match &mut self.sink {
+            Sink::Host(writer) => writer.push_row(&row.cells).map_err(Error),
+            Sink::Memory(rows) => {
+                rows.push(row);
+                Ok(())
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- describe
+
+/// A parameter of a function, as shown by `engine functions` and checked by
+/// the engine before anything runs.
+#[derive(Debug, Clone)]
+pub struct Param {
+    name: String,
+    ty: String,
+    default: Option<String>,
+    doc: String,
+}
+
+impl Param {
+    /// A required parameter. `ty` is `bool`, `int`, `float`, `string`,
+    /// `list<T>`, `map`, `any`, or alternatives such as `int | list<string>`.
+    pub fn new(name: &str, ty: &str, doc: &str) -> Self {
+        Param { name: name.into(), ty: ty.into(), default: None, doc: doc.into() }
+    }
+
+    /// Make the parameter optional with this default.
+    pub fn default(mut self, value: impl Serialize) -> Self {
+        self.default = Some(serde_json::to_string(&value).unwrap_or_else(|_| "null".into()));
+        self
+    }
+}
+
+/// A function a plugin offers.
+#[derive(Debug, Clone)]
+pub struct Function {
+    name: String,
+    doc: String,
+    params: Vec<Param>,
+}
+
+impl Function {
+    /// A function named by a dotted path such as `hello.greet`.
+    pub fn new(name: &str, doc: &str) -> Self {
+        Function { name: name.into(), doc: doc.into(), params: Vec::new() }
+    }
+
+    /// Add a parameter.
+    pub fn param(mut self, param: Param) -> Self {
+        self.params.push(param);
+        self
+    }
+
+    /// The dotted name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn into_wit(self) -> wit::FunctionInfo {
+        wit::FunctionInfo {
+            name: self.name,
+            doc: self.doc,
+            params: self
+                .params
+                .into_iter()
+                .map(|p| wit::Param { name: p.name, type_: p.ty, default: p.default, doc: p.doc })
+                .collect(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- calls and shards
+
+/// One call of a function: its name and its arguments (defaults filled in).
+#[derive(Debug, Clone)]
+pub struct Call {
+    function: String,
+    args: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Call {
+    /// A call from a function name and a JSON object of arguments.
+    pub fn new(function: &str, args_json: &str) -> Result<Self> {
+        let args = serde_json::from_str(args_json)
+            .map_err(|e| Error::new(format!("arguments are not a JSON object: {e}")))?;
+        Ok(Call { function: function.into(), args })
+    }
+
+    /// The function's dotted name.
+    pub fn function(&self) -> &str {
+        &self.function
+    }
+
+    /// One argument, deserialized.
+    pub fn arg<T: DeserializeOwned>(&self, name: &str) -> Result<T> {
+        let value = self.args.get(name).cloned().unwrap_or(serde_json::Value::Null);
+        serde_json::from_value(value).map_err(|e| Error::new(format!("argument `{name}`: {e}")))
+    }
+
+    /// All arguments, deserialized into one struct.
+    pub fn args<T: DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_value(serde_json::Value::Object(self.args.clone()))
+            .map_err(|e| Error::new(format!("arguments: {e}")))
+    }
+}
+
+/// One independent piece of a call.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Shard {
+    key: Vec<(String, Cell)>,
+    payload: String,
+}
+
+impl Shard {
+    /// An empty shard.
+    pub fn new() -> Self {
+        Shard { key: Vec::new(), payload: "null".into() }
+    }
+
+    /// Add an identifying cell (repeated in the error row if the shard fails).
+    pub fn key(mut self, column: &str, value: impl Into<Cell>) -> Self {
+        self.key.push((column.into(), value.into()));
+        self
+    }
+
+    /// Attach the data the shard needs, serialized as JSON.
+    pub fn payload(mut self, value: impl Serialize) -> Result<Self> {
+        self.payload = serde_json::to_string(&value)?;
+        Ok(self)
+    }
+
+    /// The identifying cells.
+    pub fn keys(&self) -> &[(String, Cell)] {
+        &self.key
+    }
+
+    /// Read the payload back.
+    pub fn get<T: DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_str(&self.payload).map_err(|e| Error::new(format!("shard payload: {e}")))
+    }
+}
+
+// ---------------------------------------------------------------- the plugin trait
+
+/// A benchmark plugin.
+pub trait Plugin {
+    /// The functions this plugin offers, with their parameters.
+    fn describe() -> Vec<Function>;
+    /// Split a call into independent shards.
+    fn plan(call: &Call) -> Result<Vec<Shard>>;
+    /// Run one shard, pushing result rows into `out`.
+    fn run(call: &Call, shard: &Shard, out: &mut Table) -> Result<()>;
+}
+
+// ---------------------------------------------------------------- host services
+
+/// Severity of a log message.
+pub use host::Level;
+
+/// Write a message to the run's log. Natively, to stderr.
+pub fn log(level: Level, message: &str) {
+    if cfg!(target_arch = "wasm32") {
+        host::log(level, message);
+    } else {
+        eprintln!("[{level:?}] {message}");
+    }
+}
+
+/// Log at info level, like `format!`.
+#[macro_export]
+macro_rules! info {
+    ($($arg:tt)*) => { $crate::log($crate::Level::Info, &format!($($arg)*)) };
+}
+
+/// Log at warn level, like `format!`.
+#[macro_export]
+macro_rules! warn {
+    ($($arg:tt)*) => { $crate::log($crate::Level::Warn, &format!($($arg)*)) };
+}
+
+/// Report progress within the current shard.
+pub fn progress(done: u64, total: u64) {
+    if cfg!(target_arch = "wasm32") {
+        host::progress(done, total);
+    }
+}
+
+/// Append bytes to a named side output (e.g. `samples/PAR/BasicMotions.csv`),
+/// stored by the engine beside the result. Natively, kept for [`testing`].
+pub fn emit(name: &str, data: &[u8]) -> Result<()> {
+    if cfg!(target_arch = "wasm32") {
+        host::emit(name, data).map_err(Error)
+    } else {
+        testing::record_emit(name, data);
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- export glue
+
+#[doc(hidden)]
+pub struct Exports<P>(std::marker::PhantomData<P>);
+
+impl<P: Plugin> bindings::Guest for Exports<P> {
+    fn describe() -> Vec<wit::FunctionInfo> {
+        P::describe().into_iter().map(Function::into_wit).collect()
+    }
+
+    fn plan(function: String, args: String) -> Result<Vec<wit::Shard>, String> {
+        let call = Call::new(&function, &args).map_err(|e| e.0)?;
+        let shards = P::plan(&call).map_err(|e| e.0)?;
+        Ok(shards.into_iter().map(|s| wit::Shard { key: s.key, payload: s.payload }).collect())
+    }
+
+    fn run(function: String, args: String, shard: wit::Shard, out: &host::TableWriter) -> Result<(), String> {
+        let call = Call::new(&function, &args).map_err(|e| e.0)?;
+        let shard = Shard { key: shard.key, payload: shard.payload };
+        P::run(&call, &shard, &mut Table { sink: Sink::Host(out) }).map_err(|e| e.0)
+    }
+}
+
+/// Export a [`Plugin`] implementation as the component's entry points.
+#[macro_export]
+macro_rules! export {
+    ($plugin:ty) => {
+        type __EnginePluginExports = $crate::Exports<$plugin>;
+        $crate::bindings::__export_plugin!(__EnginePluginExports with_types_in $crate::bindings);
+    };
+}

@@ -1,0 +1,623 @@
+//! Hand-written neural-network pieces: dense matrix products, a GRU and an LSTM with
+//! forward and backward passes over whole padded batches, and Adam.
+//!
+//! Matrices are row-major `f32` slices; weights are stored `[in × out]` so a layer is
+//! `Y = X · W + b` with one example per row. Sequences are step-major: row `t * B + b`.
+//! Unit tests compile with `F = f64` so finite-difference gradient checks are exact.
+
+use crate::rng::Rng;
+
+#[cfg(not(test))]
+pub type F = f32;
+#[cfg(test)]
+pub type F = f64;
+
+/// `eˣ` for `f32`: 2^(x·log₂e) split into an integer power (built in the exponent bits)
+/// and a degree-6 polynomial on [−½, ½]; relative error ≈ 2e-7, branch-free so loops
+/// over it vectorise (libm's `expf` does not).
+#[cfg(not(test))]
+#[inline]
+pub fn exp(x: F) -> F {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 · 2²³: adding it rounds to an integer
+    let t = x.clamp(-87.0, 88.0) * std::f32::consts::LOG2_E;
+    let r = t + MAGIC;
+    let i = (r.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
+    let f = t - (r - MAGIC);
+    let p = 1.0
+        + f * (std::f32::consts::LN_2
+            + f * (0.240_226_5 + f * (0.055_504_11 + f * (0.009_618_129 + f * (0.001_333_355 + f * 0.000_154_035_3)))));
+    f32::from_bits(((i + 127) << 23) as u32) * p
+}
+
+/// Unit tests run in `f64` with the exact exponential (for gradient checks).
+#[cfg(test)]
+#[inline]
+pub fn exp(x: F) -> F {
+    x.exp()
+}
+
+#[inline]
+pub fn sigmoid(x: F) -> F {
+    1.0 / (1.0 + exp(-x))
+}
+
+#[inline]
+pub fn tanh(x: F) -> F {
+    1.0 - 2.0 / (1.0 + exp(2.0 * x))
+}
+
+#[inline]
+pub fn softplus(x: F) -> F {
+    x.max(0.0) + exp(-x.abs()).ln_1p()
+}
+
+/// A trainable tensor with its gradient and Adam moments.
+#[derive(Clone, Debug)]
+pub struct Param {
+    pub w: Vec<F>,
+    pub g: Vec<F>,
+    m: Vec<F>,
+    v: Vec<F>,
+}
+
+impl Param {
+    /// Uniform in ±1/sqrt(fan_in), like PyTorch's Linear and GRU.
+    pub fn new(n: usize, fan_in: usize, rng: &mut Rng) -> Self {
+        let k = 1.0 / (fan_in.max(1) as f64).sqrt();
+        let w = (0..n).map(|_| rng.uniform(-k, k) as F).collect();
+        Param { w, g: vec![0.0; n], m: vec![0.0; n], v: vec![0.0; n] }
+    }
+
+    pub fn zero_grad(&mut self) {
+        self.g.iter_mut().for_each(|g| *g = 0.0);
+    }
+}
+
+/// Adam (Kingma & Ba), PyTorch defaults except the learning rate.
+#[derive(Clone, Debug)]
+pub struct Adam {
+    pub lr: F,
+    t: i32,
+}
+
+impl Adam {
+    pub fn new(lr: f64) -> Self {
+        Adam { lr: lr as F, t: 0 }
+    }
+
+    pub fn step(&mut self, params: &mut [&mut Param]) {
+        self.t += 1;
+        let (b1, b2, eps): (F, F, F) = (0.9, 0.999, 1e-8);
+        let c1 = 1.0 - b1.powi(self.t);
+        let c2 = 1.0 - b2.powi(self.t);
+        let lr = self.lr / c1;
+        let c2s = c2.sqrt();
+        for p in params.iter_mut() {
+            for i in 0..p.w.len() {
+                let g = p.g[i];
+                p.m[i] = b1 * p.m[i] + (1.0 - b1) * g;
+                p.v[i] = b2 * p.v[i] + (1.0 - b2) * g * g;
+                p.w[i] -= lr * p.m[i] / (p.v[i].sqrt() / c2s + eps);
+            }
+        }
+    }
+}
+
+/// `y[m×n] (+)= x[m×k] · w[k×n]`: 4×8 register blocks (the accumulators stay in
+/// SIMD registers, each loaded weight vector serves four rows).
+pub fn matmul(x: &[F], w: &[F], y: &mut [F], m: usize, k: usize, n: usize, accumulate: bool) {
+    const RB: usize = 4;
+    const CB: usize = 8;
+    let x = &x[..m * k];
+    let w = &w[..k * n];
+    let y = &mut y[..m * n];
+    let mut i = 0;
+    while i + RB <= m {
+        let x0 = &x[i * k..(i + 1) * k];
+        let x1 = &x[(i + 1) * k..(i + 2) * k];
+        let x2 = &x[(i + 2) * k..(i + 3) * k];
+        let x3 = &x[(i + 3) * k..(i + 4) * k];
+        let mut j = 0;
+        while j + CB <= n {
+            let mut acc = [[0.0 as F; CB]; RB];
+            if accumulate {
+                for (r, a) in acc.iter_mut().enumerate() {
+                    a.copy_from_slice(&y[(i + r) * n + j..(i + r) * n + j + CB]);
+                }
+            }
+            for kk in 0..k {
+                let mut wv = [0.0 as F; CB];
+                wv.copy_from_slice(&w[kk * n + j..kk * n + j + CB]);
+                let a = [x0[kk], x1[kk], x2[kk], x3[kk]];
+                for r in 0..RB {
+                    for c in 0..CB {
+                        acc[r][c] += a[r] * wv[c];
+                    }
+                }
+            }
+            for (r, a) in acc.iter().enumerate() {
+                y[(i + r) * n + j..(i + r) * n + j + CB].copy_from_slice(a);
+            }
+            j += CB;
+        }
+        for jj in j..n {
+            for (r, xr) in [x0, x1, x2, x3].iter().enumerate() {
+                let mut s: F = if accumulate { y[(i + r) * n + jj] } else { 0.0 };
+                for kk in 0..k {
+                    s += xr[kk] * w[kk * n + jj];
+                }
+                y[(i + r) * n + jj] = s;
+            }
+        }
+        i += RB;
+    }
+    for i in i..m {
+        let yr = &mut y[i * n..(i + 1) * n];
+        if !accumulate {
+            yr.iter_mut().for_each(|v| *v = 0.0);
+        }
+        for (kk, &a) in x[i * k..(i + 1) * k].iter().enumerate() {
+            for (yv, &wv) in yr.iter_mut().zip(&w[kk * n..(kk + 1) * n]) {
+                *yv += a * wv;
+            }
+        }
+    }
+}
+
+/// Add the bias row `b[n]` to every row of `y[m×n]`.
+pub fn add_bias(y: &mut [F], b: &[F], m: usize, n: usize) {
+    for i in 0..m {
+        for (yv, &bv) in y[i * n..(i + 1) * n].iter_mut().zip(b) {
+            *yv += bv;
+        }
+    }
+}
+
+/// `w[k×n]` transposed into `[n×k]`.
+pub fn transpose(w: &[F], k: usize, n: usize) -> Vec<F> {
+    let mut t = vec![0.0; k * n];
+    for i in 0..k {
+        for j in 0..n {
+            t[j * k + i] = w[i * n + j];
+        }
+    }
+    t
+}
+
+/// `dx[m×k] (+)= dy[m×n] · w[k×n]ᵀ`.
+pub fn matmul_bt(dy: &[F], w: &[F], dx: &mut [F], m: usize, n: usize, k: usize, accumulate: bool) {
+    let wt = transpose(w, k, n);
+    matmul(dy, &wt, dx, m, n, k, accumulate);
+}
+
+/// `dw[k×n] += x[m×k]ᵀ · dy[m×n]` (transpose `x`, then the blocked product).
+pub fn matmul_at(x: &[F], dy: &[F], dw: &mut [F], m: usize, k: usize, n: usize) {
+    let xt = transpose(&x[..m * k], m, k);
+    matmul(&xt, dy, dw, k, m, n, true);
+}
+
+/// `db[n] += Σ_rows dy[m×n]`.
+pub fn col_sum(dy: &[F], db: &mut [F], m: usize, n: usize) {
+    for i in 0..m {
+        for (d, &v) in db.iter_mut().zip(&dy[i * n..(i + 1) * n]) {
+            *d += v;
+        }
+    }
+}
+
+/// A dense layer `Y = X · W + b`.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    pub w: Param,
+    pub b: Param,
+    pub input: usize,
+    pub output: usize,
+}
+
+impl Linear {
+    pub fn new(input: usize, output: usize, rng: &mut Rng) -> Self {
+        Linear { w: Param::new(input * output, input, rng), b: Param::new(output, input, rng), input, output }
+    }
+
+    pub fn forward(&self, x: &[F], y: &mut [F], m: usize) {
+        matmul(x, &self.w.w, y, m, self.input, self.output, false);
+        add_bias(y, &self.b.w, m, self.output);
+    }
+
+    /// Accumulate the weight gradients; write `dx` if asked.
+    pub fn backward(&mut self, x: &[F], dy: &[F], dx: Option<&mut [F]>, m: usize) {
+        matmul_at(x, dy, &mut self.w.g, m, self.input, self.output);
+        col_sum(dy, &mut self.b.g, m, self.output);
+        if let Some(dx) = dx {
+            matmul_bt(dy, &self.w.w, dx, m, self.output, self.input, false);
+        }
+    }
+
+    pub fn params(&mut self) -> [&mut Param; 2] {
+        [&mut self.w, &mut self.b]
+    }
+}
+
+/// A GRU layer (PyTorch's equations, gates ordered r, z, n):
+/// r = σ(Wᵢᵣx + bᵢᵣ + Wₕᵣh + bₕᵣ), z = σ(…), n = tanh(Wᵢₙx + bᵢₙ + r ⊙ (Wₕₙh + bₕₙ)),
+/// h' = (1 − z) ⊙ n + z ⊙ h.
+#[derive(Clone, Debug)]
+pub struct Gru {
+    pub wi: Param,
+    pub wh: Param,
+    pub bi: Param,
+    pub bh: Param,
+    pub input: usize,
+    pub hidden: usize,
+}
+
+/// What the GRU's backward pass needs from the forward pass.
+#[derive(Default, Clone, Debug)]
+pub struct GruTrace {
+    pub steps: usize,
+    pub batch: usize,
+    /// Input projections `X · Wᵢ + bᵢ`, `[T·B × 3H]`.
+    pub gi: Vec<F>,
+    /// Hidden states, `[(T+1)·B × H]`; block 0 is h₀ = 0.
+    pub hs: Vec<F>,
+    pub r: Vec<F>,
+    pub z: Vec<F>,
+    pub n: Vec<F>,
+    pub ghn: Vec<F>,
+}
+
+impl GruTrace {
+    /// The outputs h₁…h_T, `[T·B × H]`.
+    pub fn outputs(&self, hidden: usize) -> &[F] {
+        &self.hs[self.batch * hidden..]
+    }
+}
+
+impl Gru {
+    pub fn new(input: usize, hidden: usize, rng: &mut Rng) -> Self {
+        Gru {
+            wi: Param::new(input * 3 * hidden, hidden, rng),
+            wh: Param::new(hidden * 3 * hidden, hidden, rng),
+            bi: Param::new(3 * hidden, hidden, rng),
+            bh: Param::new(3 * hidden, hidden, rng),
+            input,
+            hidden,
+        }
+    }
+
+    pub fn params(&mut self) -> [&mut Param; 4] {
+        [&mut self.wi, &mut self.wh, &mut self.bi, &mut self.bh]
+    }
+
+    /// One step for a batch: `h` becomes the next state from `h_prev` (B×H). `gi` holds
+    /// the input projections (B×3H); `gh` is scratch (B×3H); r, z, n and Wₕₙh + bₕₙ are
+    /// recorded into `rec` (each B×H).
+    fn cell(&self, gi: &[F], h_prev: &[F], h: &mut [F], gh: &mut [F], b: usize, rec: [&mut [F]; 4]) {
+        let hd = self.hidden;
+        matmul(h_prev, &self.wh.w, gh, b, hd, 3 * hd, false);
+        add_bias(gh, &self.bh.w, b, 3 * hd);
+        let [rr, zz, nn, gg] = rec;
+        for i in 0..b {
+            let g = &gi[i * 3 * hd..(i + 1) * 3 * hd];
+            let q = &gh[i * 3 * hd..(i + 1) * 3 * hd];
+            let s = i * hd..(i + 1) * hd;
+            let (hp, ho) = (&h_prev[s.clone()], &mut h[s.clone()]);
+            let (rr, zz, nn, gg) = (&mut rr[s.clone()], &mut zz[s.clone()], &mut nn[s.clone()], &mut gg[s]);
+            for j in 0..hd {
+                let r = sigmoid(g[j] + q[j]);
+                let z = sigmoid(g[hd + j] + q[hd + j]);
+                let ghn = q[2 * hd + j];
+                let n = tanh(g[2 * hd + j] + r * ghn);
+                ho[j] = (1.0 - z) * n + z * hp[j];
+                rr[j] = r;
+                zz[j] = z;
+                nn[j] = n;
+                gg[j] = ghn;
+            }
+        }
+    }
+
+    /// Run over `steps` steps of a batch of `batch` sequences; `x` is `[T·B × input]`.
+    pub fn forward(&self, x: &[F], steps: usize, batch: usize, tr: &mut GruTrace) {
+        let rows = steps * batch;
+        let mut gi = std::mem::take(&mut tr.gi);
+        gi.resize(rows * 3 * self.hidden, 0.0);
+        matmul(x, &self.wi.w, &mut gi, rows, self.input, 3 * self.hidden, false);
+        add_bias(&mut gi, &self.bi.w, rows, 3 * self.hidden);
+        self.forward_projected(gi, steps, batch, tr);
+    }
+
+    /// [`Gru::forward`] from precomputed input projections `gi` (`[T·B × 3H]`).
+    pub fn forward_projected(&self, gi: Vec<F>, steps: usize, batch: usize, tr: &mut GruTrace) {
+        let hd = self.hidden;
+        let rows = steps * batch;
+        tr.steps = steps;
+        tr.batch = batch;
+        tr.gi = gi;
+        tr.hs.clear();
+        tr.hs.resize((steps + 1) * batch * hd, 0.0);
+        for v in [&mut tr.r, &mut tr.z, &mut tr.n, &mut tr.ghn] {
+            v.resize(rows * hd, 0.0);
+        }
+        let mut gh = vec![0.0; batch * 3 * hd];
+        let bh = batch * hd;
+        for t in 0..steps {
+            let (before, after) = tr.hs.split_at_mut((t + 1) * bh);
+            let h_prev = &before[t * bh..];
+            let h = &mut after[..bh];
+            let s = t * bh..(t + 1) * bh;
+            self.cell(
+                &tr.gi[t * batch * 3 * hd..(t + 1) * batch * 3 * hd],
+                h_prev,
+                h,
+                &mut gh,
+                batch,
+                [&mut tr.r[s.clone()], &mut tr.z[s.clone()], &mut tr.n[s.clone()], &mut tr.ghn[s]],
+            );
+        }
+    }
+
+    /// One step with no trace (sampling): `h` (B×H) becomes the next state.
+    pub fn step(&self, x: &[F], h: &mut Vec<F>, batch: usize, scratch: &mut Vec<F>) {
+        let hd = self.hidden;
+        let mut gi = vec![0.0; batch * 3 * hd];
+        matmul(x, &self.wi.w, &mut gi, batch, self.input, 3 * hd, false);
+        add_bias(&mut gi, &self.bi.w, batch, 3 * hd);
+        scratch.resize(batch * 7 * hd, 0.0);
+        let prev = h.clone();
+        let (gh, rest) = scratch.split_at_mut(batch * 3 * hd);
+        let (r, rest) = rest.split_at_mut(batch * hd);
+        let (z, rest) = rest.split_at_mut(batch * hd);
+        let (n, g) = rest.split_at_mut(batch * hd);
+        self.cell(&gi, &prev, h, gh, batch, [r, z, n, g]);
+    }
+
+    /// Backward through time. `dh_out` is the loss gradient on h₁…h_T (`[T·B × H]`);
+    /// accumulates all weight gradients and writes `dx` (`[T·B × input]`) if asked.
+    pub fn backward(&mut self, x: &[F], tr: &GruTrace, dh_out: &[F], dx: Option<&mut [F]>) {
+        let (steps, batch, hd) = (tr.steps, tr.batch, self.hidden);
+        let dgi = self.backward_projected(tr, dh_out);
+        let rows = steps * batch;
+        matmul_at(x, &dgi, &mut self.wi.g, rows, self.input, 3 * hd);
+        col_sum(&dgi, &mut self.bi.g, rows, 3 * hd);
+        if let Some(dx) = dx {
+            matmul_bt(&dgi, &self.wi.w, dx, rows, 3 * hd, self.input, false);
+        }
+    }
+
+    /// Backward through time down to the input projections: accumulates the recurrent
+    /// gradients (Wₕ, bₕ) and returns d(loss)/d(gi), `[T·B × 3H]`.
+    pub fn backward_projected(&mut self, tr: &GruTrace, dh_out: &[F]) -> Vec<F> {
+        let (steps, batch, hd) = (tr.steps, tr.batch, self.hidden);
+        let bh = batch * hd;
+        let mut dgi = vec![0.0; steps * batch * 3 * hd];
+        let mut dh = vec![0.0; bh];
+        let mut dgh = vec![0.0; batch * 3 * hd];
+        let wht = transpose(&self.wh.w, hd, 3 * hd);
+        for t in (0..steps).rev() {
+            let h_prev = &tr.hs[t * bh..(t + 1) * bh];
+            for (d, &o) in dh.iter_mut().zip(&dh_out[t * bh..(t + 1) * bh]) {
+                *d += o;
+            }
+            let dgi_t = &mut dgi[t * batch * 3 * hd..(t + 1) * batch * 3 * hd];
+            for i in 0..batch {
+                for j in 0..hd {
+                    let k = t * bh + i * hd + j;
+                    let (r, z, n, ghn) = (tr.r[k], tr.z[k], tr.n[k], tr.ghn[k]);
+                    let d = dh[i * hd + j];
+                    let dn = d * (1.0 - z);
+                    let dz = d * (h_prev[i * hd + j] - n);
+                    let dan = dn * (1.0 - n * n);
+                    let dr = dan * ghn;
+                    let dar = dr * r * (1.0 - r);
+                    let daz = dz * z * (1.0 - z);
+                    let o = i * 3 * hd;
+                    dgi_t[o + j] = dar;
+                    dgi_t[o + hd + j] = daz;
+                    dgi_t[o + 2 * hd + j] = dan;
+                    dgh[o + j] = dar;
+                    dgh[o + hd + j] = daz;
+                    dgh[o + 2 * hd + j] = dan * r;
+                    dh[i * hd + j] = d * z;
+                }
+            }
+            matmul_at(h_prev, &dgh, &mut self.wh.g, batch, hd, 3 * hd);
+            col_sum(&dgh, &mut self.bh.g, batch, 3 * hd);
+            matmul(&dgh, &wht, &mut dh, batch, 3 * hd, hd, true);
+        }
+        dgi
+    }
+}
+
+/// An LSTM layer (PyTorch's equations, gates ordered i, f, g, o; one bias vector, which
+/// is equivalent to PyTorch's two): c' = f ⊙ c + i ⊙ g, h' = o ⊙ tanh(c').
+#[derive(Clone, Debug)]
+pub struct Lstm {
+    pub wi: Param,
+    pub wh: Param,
+    pub b: Param,
+    pub input: usize,
+    pub hidden: usize,
+}
+
+#[derive(Default, Clone, Debug)]
+pub struct LstmTrace {
+    pub steps: usize,
+    pub batch: usize,
+    /// Hidden and cell states, `[(T+1)·B × H]`; block 0 is zero.
+    pub hs: Vec<F>,
+    pub cs: Vec<F>,
+    /// Gate activations i, f, g, o, `[T·B × 4H]`.
+    pub gates: Vec<F>,
+}
+
+impl Lstm {
+    pub fn new(input: usize, hidden: usize, rng: &mut Rng) -> Self {
+        Lstm {
+            wi: Param::new(input * 4 * hidden, hidden, rng),
+            wh: Param::new(hidden * 4 * hidden, hidden, rng),
+            b: Param::new(4 * hidden, hidden, rng),
+            input,
+            hidden,
+        }
+    }
+
+    pub fn params(&mut self) -> [&mut Param; 3] {
+        [&mut self.wi, &mut self.wh, &mut self.b]
+    }
+
+    pub fn forward(&self, x: &[F], steps: usize, batch: usize, tr: &mut LstmTrace) {
+        let hd = self.hidden;
+        let (rows, bh) = (steps * batch, batch * hd);
+        tr.steps = steps;
+        tr.batch = batch;
+        tr.gates.resize(rows * 4 * hd, 0.0);
+        matmul(x, &self.wi.w, &mut tr.gates, rows, self.input, 4 * hd, false);
+        add_bias(&mut tr.gates, &self.b.w, rows, 4 * hd);
+        tr.hs.clear();
+        tr.hs.resize((steps + 1) * bh, 0.0);
+        tr.cs.clear();
+        tr.cs.resize((steps + 1) * bh, 0.0);
+        for t in 0..steps {
+            let g = &mut tr.gates[t * batch * 4 * hd..(t + 1) * batch * 4 * hd];
+            matmul(&tr.hs[t * bh..(t + 1) * bh], &self.wh.w, g, batch, hd, 4 * hd, true);
+            let (hb, ha) = tr.hs.split_at_mut((t + 1) * bh);
+            let (cb, ca) = tr.cs.split_at_mut((t + 1) * bh);
+            let _ = hb;
+            let c_prev = &cb[t * bh..];
+            for i in 0..batch {
+                let gr = &mut g[i * 4 * hd..(i + 1) * 4 * hd];
+                for j in 0..hd {
+                    let ig = sigmoid(gr[j]);
+                    let fg = sigmoid(gr[hd + j]);
+                    let gg = tanh(gr[2 * hd + j]);
+                    let og = sigmoid(gr[3 * hd + j]);
+                    gr[j] = ig;
+                    gr[hd + j] = fg;
+                    gr[2 * hd + j] = gg;
+                    gr[3 * hd + j] = og;
+                    let c = fg * c_prev[i * hd + j] + ig * gg;
+                    ca[i * hd + j] = c;
+                    ha[i * hd + j] = og * tanh(c);
+                }
+            }
+        }
+    }
+
+    /// Backward through time from gradients on h₁…h_T; accumulates weight gradients.
+    pub fn backward(&mut self, x: &[F], tr: &LstmTrace, dh_out: &[F]) {
+        let (steps, batch, hd) = (tr.steps, tr.batch, self.hidden);
+        let bh = batch * hd;
+        let mut dgates = vec![0.0; steps * batch * 4 * hd];
+        let mut dh = vec![0.0; bh];
+        let mut dc = vec![0.0; bh];
+        let wht = transpose(&self.wh.w, hd, 4 * hd);
+        for t in (0..steps).rev() {
+            for (d, &o) in dh.iter_mut().zip(&dh_out[t * bh..(t + 1) * bh]) {
+                *d += o;
+            }
+            let c_prev = &tr.cs[t * bh..(t + 1) * bh];
+            let c_now = &tr.cs[(t + 1) * bh..(t + 2) * bh];
+            let g = &tr.gates[t * batch * 4 * hd..(t + 1) * batch * 4 * hd];
+            let dg = &mut dgates[t * batch * 4 * hd..(t + 1) * batch * 4 * hd];
+            for i in 0..batch {
+                for j in 0..hd {
+                    let k = i * hd + j;
+                    let o4 = i * 4 * hd;
+                    let (ig, fg, gg, og) = (g[o4 + j], g[o4 + hd + j], g[o4 + 2 * hd + j], g[o4 + 3 * hd + j]);
+                    let tc = tanh(c_now[k]);
+                    let d_o = dh[k] * tc;
+                    let dcc = dc[k] + dh[k] * og * (1.0 - tc * tc);
+                    dg[o4 + j] = dcc * gg * ig * (1.0 - ig);
+                    dg[o4 + hd + j] = dcc * c_prev[k] * fg * (1.0 - fg);
+                    dg[o4 + 2 * hd + j] = dcc * ig * (1.0 - gg * gg);
+                    dg[o4 + 3 * hd + j] = d_o * og * (1.0 - og);
+                    dc[k] = dcc * fg;
+                }
+            }
+            matmul_at(&tr.hs[t * bh..(t + 1) * bh], dg, &mut self.wh.g, batch, hd, 4 * hd);
+            matmul(dg, &wht, &mut dh, batch, 4 * hd, hd, false);
+        }
+        let rows = steps * batch;
+        matmul_at(x, &dgates, &mut self.wi.g, rows, self.input, 4 * hd);
+        col_sum(&dgates, &mut self.b.g, rows, 4 * hd);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Finite-difference check of the LSTM (loss = Σ h_T · v).
+    #[test]
+    fn lstm_gradients() {
+        let mut rng = Rng::new(5);
+        let (inp, hd, steps, batch) = (3, 4, 5, 2);
+        let mut l = Lstm::new(inp, hd, &mut rng);
+        let x: Vec<F> = (0..steps * batch * inp).map(|_| rng.normal()).collect();
+        let v: Vec<F> = (0..steps * batch * hd).map(|_| rng.normal()).collect();
+        let loss = |l: &Lstm| {
+            let mut tr = LstmTrace::default();
+            l.forward(&x, steps, batch, &mut tr);
+            tr.hs[batch * hd..].iter().zip(&v).map(|(a, b)| a * b).sum::<F>()
+        };
+        let mut tr = LstmTrace::default();
+        l.forward(&x, steps, batch, &mut tr);
+        l.backward(&x, &tr, &v);
+        for pi in 0..3 {
+            for k in 0..l.params()[pi].w.len() {
+                let g = l.params()[pi].g[k];
+                let o = l.params()[pi].w[k];
+                l.params()[pi].w[k] = o + 1e-6;
+                let lp = loss(&l);
+                l.params()[pi].w[k] = o - 1e-6;
+                let lm = loss(&l);
+                l.params()[pi].w[k] = o;
+                let num = (lp - lm) / 2e-6;
+                assert!((num - g).abs() < 1e-6 * (1.0 + num.abs()), "lstm param {pi}[{k}]: {num} vs {g}");
+            }
+        }
+    }
+
+    /// Finite-difference check of the GRU including the input gradient.
+    #[test]
+    fn gru_gradients_with_inputs() {
+        let mut rng = Rng::new(9);
+        let (inp, hd, steps, batch) = (3, 4, 5, 2);
+        let mut gru = Gru::new(inp, hd, &mut rng);
+        let mut x: Vec<F> = (0..steps * batch * inp).map(|_| rng.normal()).collect();
+        let v: Vec<F> = (0..steps * batch * hd).map(|_| rng.normal()).collect();
+        let loss = |g: &Gru, x: &[F]| {
+            let mut tr = GruTrace::default();
+            g.forward(x, steps, batch, &mut tr);
+            tr.outputs(hd).iter().zip(&v).map(|(a, b)| a * b).sum::<F>()
+        };
+        let mut tr = GruTrace::default();
+        gru.forward(&x, steps, batch, &mut tr);
+        let mut dx = vec![0.0; x.len()];
+        gru.backward(&x, &tr, &v, Some(&mut dx));
+        for k in 0..x.len() {
+            let o = x[k];
+            x[k] = o + 1e-6;
+            let lp = loss(&gru, &x);
+            x[k] = o - 1e-6;
+            let lm = loss(&gru, &x);
+            x[k] = o;
+            let num = (lp - lm) / 2e-6;
+            assert!((num - dx[k]).abs() < 1e-6 * (1.0 + num.abs()), "dx[{k}]: {num} vs {}", dx[k]);
+        }
+        for pi in 0..4 {
+            for k in 0..gru.params()[pi].w.len() {
+                let g = gru.params()[pi].g[k];
+                let o = gru.params()[pi].w[k];
+                gru.params()[pi].w[k] = o + 1e-6;
+                let lp = loss(&gru, &x);
+                gru.params()[pi].w[k] = o - 1e-6;
+                let lm = loss(&gru, &x);
+                gru.params()[pi].w[k] = o;
+                let num = (lp - lm) / 2e-6;
+                assert!((num - g).abs() < 1e-6 * (1.0 + num.abs()), "gru param {pi}[{k}]: {num} vs {g}");
+            }
+        }
+    }
+}

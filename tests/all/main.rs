@@ -1,0 +1,7 @@
+//! The integration tests: one binary, guests built once by `tests/build.rs`.
+
+mod util;
+
+mod cli;
+mod local_run;
+mod ui;
