@@ -85,14 +85,16 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 let shards = orchestrator::plan(&runtime, &p)?;
                 Ok((p, shards))
             })?;
-            println!(
+            use std::io::Write;
+            writeln!(
+                std::io::stdout(),
                 "ok: `{}` calls `{}` from `{}`: {} shards, output `{}`",
                 config.display(),
                 p.config.run.function,
                 p.component_path.display(),
                 shards.len(),
                 p.output
-            );
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Functions { plugins, json } => {
@@ -111,12 +113,14 @@ fn print_functions(
     catalog: Vec<(PathBuf, Result<Vec<crate::runtime::FunctionInfo>>)>,
     json: bool,
 ) -> Result<ExitCode> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
     if json {
         let items: Vec<_> = catalog
             .iter()
             .filter_map(|(path, f)| f.as_ref().ok().map(|f| serde_json::json!({ "component": path, "functions": f })))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&items)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(&items)?)?;
     }
     let mut any = false;
     for (path, functions) in &catalog {
@@ -124,9 +128,9 @@ fn print_functions(
             Ok(functions) if !json => {
                 for f in functions {
                     any = true;
-                    println!("{}  ({})", f.name, path.display());
+                    writeln!(out, "{}  ({})", f.name, path.display())?;
                     for line in f.doc.lines() {
-                        println!("    {line}");
+                        writeln!(out, "    {line}")?;
                     }
                     let width = f.params.iter().map(|p| p.name.len()).max().unwrap_or(0);
                     let twidth = f.params.iter().map(|p| p.ty.len()).max().unwrap_or(0);
@@ -135,12 +139,12 @@ fn print_functions(
                             Some(d) => format!("default {d}"),
                             None => "required".into(),
                         };
-                        println!("    {:width$}  {:twidth$}  {default}", p.name, p.ty);
+                        writeln!(out, "    {:width$}  {:twidth$}  {default}", p.name, p.ty)?;
                         for line in p.doc.lines() {
-                            println!("    {:width$}    {line}", "");
+                            writeln!(out, "    {:width$}    {line}", "")?;
                         }
                     }
-                    println!();
+                    writeln!(out)?;
                 }
             }
             Ok(_) => any = true,
@@ -183,6 +187,10 @@ pub fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
+        // `engine functions | head`: a closed stdout is not an error.
+        Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) => {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e}");
             for cause in e.chain().skip(1) {

@@ -106,6 +106,7 @@ pub fn resolve(runtime: &Runtime, search: &SearchPath, function: &str) -> Result
         message.push_str("\nno functions found there; build the plugins with `scripts/demo` or pass `--plugins DIR`");
     } else {
         known.sort();
+        known.dedup();
         message.push_str(&format!("\nfunctions found: {}", known.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")));
     }
     for b in broken {

@@ -49,6 +49,8 @@ pub struct PartBuilder {
     index: HashMap<String, usize>,
     body: csv::Writer<Vec<u8>>,
     rows: u64,
+    /// Bytes of cell text so far (the CSV writer buffers, so count ourselves).
+    bytes: u64,
     limit: u64,
     scratch: Vec<String>,
 }
@@ -64,6 +66,7 @@ impl PartBuilder {
             index: HashMap::new(),
             body: csv::WriterBuilder::new().flexible(true).from_writer(Vec::new()),
             rows: 0,
+            bytes: 0,
             limit,
             scratch: Vec::new(),
         }
@@ -108,7 +111,8 @@ impl PartBuilder {
         }
         self.body.write_record(&self.scratch).map_err(|e| RowError::Malformed { row: n, why: e.to_string() })?;
         self.rows = n;
-        if self.body.get_ref().len() as u64 > self.limit {
+        self.bytes += self.scratch.iter().map(|c| c.len() as u64 + 1).sum::<u64>();
+        if self.bytes > self.limit {
             return Err(RowError::TooLarge { limit: self.limit });
         }
         Ok(())

@@ -3,5 +3,6 @@
 mod util;
 
 mod cli;
+mod deepecho;
 mod local_run;
 mod ui;

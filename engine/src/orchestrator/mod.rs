@@ -149,9 +149,11 @@ pub fn plan(runtime: &Runtime, p: &Prepared) -> Result<Vec<Shard>> {
         seed: p.config.run.seed,
     };
     let args = Value::Object(p.args.clone()).to_string();
-    let shards = runtime
-        .plan(&p.plugin, &p.config.run.function, &args, &sandbox)
-        .map_err(|f| anyhow::anyhow!("planning `{}` failed: {f}", p.config.run.function))?;
+    let shards = runtime.plan(&p.plugin, &p.config.run.function, &args, &sandbox).map_err(|f| {
+        let e = anyhow::anyhow!("planning `{}` failed: {f}", p.config.run.function);
+        // The plugin refusing its arguments is the user's to fix: exit 2.
+        if f.kind == crate::runtime::ErrorKind::GuestError { InputError::from(e).into() } else { e }
+    })?;
     if shards.is_empty() {
         bail!("`{}` planned no shards for these arguments: nothing to run", p.config.run.function);
     }

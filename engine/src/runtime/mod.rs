@@ -284,6 +284,20 @@ impl Runtime {
             Ok(Err(message)) => Some(GuestFailure { kind: ErrorKind::GuestError, message }),
             Err(e) => Some(classify(&e, store.data())),
         };
+        // A Rust guest's panic message goes to stderr just before its trap.
+        let failure = failure.map(|mut f| {
+            if f.kind == ErrorKind::Trap {
+                let stderr = pipes[1].contents();
+                let text = String::from_utf8_lossy(&stderr);
+                let tail: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+                if !tail.is_empty() {
+                    let tail = tail[tail.len().saturating_sub(2)..].join(" / ");
+                    let tail: String = tail.chars().take(400).collect();
+                    f.message = format!("{}; stderr: {tail}", f.message);
+                }
+            }
+            f
+        });
         let mut log = std::mem::take(&mut store.data_mut().log);
         for (name, pipe) in ["stdout", "stderr"].iter().zip(&pipes) {
             let text = pipe.contents();

@@ -263,7 +263,7 @@ pub fn run_job(job: &Job) -> Result<Row> {
         cells.push((format!("{metric}_time"), Cell::Float(elapsed)));
         guest_sdk::progress(3 + k as u64, total);
     }
-    cells.sort_by(|a, b| a.0.cmp(&b.0));
+    // `job.metrics` is sorted: each metric, then its time, in metric-name order.
     let mut row = Row::new()
         .set("model", job.model.as_str())
         .set("dataset", job.dataset.as_str())

@@ -45,8 +45,8 @@ fn baselines_end_to_end() {
         cols,
         [
             "model", "dataset", "fit_time", "sample_time",
-            "classification_score", "classification_score_real", "classification_score_real_time",
-            "classification_score_time", "rf_detection_score", "rf_detection_score_time",
+            "classification_score", "classification_score_time", "classification_score_real",
+            "classification_score_real_time", "rf_detection_score", "rf_detection_score_time",
             "sdmetrics_score", "sdmetrics_score_time", "error"
         ]
     );
