@@ -48,6 +48,37 @@ pub enum Command {
         #[arg(long = "plugins", value_name = "DIR")]
         plugins: Vec<PathBuf>,
     },
+    /// Work on a published run: claim shards from the store until all are done
+    /// (what the `processes` and `kubernetes` backends start).
+    Worker {
+        /// The run store (`cluster.store` of the run).
+        #[arg(long)]
+        store: String,
+        /// The run id.
+        #[arg(long)]
+        run: String,
+        #[arg(long)]
+        tenant: Option<String>,
+        /// This worker's name (default: host name and pid).
+        #[arg(long)]
+        id: Option<String>,
+        /// Worker threads in this process.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Where this machine mounts the run's data directory.
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+    /// Show a run's progress from the store alone.
+    Status {
+        /// The run id (printed by `engine run -v` and in the store as `runs/<id>`).
+        run: String,
+        /// The run store (`cluster.store`).
+        #[arg(long)]
+        store: String,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
     /// List the functions on the plugin search path, with their parameters.
     Functions {
         #[arg(long = "plugins", value_name = "DIR")]
@@ -66,8 +97,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let opts = RunOptions { config, output, data, workers, plugins, progress };
             let s = orchestrator::run(opts).await?;
             let ok = s.shards - s.failed;
+            let resumed = if s.resumed > 0 { format!(" ({} from an earlier run)", s.resumed) } else { String::new() };
             eprintln!(
-                "{}: {} shards ({ok} ok, {} failed), {} rows in {:.2}s -> {}",
+                "{}: {} shards ({ok} ok, {} failed){resumed}, {} rows in {:.2}s -> {}",
                 if s.failed == 0 { "done" } else { "done with failures" },
                 s.shards,
                 s.failed,
@@ -97,6 +129,12 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             )?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Worker { store, run, tenant, id, threads, data } => {
+            let opts = orchestrator::worker::ServeOptions { store, run, tenant, id, threads, data };
+            orchestrator::worker::serve(opts).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { run, store, tenant } => status(&run, &store, tenant.as_deref()).await,
         Command::Functions { plugins, json } => {
             let search = SearchPath::new(&plugins);
             let catalog = tokio::task::block_in_place(|| -> Result<_> {
@@ -106,6 +144,30 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             print_functions(&search, catalog, json)
         }
     }
+}
+
+async fn status(run: &str, store_url: &str, tenant: Option<&str>) -> Result<ExitCode> {
+    use crate::orchestrator::queue::QueueState;
+    use std::io::Write;
+    let base = crate::store::Location::parse(store_url)?;
+    let store = crate::store::RunStore::new(&base, tenant, run);
+    let Some(spec) = store.get("run.json").await? else {
+        anyhow::bail!("no run `{run}` in the store `{store_url}`");
+    };
+    let spec: orchestrator::RunSpec = serde_json::from_slice(&spec)?;
+    let state = QueueState::read(&store, std::time::Duration::from_millis(spec.lease_ms)).await?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "run        {run}")?;
+    writeln!(out, "function   {}", spec.function)?;
+    writeln!(out, "shards     {}", spec.shards)?;
+    writeln!(out, "finished   {} ({} failed)", state.done.len(), state.failed.len())?;
+    writeln!(out, "running    {}", state.running())?;
+    writeln!(out, "waiting    {}", spec.shards.saturating_sub(state.done.len() + state.running()))?;
+    writeln!(out, "attempts   {}", state.attempts)?;
+    let mut alive: Vec<_> = state.alive.iter().collect();
+    alive.sort();
+    writeln!(out, "workers    {} alive{}", alive.len(), if alive.is_empty() { String::new() } else { format!(": {}", alive.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")) })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn print_functions(

@@ -54,7 +54,7 @@ pub struct RunSection {
 }
 
 /// `[cluster]` (the reference runner's `[dask_cluster]`): where workers run.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterSection {
     #[serde(default)]
@@ -66,6 +66,31 @@ pub struct ClusterSection {
     /// Kubernetes namespace (default: the kubeconfig's or in-cluster one).
     #[serde(default)]
     pub namespace: Option<String>,
+    /// Where the run's state lives: a local path, `file://…` or `s3://bucket/prefix`.
+    /// Default: memory for `local`, `.engine/` beside the config for `processes`.
+    #[serde(default)]
+    pub store: Option<String>,
+    /// A claimed shard whose worker has not sent a heartbeat for this long is
+    /// offered again.
+    #[serde(default = "default_lease", with = "duration_text")]
+    pub lease: Duration,
+}
+
+fn default_lease() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        ClusterSection {
+            backend: Backend::default(),
+            workers: Workers::default(),
+            worker_config: None,
+            namespace: None,
+            store: None,
+            lease: default_lease(),
+        }
+    }
 }
 
 /// How workers come to exist.
@@ -221,8 +246,32 @@ impl Default for Limits {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutputSection {
-    /// A local path, `file://…` or `s3://bucket/key.csv`.
+    /// A local path, `file://…` or `s3://bucket/key.csv`; with `bucket`, the
+    /// key inside that bucket (the reference runner's form).
     pub path: String,
+    #[serde(default)]
+    pub bucket: Option<String>,
+    /// The reference's AWS access key id. Prefer the environment.
+    #[serde(default, skip_serializing)]
+    pub key: Option<String>,
+    /// The reference's AWS secret key. Prefer the environment.
+    #[serde(default, skip_serializing)]
+    pub secret_key: Option<String>,
+}
+
+impl OutputSection {
+    /// The output as one location string (`s3://bucket/path` when `bucket` is set).
+    pub fn location(&self) -> String {
+        match &self.bucket {
+            Some(bucket) => format!("s3://{bucket}/{}", self.path.trim_start_matches('/')),
+            None => self.path.clone(),
+        }
+    }
+
+    /// Credentials written into the config, if any.
+    pub fn credentials(&self) -> Option<(String, String)> {
+        Some((self.key.clone()?, self.secret_key.clone()?))
+    }
 }
 
 /// Parse a size such as `512M`, `2G`, `4Gi` or a plain number of bytes.

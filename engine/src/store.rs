@@ -41,7 +41,14 @@ impl std::fmt::Debug for Location {
 
 impl Location {
     /// Parse a local path, `file://…`, `s3://bucket/key` or `memory://`.
+    /// S3 credentials, region and endpoint come from the standard `AWS_*`
+    /// environment variables.
     pub fn parse(text: &str) -> Result<Location> {
+        Location::parse_with(text, None)
+    }
+
+    /// Like [`Location::parse`], with explicit S3 credentials (access key id, secret).
+    pub fn parse_with(text: &str, credentials: Option<&(String, String)>) -> Result<Location> {
         let display = text.to_owned();
         if let Some(rest) = text.strip_prefix("memory://") {
             return Ok(Location { store: Arc::new(InMemory::new()), path: ObjPath::from(rest), display });
@@ -57,8 +64,19 @@ impl Location {
                 if bucket.is_empty() {
                     bail!("`{text}` names no bucket; write `s3://BUCKET/KEY`");
                 }
-                let store = object_store::aws::AmazonS3Builder::from_env()
-                    .with_bucket_name(bucket)
+                let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+                if let Some((key, secret)) = credentials {
+                    builder = builder.with_access_key_id(key).with_secret_access_key(secret);
+                }
+                let endpoint = std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT"));
+                if endpoint.is_ok_and(|e| e.starts_with("http://")) {
+                    // A plain-http endpoint (a local S3 server) was asked for explicitly.
+                    builder = builder.with_allow_http(true);
+                }
+                if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none() {
+                    builder = builder.with_region("us-east-1");
+                }
+                let store = builder
                     .build()
                     .with_context(|| format!("cannot configure S3 for `{text}`"))?;
                 let path = ObjPath::from(url.path().trim_start_matches('/'));

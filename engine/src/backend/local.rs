@@ -1,17 +1,20 @@
-//! Worker threads in this process, sharing one wasmtime engine.
+//! Worker threads in this process, sharing one wasmtime engine and one
+//! heartbeat. `engine run` uses it directly; `engine worker` uses it too.
 
 use crate::orchestrator::RunSpec;
-use crate::orchestrator::worker::{WorkerCtx, work};
+use crate::orchestrator::worker::{WorkerCtx, spawn_heartbeat, work};
 use crate::runtime::{Plugin, Runtime, Shard};
 use crate::store::RunStore;
 use anyhow::{Result, anyhow};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 pub struct LocalPool {
     threads: Vec<JoinHandle<Result<u64>>>,
     stop: Arc<AtomicBool>,
+    heartbeat: tokio::task::JoinHandle<()>,
 }
 
 impl LocalPool {
@@ -22,9 +25,13 @@ impl LocalPool {
         spec: &Arc<RunSpec>,
         shards: &Arc<Vec<Shard>>,
         store: &RunStore,
+        process: &str,
     ) -> Result<LocalPool> {
         let stop = Arc::new(AtomicBool::new(false));
+        let busy = Arc::new(AtomicUsize::new(0));
         let handle = tokio::runtime::Handle::current();
+        let lease = Duration::from_millis(spec.lease_ms);
+        let heartbeat = spawn_heartbeat(store.clone(), process.to_owned(), busy.clone(), lease);
         let threads = (0..n)
             .map(|i| {
                 let ctx = WorkerCtx {
@@ -33,16 +40,19 @@ impl LocalPool {
                     spec: spec.clone(),
                     shards: shards.clone(),
                     store: store.clone(),
-                    worker_id: format!("local-{i}"),
+                    process: process.to_owned(),
+                    worker_id: format!("{process}/{i}"),
                     stop: stop.clone(),
+                    busy: busy.clone(),
                     handle: handle.clone(),
                 };
                 std::thread::Builder::new().name(format!("worker-{i}")).spawn(move || work(&ctx))
             })
             .collect::<std::io::Result<Vec<_>>>()?;
-        Ok(LocalPool { threads, stop })
+        Ok(LocalPool { threads, stop, heartbeat })
     }
 
+    /// `Some(reason)` once every thread has exited.
     pub fn all_stopped(&mut self) -> Option<String> {
         if !self.threads.iter().all(|t| t.is_finished()) {
             return None;
@@ -64,10 +74,21 @@ impl LocalPool {
         self.stop.store(true, Ordering::Relaxed);
     }
 
-    pub fn join(self) -> Result<()> {
+    /// Wait for every thread; the total number of shards they ran.
+    pub fn join(self) -> Result<u64> {
+        let mut ran = 0;
+        let mut first_error = None;
         for t in self.threads {
-            t.join().map_err(|_| anyhow!("a worker thread panicked"))??;
+            match t.join() {
+                Ok(Ok(n)) => ran += n,
+                Ok(Err(e)) => first_error = first_error.or(Some(e)),
+                Err(_) => first_error = first_error.or(Some(anyhow!("a worker thread panicked"))),
+            }
         }
-        Ok(())
+        self.heartbeat.abort();
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(ran),
+        }
     }
 }

@@ -1,37 +1,30 @@
-//! How workers come to exist: threads in this process (`local`); worker
-//! processes and pods come in their own modules. Every backend runs the same
-//! worker loop against the same store-backed queue.
+//! How workers come to exist: threads in this process (`local`), `engine
+//! worker` processes on this machine (`processes`). Every backend runs the
+//! same worker loop against the same store-backed queue.
 
-mod local;
+pub mod local;
+mod processes;
 
 use crate::orchestrator::RunSpec;
-use crate::runtime::{Plugin, Runtime, Shard};
-use crate::store::RunStore;
 use anyhow::Result;
-use std::sync::Arc;
 
 /// The running workers of one run.
 pub enum Workers {
     Local(local::LocalPool),
+    Processes(processes::ProcessPool),
 }
 
 impl Workers {
-    /// `n` worker threads in this process.
-    pub fn start_local(
-        n: usize,
-        runtime: &Arc<Runtime>,
-        plugin: &Arc<Plugin>,
-        spec: &Arc<RunSpec>,
-        shards: &Arc<Vec<Shard>>,
-        store: &RunStore,
-    ) -> Result<Workers> {
-        Ok(Workers::Local(local::LocalPool::start(n, runtime, plugin, spec, shards, store)?))
+    /// `n` `engine worker` processes on this machine.
+    pub fn processes(n: usize, store: &str, spec: &RunSpec, credentials: Option<&(String, String)>) -> Result<Workers> {
+        Ok(Workers::Processes(processes::ProcessPool::start(n, store, spec, credentials)?))
     }
 
-    /// `Some(reason)` once no worker is left running.
+    /// `Some(reason)` once no worker is left running (and none will be restarted).
     pub fn all_stopped(&mut self) -> Option<String> {
         match self {
             Workers::Local(p) => p.all_stopped(),
+            Workers::Processes(p) => p.all_stopped(),
         }
     }
 
@@ -39,13 +32,23 @@ impl Workers {
     pub fn stop(&mut self) {
         match self {
             Workers::Local(p) => p.stop(),
+            Workers::Processes(_) => {}
+        }
+    }
+
+    /// Stop workers now (a failed or interrupted run).
+    pub fn kill(&mut self) {
+        match self {
+            Workers::Local(p) => p.stop(),
+            Workers::Processes(p) => p.kill(),
         }
     }
 
     /// Wait for the workers to exit.
     pub fn join(self) -> Result<()> {
         match self {
-            Workers::Local(p) => p.join(),
+            Workers::Local(p) => p.join().map(drop),
+            Workers::Processes(p) => p.join(),
         }
     }
 }

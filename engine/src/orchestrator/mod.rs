@@ -9,7 +9,7 @@ pub mod worker;
 
 use crate::InputError;
 use crate::backend::Workers;
-use crate::config::{self, Config, Limits, Source};
+use crate::config::{self, Backend, Config, Limits, Source};
 use crate::plugins::{self, SearchPath};
 use crate::runtime::{Plugin, Runtime, Sandbox, Shard};
 use crate::store::{Location, RunStore};
@@ -52,6 +52,8 @@ pub struct RunSpec {
     pub tenant: Option<String>,
     pub limits: Limits,
     pub shards: usize,
+    /// Claims whose process has not beaten for this long are re-offered.
+    pub lease_ms: u64,
 }
 
 /// A validated run, ready to plan.
@@ -62,6 +64,8 @@ pub struct Prepared {
     pub args: Map<String, Value>,
     pub data_dir: Option<PathBuf>,
     pub output: String,
+    /// Where the run's state lives (`cluster.store`, resolved).
+    pub store: String,
     pub workers: crate::config::Workers,
 }
 
@@ -74,6 +78,8 @@ pub struct Summary {
     pub rows: u64,
     pub elapsed: Duration,
     pub output: String,
+    /// Shards finished by an earlier, interrupted run of the same config.
+    pub resumed: usize,
 }
 
 /// Parse and validate everything before anything runs.
@@ -97,16 +103,45 @@ pub fn prepare(runtime: &Runtime, opts: &RunOptions) -> Result<Prepared, InputEr
         (None, Some(rel)) => Some(check_data_dir(&base.join(rel), Some((&source, rel)))?),
         (None, None) => None,
     };
+    let written = config.output.location();
     let output = match &opts.output {
         Some(o) => o.clone(),
-        None if config.output.path.contains("://") => config.output.path.clone(),
-        None => base.join(&config.output.path).display().to_string(),
+        None if written.contains("://") => written,
+        None => base.join(&written).display().to_string(),
     };
-    Location::parse(&output).map_err(|e| {
+    if config.output.key.is_some() != config.output.secret_key.is_some() {
+        return Err(source.error_at(source.key_offset(&["output"]), "`output.key` and `output.secret_key` go together").into());
+    }
+    if config.output.credentials().is_some() {
+        tracing::warn!(
+            "{}: credentials are written in the config; prefer AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the \
+             environment (or a Kubernetes Secret). They are passed to workers only through the environment or a \
+             Secret, never to guests.",
+            opts.config.display()
+        );
+    }
+    Location::parse_with(&output, config.output.credentials().as_ref()).map_err(|e| {
         InputError::from(source.error_at(source.key_offset(&["output", "path"]), format!("`output.path`: {e:#}")))
     })?;
+    let store = match (&config.cluster.store, config.cluster.backend) {
+        (Some(s), _) if s.contains("://") => s.clone(),
+        (Some(s), _) => std::path::absolute(base.join(s)).map_err(|e| InputError::msg(format!("bad store path: {e}")))?.display().to_string(),
+        (None, Backend::Local) => "memory://".into(),
+        (None, Backend::Processes) => std::path::absolute(base.join(".engine"))
+            .map_err(|e| InputError::msg(format!("bad store path: {e}")))?
+            .display()
+            .to_string(),
+        (None, Backend::Kubernetes) => {
+            return Err(source
+                .error_at(
+                    source.key_offset(&["cluster"]),
+                    "`cluster.store` is required with `backend = \"kubernetes\"`: an `s3://bucket/prefix` the pods can reach",
+                )
+                .into());
+        }
+    };
     let workers = config.cluster.workers;
-    Ok(Prepared { config, plugin: resolved.plugin, component_path: resolved.path, args, data_dir, output, workers })
+    Ok(Prepared { config, plugin: resolved.plugin, component_path: resolved.path, args, data_dir, output, store, workers })
 }
 
 fn check_data_dir(path: &Path, from_config: Option<(&Source, &PathBuf)>) -> Result<PathBuf, InputError> {
@@ -160,52 +195,103 @@ pub fn plan(runtime: &Runtime, p: &Prepared) -> Result<Vec<Shard>> {
     Ok(shards)
 }
 
-/// `engine run`: the whole run, start to finish.
+/// `engine run`: the whole run, start to finish. A rerun of the same config
+/// against a persistent store resumes: finished shards are not run again.
 pub async fn run(opts: RunOptions) -> Result<Summary> {
     let started = Instant::now();
     let slots = opts.workers.unwrap_or(8).min(64) as u32;
     let runtime = Arc::new(tokio::task::block_in_place(|| Runtime::new(slots))?);
     let prepared = tokio::task::block_in_place(|| prepare(&runtime, &opts))?;
-    let shards = tokio::task::block_in_place(|| plan(&runtime, &prepared))?;
     let run_id = run_id(&prepared);
-    let spec = RunSpec {
-        format: 1,
-        run_id: run_id.clone(),
-        function: prepared.config.run.function.clone(),
-        args: prepared.args.clone(),
-        component_sha256: prepared.plugin.sha256.clone(),
-        data_dir: prepared.data_dir.clone(),
-        seed: prepared.config.run.seed,
-        tenant: prepared.config.run.tenant.clone(),
-        limits: prepared.config.limits.clone(),
-        shards: shards.len(),
+    let credentials = prepared.config.output.credentials();
+    let base = Location::parse_with(&prepared.store, credentials.as_ref())?;
+    let store = RunStore::new(&base, prepared.config.run.tenant.as_deref(), &run_id);
+
+    let (spec, shards) = match load_published(&store).await? {
+        Some(published) => published,
+        None => {
+            let shards = tokio::task::block_in_place(|| plan(&runtime, &prepared))?;
+            let spec = RunSpec {
+                format: 1,
+                run_id: run_id.clone(),
+                function: prepared.config.run.function.clone(),
+                args: prepared.args.clone(),
+                component_sha256: prepared.plugin.sha256.clone(),
+                data_dir: prepared.data_dir.clone(),
+                seed: prepared.config.run.seed,
+                tenant: prepared.config.run.tenant.clone(),
+                limits: prepared.config.limits.clone(),
+                shards: shards.len(),
+                lease_ms: prepared.config.cluster.lease.as_millis() as u64,
+            };
+            publish(&store, &spec, &shards, &prepared.component_path).await?;
+            (spec, shards)
+        }
     };
-    tracing::info!(run = %run_id, shards = shards.len(), function = %spec.function, "planned");
-
-    let base = Location::parse("memory://")?;
-    let store = RunStore::new(&base, spec.tenant.as_deref(), &run_id);
-    store.put("run.json", serde_json::to_vec_pretty(&spec)?).await?;
-    store.create("shards.json", serde_json::to_vec(&shards)?).await?;
-
     let n = shards.len();
-    let workers = prepared.workers.maximum.min(n).max(1);
+    let resumed = store.list("parts").await?.len();
+    if resumed > 0 {
+        eprintln!("resuming run {run_id}: {resumed} of {n} shards already finished");
+    }
+    tracing::info!(run = %run_id, shards = n, function = %spec.function, store = %prepared.store, "starting");
+
+    let workers = prepared.workers.maximum.min(n - resumed.min(n)).max(1);
     let spec = Arc::new(spec);
     let shards = Arc::new(shards);
-    let mut pool = Workers::start_local(workers, &runtime, &prepared.plugin, &spec, &shards, &store)?;
+    let mut pool = match prepared.config.cluster.backend {
+        Backend::Local => {
+            let process = format!("{}-orchestrator", worker::default_process_name());
+            Workers::Local(crate::backend::local::LocalPool::start(workers, &runtime, &prepared.plugin, &spec, &shards, &store, &process)?)
+        }
+        Backend::Processes => Workers::processes(workers, &prepared.store, &spec, credentials.as_ref())?,
+        Backend::Kubernetes => bail!("the kubernetes backend is not available in this build yet"),
+    };
 
     let mut progress = Progress::new(opts.progress, n as u64);
     let watched = watch(&store, n, &mut pool, &mut progress).await;
     progress.finish();
     pool.stop();
-    let failed = watched?;
+    let failed = match watched {
+        Ok(failed) => failed,
+        Err(e) => {
+            pool.kill();
+            return Err(e.context(format!(
+                "run {run_id} stopped; finished shards are kept in `{}` and a rerun of the same command resumes",
+                prepared.store
+            )));
+        }
+    };
     pool.join()?;
 
-    let output = Location::parse(&prepared.output)?;
+    let output = Location::parse_with(&prepared.output, credentials.as_ref())?;
     let rows = merge::merge(&store, n, &output).await.with_context(|| {
-        format!("the run finished but its output could not be written to `{}`", output.display)
+        format!(
+            "every shard finished but the output could not be written to `{}`; the results are kept in `{}`: \
+             fix the output and rerun the same command to write it without recomputing",
+            output.display, prepared.store
+        )
     })?;
     merge::copy_side_outputs(&store, &output).await?;
-    Ok(Summary { run_id, shards: n, failed, rows, elapsed: started.elapsed(), output: prepared.output })
+    Ok(Summary { run_id, shards: n, failed, rows, elapsed: started.elapsed(), output: prepared.output, resumed })
+}
+
+/// The run as published earlier (a resume), if it is in the store.
+async fn load_published(store: &RunStore) -> Result<Option<(RunSpec, Vec<Shard>)>> {
+    let Some(spec) = store.get("run.json").await? else { return Ok(None) };
+    let spec: RunSpec = serde_json::from_slice(&spec).context("the stored `run.json` is not a run spec")?;
+    let shards = store.get("shards.json").await?.context("the stored run has no `shards.json`")?;
+    let shards: Vec<Shard> = serde_json::from_slice(&shards).context("the stored `shards.json` is not a shard list")?;
+    Ok(Some((spec, shards)))
+}
+
+/// Write the run into the store; `run.json` last, so a worker that sees it
+/// finds everything else.
+async fn publish(store: &RunStore, spec: &RunSpec, shards: &[Shard], component: &Path) -> Result<()> {
+    let bytes = tokio::fs::read(component).await.with_context(|| format!("cannot read `{}`", component.display()))?;
+    store.put("component.wasm", bytes).await?;
+    store.put("shards.json", serde_json::to_vec(shards)?).await?;
+    store.put("run.json", serde_json::to_vec_pretty(spec)?).await?;
+    Ok(())
 }
 
 /// Poll the store until every shard has a part; returns how many failed.
@@ -225,8 +311,10 @@ async fn watch(store: &RunStore, n: usize, pool: &mut Workers, progress: &mut Pr
             }
             bail!("every worker stopped with {} of {n} shards unfinished: {e}", n - done);
         }
+        // An in-memory store is cheap to poll; a directory or a bucket less so.
+        let every = if store.root.display.starts_with("memory://") { 50 } else { 400 };
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            _ = tokio::time::sleep(Duration::from_millis(every)) => {}
             _ = &mut ctrl_c => bail!("interrupted with {done} of {n} shards finished"),
         }
     }
