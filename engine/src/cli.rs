@@ -11,7 +11,11 @@ use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
-#[command(name = "engine", version, about = "Run WebAssembly benchmark functions as sharded, sandboxed runs")]
+#[command(
+    name = "engine",
+    version,
+    about = "Run WebAssembly benchmark functions as sharded, sandboxed runs"
+)]
 pub struct Cli {
     /// More logging (-v info, -vv debug); `RUST_LOG` overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -69,6 +73,21 @@ pub enum Command {
         #[arg(long)]
         data: Option<PathBuf>,
     },
+    /// Submit a run to Kubernetes: a ConfigMap with the config and a Job that
+    /// runs `engine run` on it (the orchestrator then starts worker pods).
+    Submit {
+        /// The run's `config.toml` (or `.json`); validated here first.
+        config: PathBuf,
+        /// Namespace of the Job (default: `cluster.namespace`, else the kubeconfig's).
+        #[arg(long)]
+        namespace: Option<String>,
+        /// The engine image (default: `cluster.worker_config.image`).
+        #[arg(long)]
+        image: Option<String>,
+        /// Look for plugins here first when validating (repeatable).
+        #[arg(long = "plugins", value_name = "DIR")]
+        plugins: Vec<PathBuf>,
+    },
     /// Show a run's progress from the store alone.
     Status {
         /// The run id (printed by `engine run -v` and in the store as `runs/<id>`).
@@ -91,26 +110,62 @@ pub enum Command {
 
 /// Run a parsed command line; errors are printed by `main`.
 pub async fn run(cli: Cli) -> Result<ExitCode> {
-    let progress = if cli.quiet { ProgressMode::Quiet } else { ProgressMode::Auto };
+    let progress = if cli.quiet {
+        ProgressMode::Quiet
+    } else {
+        ProgressMode::Auto
+    };
     match cli.command {
-        Command::Run { config, output, data, workers, plugins } => {
-            let opts = RunOptions { config, output, data, workers, plugins, progress };
+        Command::Run {
+            config,
+            output,
+            data,
+            workers,
+            plugins,
+        } => {
+            let opts = RunOptions {
+                config,
+                output,
+                data,
+                workers,
+                plugins,
+                progress,
+            };
             let s = orchestrator::run(opts).await?;
             let ok = s.shards - s.failed;
-            let resumed = if s.resumed > 0 { format!(" ({} from an earlier run)", s.resumed) } else { String::new() };
+            let resumed = if s.resumed > 0 {
+                format!(" ({} from an earlier run)", s.resumed)
+            } else {
+                String::new()
+            };
             eprintln!(
                 "{}: {} shards ({ok} ok, {} failed){resumed}, {} rows in {:.2}s -> {}",
-                if s.failed == 0 { "done" } else { "done with failures" },
+                if s.failed == 0 {
+                    "done"
+                } else {
+                    "done with failures"
+                },
                 s.shards,
                 s.failed,
                 s.rows,
                 s.elapsed.as_secs_f64(),
                 s.output
             );
-            Ok(if s.failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if s.failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Validate { config, plugins } => {
-            let opts = RunOptions { config: config.clone(), output: None, data: None, workers: None, plugins, progress };
+            let opts = RunOptions {
+                config: config.clone(),
+                output: None,
+                data: None,
+                workers: None,
+                plugins,
+                progress,
+            };
             let (p, shards) = tokio::task::block_in_place(|| -> Result<_> {
                 let runtime = Runtime::new(1)?;
                 let p = orchestrator::prepare(&runtime, &opts)?;
@@ -129,9 +184,57 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             )?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Worker { store, run, tenant, id, threads, data } => {
-            let opts = orchestrator::worker::ServeOptions { store, run, tenant, id, threads, data };
+        Command::Worker {
+            store,
+            run,
+            tenant,
+            id,
+            threads,
+            data,
+        } => {
+            let opts = orchestrator::worker::ServeOptions {
+                store,
+                run,
+                tenant,
+                id,
+                threads,
+                data,
+            };
             orchestrator::worker::serve(opts).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Submit {
+            config,
+            namespace,
+            image,
+            plugins,
+        } => {
+            let opts = RunOptions {
+                config: config.clone(),
+                output: None,
+                data: None,
+                workers: None,
+                plugins,
+                progress,
+            };
+            let (p, run_id) = tokio::task::block_in_place(|| -> Result<_> {
+                let runtime = Runtime::new(1)?;
+                let p = orchestrator::prepare(&runtime, &opts)?;
+                let run_id = orchestrator::run_id(&p);
+                Ok((p, run_id))
+            })?;
+            let submit = crate::backend::kubernetes::SubmitOptions {
+                prepared: &p,
+                run_id: &run_id,
+                config_path: &config,
+                namespace,
+                image,
+            };
+            let s = crate::backend::kubernetes::submit(submit).await?;
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "job/{} created in namespace {}", s.job, s.namespace)?;
+            writeln!(out, "kubectl logs -f job/{} -n {}", s.job, s.namespace)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { run, store, tenant } => status(&run, &store, tenant.as_deref()).await,
@@ -160,13 +263,39 @@ async fn status(run: &str, store_url: &str, tenant: Option<&str>) -> Result<Exit
     writeln!(out, "run        {run}")?;
     writeln!(out, "function   {}", spec.function)?;
     writeln!(out, "shards     {}", spec.shards)?;
-    writeln!(out, "finished   {} ({} failed)", state.done.len(), state.failed.len())?;
+    writeln!(
+        out,
+        "finished   {} ({} failed)",
+        state.done.len(),
+        state.failed.len()
+    )?;
     writeln!(out, "running    {}", state.running())?;
-    writeln!(out, "waiting    {}", spec.shards.saturating_sub(state.done.len() + state.running()))?;
+    writeln!(
+        out,
+        "waiting    {}",
+        spec.shards
+            .saturating_sub(state.done.len() + state.running())
+    )?;
     writeln!(out, "attempts   {}", state.attempts)?;
     let mut alive: Vec<_> = state.alive.iter().collect();
     alive.sort();
-    writeln!(out, "workers    {} alive{}", alive.len(), if alive.is_empty() { String::new() } else { format!(": {}", alive.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")) })?;
+    writeln!(
+        out,
+        "workers    {} alive{}",
+        alive.len(),
+        if alive.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ": {}",
+                alive
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -180,7 +309,11 @@ fn print_functions(
     if json {
         let items: Vec<_> = catalog
             .iter()
-            .filter_map(|(path, f)| f.as_ref().ok().map(|f| serde_json::json!({ "component": path, "functions": f })))
+            .filter_map(|(path, f)| {
+                f.as_ref()
+                    .ok()
+                    .map(|f| serde_json::json!({ "component": path, "functions": f }))
+            })
             .collect();
         writeln!(out, "{}", serde_json::to_string_pretty(&items)?)?;
     }
@@ -214,7 +347,11 @@ fn print_functions(
         }
     }
     if !any {
-        let dirs: Vec<String> = search.dirs.iter().map(|d| format!("`{}`", d.display())).collect();
+        let dirs: Vec<String> = search
+            .dirs
+            .iter()
+            .map(|d| format!("`{}`", d.display()))
+            .collect();
         eprintln!("no functions found; searched {}", dirs.join(", "));
         eprintln!("hint: build the plugins with `scripts/demo`, or pass `--plugins DIR`");
     }
@@ -235,12 +372,18 @@ pub fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::env::var_os("NO_COLOR").is_none() && std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(
+            std::env::var_os("NO_COLOR").is_none()
+                && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        )
         .without_time()
         .with_target(false)
         .init();
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -250,7 +393,10 @@ pub fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         // `engine functions | head`: a closed stdout is not an error.
-        Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) => {
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -258,7 +404,11 @@ pub fn main() -> ExitCode {
             for cause in e.chain().skip(1) {
                 eprintln!("  caused by: {cause}");
             }
-            if e.downcast_ref::<crate::InputError>().is_some() { ExitCode::from(2) } else { ExitCode::from(1) }
+            if e.downcast_ref::<crate::InputError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
         }
     }
 }

@@ -116,7 +116,10 @@ pub struct Workers {
 impl Default for Workers {
     fn default() -> Self {
         let n = std::thread::available_parallelism().map_or(1, usize::from);
-        Workers { minimum: n, maximum: n }
+        Workers {
+            minimum: n,
+            maximum: n,
+        }
     }
 }
 
@@ -136,7 +139,10 @@ impl<'de> Deserialize<'de> for Workers {
             }
             fn visit_i64<E: de::Error>(self, n: i64) -> Result<Workers, E> {
                 let n = count(n, "the number of workers")?;
-                Ok(Workers { minimum: n, maximum: n })
+                Ok(Workers {
+                    minimum: n,
+                    maximum: n,
+                })
             }
             fn visit_u64<E: de::Error>(self, n: u64) -> Result<Workers, E> {
                 self.visit_i64(i64::try_from(n).unwrap_or(i64::MAX))
@@ -277,9 +283,13 @@ impl OutputSection {
 /// Parse a size such as `512M`, `2G`, `4Gi` or a plain number of bytes.
 pub fn parse_bytes(text: &str) -> Result<u64, String> {
     let t = text.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let num: f64 = num.parse().map_err(|_| format!("`{text}` is not a size such as `512M` or `2G`"))?;
+    let num: f64 = num
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size such as `512M` or `2G`"))?;
     let mult: f64 = match unit.trim() {
         "" | "B" => 1.0,
         "k" | "K" | "KB" => 1e3,
@@ -290,7 +300,11 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
         "Mi" | "MiB" => 1024.0 * 1024.0,
         "Gi" | "GiB" => 1024.0 * 1024.0 * 1024.0,
         "Ti" | "TiB" => 1024.0f64.powi(4),
-        other => return Err(format!("unknown size unit `{other}` in `{text}`; use K, M, G, T or Ki, Mi, Gi, Ti")),
+        other => {
+            return Err(format!(
+                "unknown size unit `{other}` in `{text}`; use K, M, G, T or Ki, Mi, Gi, Ti"
+            ));
+        }
     };
     Ok((num * mult) as u64)
 }
@@ -306,7 +320,9 @@ mod bytes_text {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-        match Raw::deserialize(d).map_err(|_| de::Error::custom("expected a size such as `512M` or `2G`"))? {
+        match Raw::deserialize(d)
+            .map_err(|_| de::Error::custom("expected a size such as `512M` or `2G`"))?
+        {
             Raw::N(n) => Ok(n),
             Raw::S(s) => super::parse_bytes(&s).map_err(de::Error::custom),
         }
@@ -329,11 +345,15 @@ mod duration_text {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let raw = Raw::deserialize(d).map_err(|_| de::Error::custom("expected a duration such as `30s` or `1h 30m`"))?;
+        let raw = Raw::deserialize(d)
+            .map_err(|_| de::Error::custom("expected a duration such as `30s` or `1h 30m`"))?;
         let duration = match raw {
             Raw::N(n) => Duration::from_secs(n),
-            Raw::S(s) => humantime::parse_duration(&s)
-                .map_err(|e| de::Error::custom(format!("`{s}` is not a duration such as `30s` or `1h 30m`: {e}")))?,
+            Raw::S(s) => humantime::parse_duration(&s).map_err(|e| {
+                de::Error::custom(format!(
+                    "`{s}` is not a duration such as `30s` or `1h 30m`: {e}"
+                ))
+            })?,
         };
         if duration.is_zero() {
             return Err(de::Error::custom("the timeout must be longer than zero"));
@@ -368,8 +388,14 @@ impl Source {
 
     /// A config from text; `path` names it in errors and decides the format.
     pub fn from_text(path: &Path, text: String) -> Source {
-        let json = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));
-        Source { path: path.to_owned(), text, json }
+        let json = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+        Source {
+            path: path.to_owned(),
+            text,
+            json,
+        }
     }
 
     /// An error at a byte offset (or at the file when `None`).
@@ -381,7 +407,10 @@ impl Source {
             }
             None => self.path.display().to_string(),
         };
-        ConfigError { location, message: message.into() }
+        ConfigError {
+            location,
+            message: message.into(),
+        }
     }
 
     /// The byte offset of a key in the TOML document (`["run", "args", "moels"]`).
@@ -411,14 +440,20 @@ impl Source {
             serde_path_to_error::deserialize(&mut de).map_err(|e| {
                 let inner = e.inner();
                 let offset = offset_of_line_col(&self.text, inner.line(), inner.column());
-                self.error_at(Some(offset), with_path(e.path(), &strip_json_position(&inner.to_string())))
+                self.error_at(
+                    Some(offset),
+                    with_path(e.path(), &strip_json_position(&inner.to_string())),
+                )
             })?
         } else {
             let de = toml::Deserializer::parse(&self.text)
                 .map_err(|e| self.error_at(e.span().map(|s| s.start), e.message().to_owned()))?;
             serde_path_to_error::deserialize(de).map_err(|e| {
                 let inner = e.inner();
-                self.error_at(inner.span().map(|s| s.start), with_path(e.path(), inner.message()))
+                self.error_at(
+                    inner.span().map(|s| s.start),
+                    with_path(e.path(), inner.message()),
+                )
             })?
         };
         self.check(config)
@@ -426,10 +461,16 @@ impl Source {
 
     fn check(&self, config: Config) -> Result<Config, ConfigError> {
         if config.run.function.trim().is_empty() {
-            return Err(self.error_at(self.key_offset(&["run", "function"]), "`run.function` is empty"));
+            return Err(self.error_at(
+                self.key_offset(&["run", "function"]),
+                "`run.function` is empty",
+            ));
         }
         if config.output.path.trim().is_empty() {
-            return Err(self.error_at(self.key_offset(&["output", "path"]), "`output.path` is empty"));
+            return Err(self.error_at(
+                self.key_offset(&["output", "path"]),
+                "`output.path` is empty",
+            ));
         }
         if let Some(tenant) = &config.run.tenant
             && !valid_name(tenant)
@@ -454,7 +495,8 @@ pub fn load(path: &Path) -> Result<(Source, Config), ConfigError> {
 pub fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -486,7 +528,10 @@ fn add_did_you_mean(message: &str) -> String {
 }
 
 /// The candidate closest to `word`, if any is close enough to be a typo.
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (strsim::jaro_winkler(word, c), c))
@@ -503,7 +548,11 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 }
 
 fn offset_of_line_col(text: &str, line: usize, col: usize) -> usize {
-    let start: usize = text.split_inclusive('\n').take(line.saturating_sub(1)).map(str::len).sum();
+    let start: usize = text
+        .split_inclusive('\n')
+        .take(line.saturating_sub(1))
+        .map(str::len)
+        .sum();
     start + col.saturating_sub(1)
 }
 
@@ -526,7 +575,11 @@ fn json_key_offset(text: &str, path: &[&str]) -> Option<usize> {
 // ---------------------------------------------------------------- arguments
 
 /// Check `[run.args]` against the function's parameters and fill in defaults.
-pub fn check_args(source: &Source, config: &Config, function: &FunctionInfo) -> Result<Map<String, Value>, ConfigError> {
+pub fn check_args(
+    source: &Source,
+    config: &Config,
+    function: &FunctionInfo,
+) -> Result<Map<String, Value>, ConfigError> {
     let args = &config.run.args;
     let fname = &function.name;
     for (name, value) in args {
@@ -537,7 +590,11 @@ pub fn check_args(source: &Source, config: &Config, function: &FunctionInfo) -> 
                 Some(best) => message.push_str(&format!("; did you mean `{best}`?")),
                 None if function.params.is_empty() => message.push_str("; it takes no arguments"),
                 None => {
-                    let known: Vec<String> = function.params.iter().map(|p| format!("`{}`", p.name)).collect();
+                    let known: Vec<String> = function
+                        .params
+                        .iter()
+                        .map(|p| format!("`{}`", p.name))
+                        .collect();
                     message.push_str(&format!("; it takes {}", known.join(", ")));
                 }
             }
@@ -563,8 +620,13 @@ pub fn check_args(source: &Source, config: &Config, function: &FunctionInfo) -> 
                 }
                 None => {
                     return Err(source.error_at(
-                        source.key_offset(&["run", "args"]).or(source.key_offset(&["run"])),
-                        format!("missing required argument `{}` for `{fname}` ({}: {})", param.name, param.ty, param.doc),
+                        source
+                            .key_offset(&["run", "args"])
+                            .or(source.key_offset(&["run"])),
+                        format!(
+                            "missing required argument `{}` for `{fname}` ({}: {})",
+                            param.name, param.ty, param.doc
+                        ),
                     ));
                 }
             },
@@ -576,7 +638,10 @@ pub fn check_args(source: &Source, config: &Config, function: &FunctionInfo) -> 
 /// Check a JSON value against a parameter type such as `int | list<string>`.
 pub fn type_check(ty: &str, value: &Value) -> Result<(), String> {
     let alternatives = split_top(ty, '|');
-    if alternatives.iter().any(|alt| matches_type(alt.trim(), value)) {
+    if alternatives
+        .iter()
+        .any(|alt| matches_type(alt.trim(), value))
+    {
         Ok(())
     } else {
         Err(format!("got {}", describe_value(value)))
@@ -585,10 +650,14 @@ pub fn type_check(ty: &str, value: &Value) -> Result<(), String> {
 
 fn matches_type(ty: &str, value: &Value) -> bool {
     if let Some(inner) = ty.strip_prefix("list<").and_then(|t| t.strip_suffix('>')) {
-        return value.as_array().is_some_and(|items| items.iter().all(|v| type_check(inner, v).is_ok()));
+        return value
+            .as_array()
+            .is_some_and(|items| items.iter().all(|v| type_check(inner, v).is_ok()));
     }
     if let Some(inner) = ty.strip_prefix("map<").and_then(|t| t.strip_suffix('>')) {
-        return value.as_object().is_some_and(|m| m.values().all(|v| type_check(inner, v).is_ok()));
+        return value
+            .as_object()
+            .is_some_and(|m| m.values().all(|v| type_check(inner, v).is_ok()));
     }
     match ty {
         "bool" => value.is_boolean(),
@@ -651,12 +720,21 @@ mod tests {
         assert!(type_check("int", &v).is_err());
         assert!(type_check("float", &serde_json::json!(3)).is_ok());
         assert!(type_check("int", &serde_json::json!(3.5)).is_err());
-        assert!(type_check("list<string> | map<map>", &serde_json::json!({"PAR": {"epochs": 3}})).is_ok());
+        assert!(
+            type_check(
+                "list<string> | map<map>",
+                &serde_json::json!({"PAR": {"epochs": 3}})
+            )
+            .is_ok()
+        );
     }
 
     #[test]
     fn suggestion() {
-        assert_eq!(did_you_mean("moels", ["datasets", "models", "metrics"]), Some("models"));
+        assert_eq!(
+            did_you_mean("moels", ["datasets", "models", "metrics"]),
+            Some("models")
+        );
         assert_eq!(did_you_mean("zzz", ["datasets", "models"]), None);
     }
 }

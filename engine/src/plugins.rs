@@ -21,7 +21,10 @@ impl SearchPath {
         if let Some(env) = std::env::var_os("ENGINE_PLUGIN_PATH") {
             dirs.extend(std::env::split_paths(&env).filter(|p| !p.as_os_str().is_empty()));
         }
-        if let Some(exe_dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+        if let Some(exe_dir) = std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(Path::to_path_buf))
+        {
             // target/{debug,release}/engine -> target/plugins; an install's bin/engine -> bin/../plugins.
             if let Some(up) = exe_dir.parent() {
                 dirs.push(up.join("plugins"));
@@ -35,7 +38,9 @@ impl SearchPath {
     pub fn components(&self) -> Vec<PathBuf> {
         let mut found = Vec::new();
         for dir in &self.dirs {
-            let Ok(entries) = std::fs::read_dir(dir) else { continue };
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue;
+            };
             let mut files: Vec<PathBuf> = entries
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| p.extension().is_some_and(|x| x == "wasm") && p.is_file())
@@ -62,7 +67,10 @@ pub struct ResolveError {
 }
 
 /// What each component offers; components that fail to load are reported.
-pub fn catalog(runtime: &Runtime, search: &SearchPath) -> Vec<(PathBuf, anyhow::Result<Vec<FunctionInfo>>)> {
+pub fn catalog(
+    runtime: &Runtime,
+    search: &SearchPath,
+) -> Vec<(PathBuf, anyhow::Result<Vec<FunctionInfo>>)> {
     search
         .components()
         .into_iter()
@@ -75,21 +83,38 @@ pub fn catalog(runtime: &Runtime, search: &SearchPath) -> Vec<(PathBuf, anyhow::
 
 /// Find `function`. Components whose file name matches its first segment
 /// (`deepecho.wasm` for `deepecho.benchmark.run_benchmark`) are tried first.
-pub fn resolve(runtime: &Runtime, search: &SearchPath, function: &str) -> Result<Resolved, ResolveError> {
-    let first = function.split('.').next().unwrap_or_default().replace('-', "_");
+pub fn resolve(
+    runtime: &Runtime,
+    search: &SearchPath,
+    function: &str,
+) -> Result<Resolved, ResolveError> {
+    let first = function
+        .split('.')
+        .next()
+        .unwrap_or_default()
+        .replace('-', "_");
     let mut paths = search.components();
     paths.sort_by_key(|p| {
-        let stem = p.file_stem().map(|s| s.to_string_lossy().replace('-', "_")).unwrap_or_default();
+        let stem = p
+            .file_stem()
+            .map(|s| s.to_string_lossy().replace('-', "_"))
+            .unwrap_or_default();
         stem != first
     });
     let mut known: Vec<String> = Vec::new();
     let mut broken: Vec<String> = Vec::new();
     for path in &paths {
-        let loaded = runtime.load_file(path).and_then(|p| runtime.describe(&p).map(|f| (p, f)));
+        let loaded = runtime
+            .load_file(path)
+            .and_then(|p| runtime.describe(&p).map(|f| (p, f)));
         match loaded {
             Ok((plugin, functions)) => {
                 if let Some(f) = functions.iter().find(|f| f.name == function) {
-                    return Ok(Resolved { plugin, function: f.clone(), path: path.clone() });
+                    return Ok(Resolved {
+                        plugin,
+                        function: f.clone(),
+                        path: path.clone(),
+                    });
                 }
                 known.extend(functions.into_iter().map(|f| f.name));
             }
@@ -100,14 +125,28 @@ pub fn resolve(runtime: &Runtime, search: &SearchPath, function: &str) -> Result
     if let Some(best) = crate::config::did_you_mean(function, known.iter().map(String::as_str)) {
         message.push_str(&format!("; did you mean `{best}`?"));
     }
-    let dirs: Vec<String> = search.dirs.iter().map(|d| format!("  {}", d.display())).collect();
-    message.push_str(&format!("\nsearched (`--plugins`, `ENGINE_PLUGIN_PATH`, built plugins):\n{}", dirs.join("\n")));
+    let dirs: Vec<String> = search
+        .dirs
+        .iter()
+        .map(|d| format!("  {}", d.display()))
+        .collect();
+    message.push_str(&format!(
+        "\nsearched (`--plugins`, `ENGINE_PLUGIN_PATH`, built plugins):\n{}",
+        dirs.join("\n")
+    ));
     if known.is_empty() {
         message.push_str("\nno functions found there; build the plugins with `scripts/demo` or pass `--plugins DIR`");
     } else {
         known.sort();
         known.dedup();
-        message.push_str(&format!("\nfunctions found: {}", known.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")));
+        message.push_str(&format!(
+            "\nfunctions found: {}",
+            known
+                .iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
     }
     for b in broken {
         message.push_str(&format!("\nskipped a component that failed to load: {b}"));

@@ -51,12 +51,19 @@ impl Location {
     pub fn parse_with(text: &str, credentials: Option<&(String, String)>) -> Result<Location> {
         let display = text.to_owned();
         if let Some(rest) = text.strip_prefix("memory://") {
-            return Ok(Location { store: Arc::new(InMemory::new()), path: ObjPath::from(rest), display });
+            return Ok(Location {
+                store: Arc::new(InMemory::new()),
+                path: ObjPath::from(rest),
+                display,
+            });
         }
         if text.contains("://") {
-            let url = url::Url::parse(text).with_context(|| format!("`{text}` is not a valid URL"))?;
+            let url =
+                url::Url::parse(text).with_context(|| format!("`{text}` is not a valid URL"))?;
             if url.scheme() == "file" {
-                let path = url.to_file_path().map_err(|_| anyhow::anyhow!("`{text}` is not a local file URL"))?;
+                let path = url
+                    .to_file_path()
+                    .map_err(|_| anyhow::anyhow!("`{text}` is not a local file URL"))?;
                 return local(&path, display);
             }
             if url.scheme() == "s3" {
@@ -64,27 +71,42 @@ impl Location {
                 if bucket.is_empty() {
                     bail!("`{text}` names no bucket; write `s3://BUCKET/KEY`");
                 }
-                let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+                let mut builder =
+                    object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
                 if let Some((key, secret)) = credentials {
-                    builder = builder.with_access_key_id(key).with_secret_access_key(secret);
+                    builder = builder
+                        .with_access_key_id(key)
+                        .with_secret_access_key(secret);
                 }
-                let endpoint = std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT"));
+                let endpoint =
+                    std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT"));
                 if endpoint.is_ok_and(|e| e.starts_with("http://")) {
                     // A plain-http endpoint (a local S3 server) was asked for explicitly.
                     builder = builder.with_allow_http(true);
                 }
-                if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none() {
+                if std::env::var_os("AWS_REGION").is_none()
+                    && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+                {
                     builder = builder.with_region("us-east-1");
                 }
                 let store = builder
                     .build()
                     .with_context(|| format!("cannot configure S3 for `{text}`"))?;
                 let path = ObjPath::from(url.path().trim_start_matches('/'));
-                return Ok(Location { store: Arc::new(store), path, display });
+                return Ok(Location {
+                    store: Arc::new(store),
+                    path,
+                    display,
+                });
             }
-            let (store, path) = object_store::parse_url(&url)
-                .with_context(|| format!("`{text}`: unsupported store; use a local path, `file://` or `s3://`"))?;
-            return Ok(Location { store: Arc::from(store), path, display });
+            let (store, path) = object_store::parse_url(&url).with_context(|| {
+                format!("`{text}`: unsupported store; use a local path, `file://` or `s3://`")
+            })?;
+            return Ok(Location {
+                store: Arc::from(store),
+                path,
+                display,
+            });
         }
         local(std::path::Path::new(text), display)
     }
@@ -95,14 +117,24 @@ impl Location {
         for part in rel.split('/').filter(|p| !p.is_empty()) {
             path = path.child(part);
         }
-        Location { store: self.store.clone(), path, display: format!("{}/{rel}", self.display.trim_end_matches('/')) }
+        Location {
+            store: self.store.clone(),
+            path,
+            display: format!("{}/{rel}", self.display.trim_end_matches('/')),
+        }
     }
 }
 
 fn local(path: &std::path::Path, display: String) -> Result<Location> {
-    let absolute = std::path::absolute(path).with_context(|| format!("bad path `{}`", path.display()))?;
-    let path = ObjPath::from_absolute_path(&absolute).with_context(|| format!("bad path `{}`", absolute.display()))?;
-    Ok(Location { store: Arc::new(LocalFileSystem::new()), path, display })
+    let absolute =
+        std::path::absolute(path).with_context(|| format!("bad path `{}`", path.display()))?;
+    let path = ObjPath::from_absolute_path(&absolute)
+        .with_context(|| format!("bad path `{}`", absolute.display()))?;
+    Ok(Location {
+        store: Arc::new(LocalFileSystem::new()),
+        path,
+        display,
+    })
 }
 
 /// The run's folder in the store, with the few operations the protocol uses.
@@ -123,7 +155,9 @@ impl RunStore {
             Some(t) => format!("tenants/{t}/runs/{run_id}"),
             None => format!("runs/{run_id}"),
         };
-        RunStore { root: base.child(&rel) }
+        RunStore {
+            root: base.child(&rel),
+        }
     }
 
     fn path(&self, rel: &str) -> ObjPath {
@@ -144,8 +178,16 @@ impl RunStore {
     /// Write only if absent; `false` when another writer was first.
     pub async fn create(&self, rel: &str, bytes: impl Into<Bytes>) -> Result<bool> {
         let path = self.path(rel);
-        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-        match self.root.store.put_opts(&path, PutPayload::from_bytes(bytes.into()), opts).await {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .root
+            .store
+            .put_opts(&path, PutPayload::from_bytes(bytes.into()), opts)
+            .await
+        {
             Ok(_) => Ok(true),
             Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
             Err(e) => Err(e).with_context(|| format!("cannot create `{path}`")),
@@ -156,7 +198,11 @@ impl RunStore {
     pub async fn get(&self, rel: &str) -> Result<Option<Bytes>> {
         let path = self.path(rel);
         match self.root.store.get(&path).await {
-            Ok(r) => Ok(Some(r.bytes().await.with_context(|| format!("cannot read `{path}`"))?)),
+            Ok(r) => Ok(Some(
+                r.bytes()
+                    .await
+                    .with_context(|| format!("cannot read `{path}`"))?,
+            )),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(e).with_context(|| format!("cannot read `{path}`")),
         }
@@ -165,9 +211,18 @@ impl RunStore {
     /// The first bytes of an object (for headers).
     pub async fn get_prefix(&self, rel: &str, len: u64) -> Result<Bytes> {
         let path = self.path(rel);
-        let meta = self.root.store.head(&path).await.with_context(|| format!("cannot read `{path}`"))?;
+        let meta = self
+            .root
+            .store
+            .head(&path)
+            .await
+            .with_context(|| format!("cannot read `{path}`"))?;
         let end = meta.size.min(len);
-        self.root.store.get_range(&path, 0..end).await.with_context(|| format!("cannot read `{path}`"))
+        self.root
+            .store
+            .get_range(&path, 0..end)
+            .await
+            .with_context(|| format!("cannot read `{path}`"))
     }
 
     /// The names directly or indirectly below `rel/`, relative to it.

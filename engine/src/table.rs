@@ -64,7 +64,9 @@ impl PartBuilder {
         PartBuilder {
             columns: Vec::new(),
             index: HashMap::new(),
-            body: csv::WriterBuilder::new().flexible(true).from_writer(Vec::new()),
+            body: csv::WriterBuilder::new()
+                .flexible(true)
+                .from_writer(Vec::new()),
             rows: 0,
             bytes: 0,
             limit,
@@ -78,19 +80,28 @@ impl PartBuilder {
     }
 
     /// Append a row of named cells.
-    pub fn push<'a>(&mut self, row: impl IntoIterator<Item = (&'a str, &'a Cell)>) -> Result<(), RowError> {
+    pub fn push<'a>(
+        &mut self,
+        row: impl IntoIterator<Item = (&'a str, &'a Cell)>,
+    ) -> Result<(), RowError> {
         let n = self.rows + 1;
         self.scratch.clear();
         let mut seen = vec![false; self.columns.len()];
         for (name, cell) in row {
             if name.is_empty() {
-                return Err(RowError::Malformed { row: n, why: "a cell has an empty column name".into() });
+                return Err(RowError::Malformed {
+                    row: n,
+                    why: "a cell has an empty column name".into(),
+                });
             }
             let i = match self.index.get(name) {
                 Some(&i) => i,
                 None => {
                     if self.columns.len() >= MAX_COLUMNS {
-                        return Err(RowError::Malformed { row: n, why: format!("more than {MAX_COLUMNS} columns") });
+                        return Err(RowError::Malformed {
+                            row: n,
+                            why: format!("more than {MAX_COLUMNS} columns"),
+                        });
                     }
                     self.columns.push(name.to_owned());
                     self.index.insert(name.to_owned(), self.columns.len() - 1);
@@ -99,7 +110,10 @@ impl PartBuilder {
                 }
             };
             if std::mem::replace(&mut seen[i], true) {
-                return Err(RowError::Malformed { row: n, why: format!("column `{name}` appears twice") });
+                return Err(RowError::Malformed {
+                    row: n,
+                    why: format!("column `{name}` appears twice"),
+                });
             }
             if self.scratch.len() <= i {
                 self.scratch.resize(i + 1, String::new());
@@ -107,9 +121,17 @@ impl PartBuilder {
             self.scratch[i] = cell.to_text();
         }
         if self.scratch.is_empty() {
-            return Err(RowError::Malformed { row: n, why: "the row has no cells".into() });
+            return Err(RowError::Malformed {
+                row: n,
+                why: "the row has no cells".into(),
+            });
         }
-        self.body.write_record(&self.scratch).map_err(|e| RowError::Malformed { row: n, why: e.to_string() })?;
+        self.body
+            .write_record(&self.scratch)
+            .map_err(|e| RowError::Malformed {
+                row: n,
+                why: e.to_string(),
+            })?;
         self.rows = n;
         self.bytes += self.scratch.iter().map(|c| c.len() as u64 + 1).sum::<u64>();
         if self.bytes > self.limit {
@@ -134,7 +156,10 @@ impl PartBuilder {
 pub fn error_part(key: &[(String, Cell)], error: &str) -> Vec<u8> {
     let mut part = PartBuilder::new(u64::MAX);
     let error = Cell::Text(error.to_owned());
-    let cells = key.iter().map(|(k, v)| (k.as_str(), v)).chain([(ERROR_COLUMN, &error)]);
+    let cells = key
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .chain([(ERROR_COLUMN, &error)]);
     // A key with duplicate names is the plugin's bug; keep the error regardless.
     if part.push(cells).is_err() {
         let _ = part.push([(ERROR_COLUMN, &error)]);
@@ -159,23 +184,36 @@ pub fn merged_columns<'a>(headers: impl IntoIterator<Item = &'a [String]>) -> Ve
 
 /// Parse the header line of a part.
 pub fn parse_header(bytes: &[u8]) -> Result<Vec<String>, csv::Error> {
-    let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(bytes);
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(bytes);
     let mut record = csv::StringRecord::new();
     reader.read_record(&mut record)?;
     Ok(record.iter().map(str::to_owned).collect())
 }
 
 /// Copy a part's rows into `out`, placed under the merged `columns`.
-pub fn append_part<W: std::io::Write>(part: &[u8], columns: &[String], out: &mut csv::Writer<W>) -> Result<u64, csv::Error> {
+pub fn append_part<W: std::io::Write>(
+    part: &[u8],
+    columns: &[String],
+    out: &mut csv::Writer<W>,
+) -> Result<u64, csv::Error> {
     let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(part);
     let header = reader.headers()?.clone();
     let source: HashMap<&str, usize> = header.iter().enumerate().map(|(i, h)| (h, i)).collect();
     // For each output column, the part's field that fills it, if any.
-    let from: Vec<Option<usize>> = columns.iter().map(|c| source.get(c.as_str()).copied()).collect();
+    let from: Vec<Option<usize>> = columns
+        .iter()
+        .map(|c| source.get(c.as_str()).copied())
+        .collect();
     let mut record = csv::ByteRecord::new();
     let mut n = 0;
     while reader.read_byte_record(&mut record)? {
-        out.write_record(from.iter().map(|f| f.and_then(|j| record.get(j)).unwrap_or(b"")))?;
+        out.write_record(
+            from.iter()
+                .map(|f| f.and_then(|j| record.get(j)).unwrap_or(b"")),
+        )?;
         n += 1;
     }
     Ok(n)
@@ -189,7 +227,8 @@ mod tests {
     fn columns_grow_and_merge() {
         let mut a = PartBuilder::new(1 << 20);
         a.push([("x", &Cell::Int(1))]).unwrap();
-        a.push([("y", &Cell::Float(2.0)), ("x", &Cell::Int(2))]).unwrap();
+        a.push([("y", &Cell::Float(2.0)), ("x", &Cell::Int(2))])
+            .unwrap();
         let a = a.finish();
         assert_eq!(String::from_utf8_lossy(&a), "x,y\n1\n2,2.0\n");
         let b = error_part(&[("x".into(), Cell::Int(3))], "trap: boom");
@@ -208,7 +247,9 @@ mod tests {
     #[test]
     fn refuses_duplicate_columns_and_oversize() {
         let mut p = PartBuilder::new(10);
-        let err = p.push([("a", &Cell::Int(1)), ("a", &Cell::Int(2))]).unwrap_err();
+        let err = p
+            .push([("a", &Cell::Int(1)), ("a", &Cell::Int(2))])
+            .unwrap_err();
         assert!(err.to_string().contains("`a` appears twice"), "{err}");
         let big = Cell::Text("x".repeat(20));
         assert_eq!(p.push([("a", &big)]), Err(RowError::TooLarge { limit: 10 }));

@@ -206,7 +206,9 @@ enum Sink<'a> {
 impl<'a> Table<'a> {
     /// A table that collects rows in memory (for native tests).
     pub fn in_memory(rows: &'a mut Vec<Row>) -> Self {
-        Table { sink: Sink::Memory(rows) }
+        Table {
+            sink: Sink::Memory(rows),
+        }
     }
 
     /// Push one row. Fails if the engine refuses it (too many rows or bytes).
@@ -237,7 +239,12 @@ impl Param {
     /// A required parameter. `ty` is `bool`, `int`, `float`, `string`,
     /// `list<T>`, `map`, `any`, or alternatives such as `int | list<string>`.
     pub fn new(name: &str, ty: &str, doc: &str) -> Self {
-        Param { name: name.into(), ty: ty.into(), default: None, doc: doc.into() }
+        Param {
+            name: name.into(),
+            ty: ty.into(),
+            default: None,
+            doc: doc.into(),
+        }
     }
 
     /// Make the parameter optional with this default.
@@ -258,7 +265,11 @@ pub struct Function {
 impl Function {
     /// A function named by a dotted path such as `hello.greet`.
     pub fn new(name: &str, doc: &str) -> Self {
-        Function { name: name.into(), doc: doc.into(), params: Vec::new() }
+        Function {
+            name: name.into(),
+            doc: doc.into(),
+            params: Vec::new(),
+        }
     }
 
     /// Add a parameter.
@@ -279,7 +290,12 @@ impl Function {
             params: self
                 .params
                 .into_iter()
-                .map(|p| wit::Param { name: p.name, type_: p.ty, default: p.default, doc: p.doc })
+                .map(|p| wit::Param {
+                    name: p.name,
+                    type_: p.ty,
+                    default: p.default,
+                    doc: p.doc,
+                })
                 .collect(),
         }
     }
@@ -299,7 +315,10 @@ impl Call {
     pub fn new(function: &str, args_json: &str) -> Result<Self> {
         let args = serde_json::from_str(args_json)
             .map_err(|e| Error::new(format!("arguments are not a JSON object: {e}")))?;
-        Ok(Call { function: function.into(), args })
+        Ok(Call {
+            function: function.into(),
+            args,
+        })
     }
 
     /// The function's dotted name.
@@ -309,7 +328,11 @@ impl Call {
 
     /// One argument, deserialized.
     pub fn arg<T: DeserializeOwned>(&self, name: &str) -> Result<T> {
-        let value = self.args.get(name).cloned().unwrap_or(serde_json::Value::Null);
+        let value = self
+            .args
+            .get(name)
+            .cloned()
+            .unwrap_or(serde_json::Value::Null);
         serde_json::from_value(value).map_err(|e| Error::new(format!("argument `{name}`: {e}")))
     }
 
@@ -330,7 +353,10 @@ pub struct Shard {
 impl Shard {
     /// An empty shard.
     pub fn new() -> Self {
-        Shard { key: Vec::new(), payload: "null".into() }
+        Shard {
+            key: Vec::new(),
+            payload: "null".into(),
+        }
     }
 
     /// Add an identifying cell (repeated in the error row if the shard fails).
@@ -425,13 +451,34 @@ impl<P: Plugin> bindings::Guest for Exports<P> {
     fn plan(function: String, args: String) -> Result<Vec<wit::Shard>, String> {
         let call = Call::new(&function, &args).map_err(|e| e.0)?;
         let shards = P::plan(&call).map_err(|e| e.0)?;
-        Ok(shards.into_iter().map(|s| wit::Shard { key: s.key, payload: s.payload }).collect())
+        Ok(shards
+            .into_iter()
+            .map(|s| wit::Shard {
+                key: s.key,
+                payload: s.payload,
+            })
+            .collect())
     }
 
-    fn run(function: String, args: String, shard: wit::Shard, out: &host::TableWriter) -> Result<(), String> {
+    fn run(
+        function: String,
+        args: String,
+        shard: wit::Shard,
+        out: &host::TableWriter,
+    ) -> Result<(), String> {
         let call = Call::new(&function, &args).map_err(|e| e.0)?;
-        let shard = Shard { key: shard.key, payload: shard.payload };
-        P::run(&call, &shard, &mut Table { sink: Sink::Host(out) }).map_err(|e| e.0)
+        let shard = Shard {
+            key: shard.key,
+            payload: shard.payload,
+        };
+        P::run(
+            &call,
+            &shard,
+            &mut Table {
+                sink: Sink::Host(out),
+            },
+        )
+        .map_err(|e| e.0)
     }
 }
 

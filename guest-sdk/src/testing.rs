@@ -14,7 +14,12 @@ thread_local! {
 }
 
 pub(crate) fn record_emit(name: &str, data: &[u8]) {
-    EMITTED.with(|e| e.borrow_mut().entry(name.to_owned()).or_default().extend_from_slice(data));
+    EMITTED.with(|e| {
+        e.borrow_mut()
+            .entry(name.to_owned())
+            .or_default()
+            .extend_from_slice(data)
+    });
 }
 
 /// Side outputs emitted on this thread so far (natively), by name; clears them.
@@ -33,7 +38,10 @@ pub fn with_defaults<P: Plugin>(function: &str, args_json: &str) -> Result<Strin
     for p in info.params {
         if !args.contains_key(&p.name) {
             let Some(default) = p.default else {
-                return Err(Error::new(format!("missing required argument `{}`", p.name)));
+                return Err(Error::new(format!(
+                    "missing required argument `{}`",
+                    p.name
+                )));
             };
             args.insert(p.name, serde_json::from_str(&default)?);
         }

@@ -9,22 +9,42 @@ fn functions_lists_the_example_with_its_parameters() {
     let text = stdout(&o);
     assert!(text.contains("hello.greet"), "{text}");
     assert!(text.contains("names     list<string>  required"), "{text}");
-    assert!(text.contains("greeting  string        default \"hello\""), "{text}");
+    assert!(
+        text.contains("greeting  string        default \"hello\""),
+        "{text}"
+    );
     assert!(text.contains("The word to greet with."), "{text}");
 }
 
 #[test]
 fn functions_as_json() {
-    let o = run_in(&root(), &["functions", "--json", "--plugins", guests_dir().to_str().unwrap()]);
+    let o = run_in(
+        &root(),
+        &[
+            "functions",
+            "--json",
+            "--plugins",
+            guests_dir().to_str().unwrap(),
+        ],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let names: Vec<&str> = v
         .as_array()
         .unwrap()
         .iter()
-        .flat_map(|c| c["functions"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()))
+        .flat_map(|c| {
+            c["functions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f["name"].as_str().unwrap())
+        })
         .collect();
-    assert!(names.contains(&"faulty.misbehave") && names.contains(&"hello.greet"), "{names:?}");
+    assert!(
+        names.contains(&"faulty.misbehave") && names.contains(&"hello.greet"),
+        "{names:?}"
+    );
 }
 
 #[test]
@@ -48,8 +68,17 @@ fn a_core_module_is_refused_with_its_name() {
     // The smallest core module: magic + version 1.
     std::fs::write(dir.path().join("core.wasm"), b"\0asm\x01\0\0\0").unwrap();
     std::fs::write(dir.path().join("junk.wasm"), b"not wasm at all").unwrap();
-    let o = run_in(&root(), &["functions", "--plugins", dir.path().to_str().unwrap()]);
+    let o = run_in(
+        &root(),
+        &["functions", "--plugins", dir.path().to_str().unwrap()],
+    );
     let err = stderr(&o);
-    assert!(err.contains("core.wasm` is a core WebAssembly module, not a component"), "{err}");
-    assert!(err.contains("junk.wasm` is not a WebAssembly file"), "{err}");
+    assert!(
+        err.contains("core.wasm` is a core WebAssembly module, not a component"),
+        "{err}"
+    );
+    assert!(
+        err.contains("junk.wasm` is not a WebAssembly file"),
+        "{err}"
+    );
 }

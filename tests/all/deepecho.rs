@@ -22,45 +22,84 @@ fn baselines_score_as_the_reference_says() {
     assert_eq!(
         header,
         [
-            "model", "dataset", "fit_time", "sample_time", "rf_detection_score", "rf_detection_score_time",
-            "sdmetrics_score", "sdmetrics_score_time", "error"
+            "model",
+            "dataset",
+            "fit_time",
+            "sample_time",
+            "rf_detection_score",
+            "rf_detection_score_time",
+            "sdmetrics_score",
+            "sdmetrics_score_time",
+            "error"
         ]
     );
     assert_eq!(rows.len(), 2);
     let score = |row: &Vec<String>, col: usize| row[col].parse::<f64>().unwrap();
     let (real, uniform) = (&rows[0], &rows[1]);
-    assert_eq!((real[0].as_str(), uniform[0].as_str()), ("RealDataBaseline", "UniformBaseline"));
+    assert_eq!(
+        (real[0].as_str(), uniform[0].as_str()),
+        ("RealDataBaseline", "UniformBaseline")
+    );
     for row in &rows {
         assert_eq!(row[8], "", "no error");
         for col in [4, 6] {
-            assert!((0.0..=1.0).contains(&score(row, col)), "score in [0, 1]: {row:?}");
+            assert!(
+                (0.0..=1.0).contains(&score(row, col)),
+                "score in [0, 1]: {row:?}"
+            );
         }
     }
     // Real data is harder to tell from real data than uniform noise is.
-    assert!(score(real, 4) > score(uniform, 4) + 0.3, "{real:?} vs {uniform:?}");
-    assert!(score(real, 6) > score(uniform, 6), "{real:?} vs {uniform:?}");
+    assert!(
+        score(real, 4) > score(uniform, 4) + 0.3,
+        "{real:?} vs {uniform:?}"
+    );
+    assert!(
+        score(real, 6) > score(uniform, 6),
+        "{real:?} vs {uniform:?}"
+    );
     // save_samples: each shard's synthetic sequences stored beside the output.
-    let samples = dir.path().join("out/results.samples/UniformBaseline/BasicMotions.csv");
+    let samples = dir
+        .path()
+        .join("out/results.samples/UniformBaseline/BasicMotions.csv");
     let (sample_header, sample_rows) = read_csv(&samples);
     assert_eq!(&sample_header[..3], ["e_id", "ml_class", "dim_0"]);
     assert!(sample_rows.len() > 100, "sequences of ~100 steps");
-    assert!(dir.path().join("out/results.samples/RealDataBaseline/BasicMotions.csv").exists());
+    assert!(
+        dir.path()
+            .join("out/results.samples/RealDataBaseline/BasicMotions.csv")
+            .exists()
+    );
 }
 
 #[test]
 fn the_reference_example_validates_and_plans_every_dataset() {
     let o = run_in(&root(), &["validate", "examples/deepecho/reference.toml"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stdout(&o).contains("7 shards"), "datasets = 20 means all 7: {}", stdout(&o));
+    assert!(
+        stdout(&o).contains("7 shards"),
+        "datasets = 20 means all 7: {}",
+        stdout(&o)
+    );
 }
 
 #[test]
 fn an_unknown_model_is_refused_when_planning() {
     let d = deepecho_config("");
-    let text = std::fs::read_to_string(d.path().join("config.toml")).unwrap().replace("\"UniformBaseline\"", "\"UniformBaselin\"");
+    let text = std::fs::read_to_string(d.path().join("config.toml"))
+        .unwrap()
+        .replace("\"UniformBaseline\"", "\"UniformBaselin\"");
     std::fs::write(d.path().join("config.toml"), text).unwrap();
     let o = run_in(d.path(), &["run", "config.toml"]);
-    assert_eq!(o.status.code(), Some(2), "the plugin refused the arguments: nothing ran");
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "the plugin refused the arguments: nothing ran"
+    );
     assert!(stderr(&o).contains("UniformBaselin"), "{}", stderr(&o));
-    assert!(stderr(&o).contains("UniformBaseline"), "suggests the right name: {}", stderr(&o));
+    assert!(
+        stderr(&o).contains("UniformBaseline"),
+        "suggests the right name: {}",
+        stderr(&o)
+    );
 }

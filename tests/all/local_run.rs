@@ -6,20 +6,44 @@ use crate::util::*;
 fn hello_example_writes_the_table() {
     let out = tempfile::tempdir().unwrap();
     let csv = out.path().join("hello.csv");
-    let o = run_in(&root(), &["run", "examples/hello/config.toml", "--output", csv.to_str().unwrap()]);
+    let o = run_in(
+        &root(),
+        &[
+            "run",
+            "examples/hello/config.toml",
+            "--output",
+            csv.to_str().unwrap(),
+        ],
+    );
     assert!(o.status.success(), "engine run failed: {}", stderr(&o));
     let (header, rows) = read_csv(&csv);
     assert_eq!(header, ["name", "round", "message", "letters", "error"]);
     let names: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
-    assert_eq!(names, ["Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald"], "rows in shard order");
+    assert_eq!(
+        names,
+        ["Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald"],
+        "rows in shard order"
+    );
     assert_eq!(rows[1], ["Grace", "0", "Hello, Grace!", "5", ""]);
-    assert!(stderr(&o).contains("done: 6 shards (6 ok, 0 failed)"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("done: 6 shards (6 ok, 0 failed)"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
 fn a_trapping_shard_gives_one_error_row_and_exit_1() {
     let dir = faulty_config("shards = 5\nbad = 2\nhow = \"trap\"", 2, "");
-    let o = run_in(dir.path(), &["run", "config.toml", "--plugins", guests_dir().to_str().unwrap()]);
+    let o = run_in(
+        dir.path(),
+        &[
+            "run",
+            "config.toml",
+            "--plugins",
+            guests_dir().to_str().unwrap(),
+        ],
+    );
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let (header, rows) = read_csv(&dir.path().join("out/result.csv"));
     assert_eq!(header, ["shard", "square", "random", "error"]);
@@ -29,19 +53,35 @@ fn a_trapping_shard_gives_one_error_row_and_exit_1() {
         if i == 2 {
             assert_eq!(row[1], "", "no result for the failed shard");
             assert!(row[3].starts_with("trap: "), "classified error: {}", row[3]);
-            assert!(row[3].contains("unreachable") || row[3].contains("panic"), "{}", row[3]);
+            assert!(
+                row[3].contains("unreachable") || row[3].contains("panic"),
+                "{}",
+                row[3]
+            );
         } else {
             assert_eq!(row[1], (i * i).to_string());
             assert_eq!(row[3], "");
         }
     }
-    assert!(stderr(&o).contains("5 shards (4 ok, 1 failed)"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("5 shards (4 ok, 1 failed)"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
 fn a_guest_error_is_retried_then_reported() {
     let dir = faulty_config("shards = 3\nbad = 0\nhow = \"error\"", 1, "retries = 2");
-    let o = run_in(dir.path(), &["run", "config.toml", "--plugins", guests_dir().to_str().unwrap()]);
+    let o = run_in(
+        dir.path(),
+        &[
+            "run",
+            "config.toml",
+            "--plugins",
+            guests_dir().to_str().unwrap(),
+        ],
+    );
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let (_, rows) = read_csv(&dir.path().join("out/result.csv"));
     assert_eq!(rows[0][3], "guest-error: shard asked to fail");
@@ -53,24 +93,46 @@ fn same_seed_same_bytes_with_1_and_4_workers() {
     let mut outputs = Vec::new();
     for workers in [1, 4] {
         let dir = faulty_config("shards = 12", workers, "");
-        let o = run_in(dir.path(), &["run", "config.toml", "--plugins", guests_dir().to_str().unwrap()]);
+        let o = run_in(
+            dir.path(),
+            &[
+                "run",
+                "config.toml",
+                "--plugins",
+                guests_dir().to_str().unwrap(),
+            ],
+        );
         assert!(o.status.success(), "{}", stderr(&o));
         outputs.push(std::fs::read(dir.path().join("out/result.csv")).unwrap());
     }
     assert_eq!(outputs[0], outputs[1], "byte-identical output");
     // The seed reaches the guest's randomness: the random column varies by shard.
     let text = String::from_utf8(outputs[0].clone()).unwrap();
-    let randoms: std::collections::HashSet<&str> = text.lines().skip(1).map(|l| l.split(',').nth(2).unwrap()).collect();
+    let randoms: std::collections::HashSet<&str> = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(2).unwrap())
+        .collect();
     assert!(randoms.len() > 6, "per-shard seeds differ: {text}");
 }
 
 #[test]
 fn a_different_seed_changes_the_random_column() {
     let a = faulty_config("shards = 3", 1, "");
-    let text = std::fs::read_to_string(a.path().join("config.toml")).unwrap().replace("seed = 7", "seed = 8");
+    let text = std::fs::read_to_string(a.path().join("config.toml"))
+        .unwrap()
+        .replace("seed = 7", "seed = 8");
     let b = config(&text);
     for d in [&a, &b] {
-        let o = run_in(d.path(), &["run", "config.toml", "--plugins", guests_dir().to_str().unwrap()]);
+        let o = run_in(
+            d.path(),
+            &[
+                "run",
+                "config.toml",
+                "--plugins",
+                guests_dir().to_str().unwrap(),
+            ],
+        );
         assert!(o.status.success(), "{}", stderr(&o));
     }
     let ra = std::fs::read(a.path().join("out/result.csv")).unwrap();

@@ -4,5 +4,10 @@ mod util;
 
 mod cli;
 mod deepecho;
+mod deploy;
+mod kubernetes;
 mod local_run;
+mod processes;
+mod s3;
+mod sandbox;
 mod ui;

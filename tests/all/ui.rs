@@ -17,7 +17,15 @@ fn config_errors_match_their_golden_messages() {
     for case in &cases {
         let name = case.file_name().unwrap().to_str().unwrap();
         let rel = format!("ui/{name}");
-        let o = run_in(&root().join("tests"), &["validate", &rel, "--plugins", guests_dir().to_str().unwrap()]);
+        let o = run_in(
+            &root().join("tests"),
+            &[
+                "validate",
+                &rel,
+                "--plugins",
+                guests_dir().to_str().unwrap(),
+            ],
+        );
         let actual = stderr(&o).replace(&root().display().to_string(), "$ROOT");
         let golden = case.with_extension("stderr");
         if std::env::var_os("BLESS").is_some() {

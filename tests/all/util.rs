@@ -5,7 +5,10 @@ use std::process::{Command, Output};
 
 /// The repository root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 /// The test guests (`tests/guests/*`), built for wasm.
@@ -25,7 +28,11 @@ pub fn engine() -> Command {
 
 /// Run `engine ARGS…` in `dir`.
 pub fn run_in(dir: &Path, args: &[&str]) -> Output {
-    engine().args(args).current_dir(dir).output().expect("cannot start the engine binary")
+    engine()
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("cannot start the engine binary")
 }
 
 pub fn stderr(o: &Output) -> String {
@@ -43,19 +50,36 @@ pub fn config(text: &str) -> tempfile::TempDir {
     dir
 }
 
-/// A config calling `faulty.misbehave` with the given extra args and workers.
+/// A config calling `faulty.misbehave` with the given extra args and workers;
+/// `extra` holds more `[limits]` lines (memory 64M and timeout 5s unless given).
 pub fn faulty_config(args: &str, workers: usize, extra: &str) -> tempfile::TempDir {
+    let mut limits = String::new();
+    if !extra.contains("memory =") {
+        limits.push_str("memory = \"64M\"\n");
+    }
+    if !extra.contains("timeout =") {
+        limits.push_str("timeout = \"5s\"\n");
+    }
     config(&format!(
         "[run]\nfunction = \"faulty.misbehave\"\nseed = 7\n[run.args]\n{args}\n\
-         [cluster]\nworkers = {workers}\n[limits]\nmemory = \"64M\"\ntimeout = \"5s\"\n{extra}\n\
+         [cluster]\nworkers = {workers}\n[limits]\n{limits}{extra}\n\
          [output]\npath = \"out/result.csv\"\n"
     ))
 }
 
 /// Parse a CSV file into a header and rows.
 pub fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
-    let mut reader = csv::Reader::from_path(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    let header = reader.headers().expect("header").iter().map(str::to_owned).collect();
-    let rows = reader.records().map(|r| r.expect("record").iter().map(str::to_owned).collect()).collect();
+    let mut reader = csv::Reader::from_path(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let header = reader
+        .headers()
+        .expect("header")
+        .iter()
+        .map(str::to_owned)
+        .collect();
+    let rows = reader
+        .records()
+        .map(|r| r.expect("record").iter().map(str::to_owned).collect())
+        .collect();
     (header, rows)
 }

@@ -46,10 +46,16 @@ impl LocalPool {
                     busy: busy.clone(),
                     handle: handle.clone(),
                 };
-                std::thread::Builder::new().name(format!("worker-{i}")).spawn(move || work(&ctx))
+                std::thread::Builder::new()
+                    .name(format!("worker-{i}"))
+                    .spawn(move || work(&ctx))
             })
             .collect::<std::io::Result<Vec<_>>>()?;
-        Ok(LocalPool { threads, stop, heartbeat })
+        Ok(LocalPool {
+            threads,
+            stop,
+            heartbeat,
+        })
     }
 
     /// `Some(reason)` once every thread has exited.

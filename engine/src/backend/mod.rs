@@ -1,7 +1,8 @@
 //! How workers come to exist: threads in this process (`local`), `engine
-//! worker` processes on this machine (`processes`). Every backend runs the
-//! same worker loop against the same store-backed queue.
+//! worker` processes on this machine (`processes`), pods (`kubernetes`). Every
+//! backend runs the same worker loop against the same store-backed queue.
 
+pub mod kubernetes;
 pub mod local;
 mod processes;
 
@@ -12,43 +13,69 @@ use anyhow::Result;
 pub enum Workers {
     Local(local::LocalPool),
     Processes(processes::ProcessPool),
+    Kubernetes(Box<kubernetes::KubePool>),
 }
 
 impl Workers {
     /// `n` `engine worker` processes on this machine.
-    pub fn processes(n: usize, store: &str, spec: &RunSpec, credentials: Option<&(String, String)>) -> Result<Workers> {
-        Ok(Workers::Processes(processes::ProcessPool::start(n, store, spec, credentials)?))
+    pub fn processes(
+        n: usize,
+        store: &str,
+        spec: &RunSpec,
+        credentials: Option<&(String, String)>,
+    ) -> Result<Workers> {
+        Ok(Workers::Processes(processes::ProcessPool::start(
+            n,
+            store,
+            spec,
+            credentials,
+        )?))
     }
 
-    /// `Some(reason)` once no worker is left running (and none will be restarted).
-    pub fn all_stopped(&mut self) -> Option<String> {
-        match self {
+    /// Worker pods (see `kubernetes`).
+    pub async fn kubernetes(run: kubernetes::KubeRun<'_>) -> Result<Workers> {
+        Ok(Workers::Kubernetes(Box::new(
+            kubernetes::KubePool::start(run).await?,
+        )))
+    }
+
+    /// `Some(reason)` once no worker is left running (and none will be restarted);
+    /// an error when the run cannot go on (e.g. no worker pod can start).
+    pub async fn all_stopped(&mut self) -> Result<Option<String>> {
+        Ok(match self {
             Workers::Local(p) => p.all_stopped(),
             Workers::Processes(p) => p.all_stopped(),
-        }
+            Workers::Kubernetes(p) => p.all_stopped().await?,
+        })
     }
 
     /// Ask workers to stop after their current shard.
     pub fn stop(&mut self) {
         match self {
             Workers::Local(p) => p.stop(),
-            Workers::Processes(_) => {}
+            Workers::Processes(_) | Workers::Kubernetes(_) => {}
         }
     }
 
     /// Stop workers now (a failed or interrupted run).
-    pub fn kill(&mut self) {
+    pub async fn kill(&mut self) {
         match self {
             Workers::Local(p) => p.stop(),
             Workers::Processes(p) => p.kill(),
+            Workers::Kubernetes(p) => p.cleanup().await,
         }
     }
 
-    /// Wait for the workers to exit.
-    pub fn join(self) -> Result<()> {
+    /// Wait for the workers to exit (pods: every shard has a part, so they
+    /// are exiting by themselves; delete the run's objects).
+    pub async fn join(self) -> Result<()> {
         match self {
             Workers::Local(p) => p.join().map(drop),
             Workers::Processes(p) => p.join(),
+            Workers::Kubernetes(mut p) => {
+                p.cleanup().await;
+                Ok(())
+            }
         }
     }
 }

@@ -15,19 +15,43 @@ pub struct ProcessPool {
 }
 
 impl ProcessPool {
-    pub fn start(n: usize, store: &str, spec: &RunSpec, credentials: Option<&(String, String)>) -> Result<ProcessPool> {
+    pub fn start(
+        n: usize,
+        store: &str,
+        spec: &RunSpec,
+        credentials: Option<&(String, String)>,
+    ) -> Result<ProcessPool> {
         let exe = match std::env::var_os("ENGINE_WORKER_EXE") {
             Some(exe) => exe.into(),
-            None => std::env::current_exe().context("cannot find the engine executable to start workers")?,
+            None => std::env::current_exe()
+                .context("cannot find the engine executable to start workers")?,
         };
-        let mut command = vec![exe.display().to_string(), "worker".into(), "--store".into(), store.into(), "--run".into(), spec.run_id.clone()];
+        let mut command = vec![
+            exe.display().to_string(),
+            "worker".into(),
+            "--store".into(),
+            store.into(),
+            "--run".into(),
+            spec.run_id.clone(),
+        ];
         if let Some(t) = &spec.tenant {
             command.extend(["--tenant".into(), t.clone()]);
         }
         let env = credentials
-            .map(|(k, s)| vec![("AWS_ACCESS_KEY_ID".to_owned(), k.clone()), ("AWS_SECRET_ACCESS_KEY".to_owned(), s.clone())])
+            .map(|(k, s)| {
+                vec![
+                    ("AWS_ACCESS_KEY_ID".to_owned(), k.clone()),
+                    ("AWS_SECRET_ACCESS_KEY".to_owned(), s.clone()),
+                ]
+            })
             .unwrap_or_default();
-        let mut pool = ProcessPool { command, env, children: Vec::new(), restarts_left: 3 * n, exits: Vec::new() };
+        let mut pool = ProcessPool {
+            command,
+            env,
+            children: Vec::new(),
+            restarts_left: 3 * n,
+            exits: Vec::new(),
+        };
         for i in 0..n {
             let child = pool.spawn(i)?;
             pool.children.push(Some(child));
@@ -38,7 +62,10 @@ impl ProcessPool {
     fn spawn(&self, i: usize) -> Result<Child> {
         let mut cmd = Command::new(&self.command[0]);
         cmd.args(&self.command[1..])
-            .args(["--id", &format!("{}-proc-{i}-{}", std::process::id(), self.restarts_left)])
+            .args([
+                "--id",
+                &format!("{}-proc-{i}-{}", std::process::id(), self.restarts_left),
+            ])
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
         if std::env::var_os("RUST_LOG").is_none() {
@@ -56,14 +83,19 @@ impl ProcessPool {
                 });
             }
         }
-        cmd.spawn().with_context(|| format!("cannot start worker `{}`", self.command.join(" ")))
+        cmd.spawn()
+            .with_context(|| format!("cannot start worker `{}`", self.command.join(" ")))
     }
 
     /// Restart workers that died while work remains; `Some` when none is left.
     pub fn all_stopped(&mut self) -> Option<String> {
         for i in 0..self.children.len() {
-            let Some(child) = &mut self.children[i] else { continue };
-            let Ok(Some(status)) = child.try_wait() else { continue };
+            let Some(child) = &mut self.children[i] else {
+                continue;
+            };
+            let Ok(Some(status)) = child.try_wait() else {
+                continue;
+            };
             self.children[i] = None;
             if status.success() {
                 continue;
@@ -81,7 +113,12 @@ impl ProcessPool {
         if self.children.iter().any(Option::is_some) {
             return None;
         }
-        Some(self.exits.last().cloned().unwrap_or_else(|| "every worker exited".into()))
+        Some(
+            self.exits
+                .last()
+                .cloned()
+                .unwrap_or_else(|| "every worker exited".into()),
+        )
     }
 
     pub fn kill(&mut self) {

@@ -32,11 +32,16 @@ pub async fn merge(store: &RunStore, shards: usize, output: &Location) -> Result
     let mut parts = futures::stream::iter(0..shards)
         .map(|i| async move {
             let rel = format!("parts/{}.csv", shard_name(i));
-            store.get(&rel).await?.with_context(|| format!("part `{rel}` is missing"))
+            store
+                .get(&rel)
+                .await?
+                .with_context(|| format!("part `{rel}` is missing"))
         })
         .buffered(4);
     while let Some(part) = parts.next().await {
-        let mut csv = csv::WriterBuilder::new().has_headers(false).from_writer(chunk);
+        let mut csv = csv::WriterBuilder::new()
+            .has_headers(false)
+            .from_writer(chunk);
         rows += append_part(&part?, &columns, &mut csv)?;
         chunk = csv.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
         if chunk.len() >= CHUNK {
@@ -62,11 +67,21 @@ async fn read_header(store: &RunStore, i: usize) -> Result<Vec<String>> {
 /// output `samples/a.csv` give `results.samples/a.csv`.
 pub async fn copy_side_outputs(store: &RunStore, output: &Location) -> Result<usize> {
     let names = store.list("outputs").await?;
-    let stem = output.path.as_ref().strip_suffix(".csv").unwrap_or(output.path.as_ref()).to_owned();
+    let stem = output
+        .path
+        .as_ref()
+        .strip_suffix(".csv")
+        .unwrap_or(output.path.as_ref())
+        .to_owned();
     for rel in &names {
         // `<shard>/<name>`
-        let Some((_, name)) = rel.split_once('/') else { continue };
-        let bytes = store.get(&format!("outputs/{rel}")).await?.unwrap_or_default();
+        let Some((_, name)) = rel.split_once('/') else {
+            continue;
+        };
+        let bytes = store
+            .get(&format!("outputs/{rel}"))
+            .await?
+            .unwrap_or_default();
         let dest = object_store::path::Path::from(format!("{stem}.{name}"));
         output
             .store

@@ -85,12 +85,19 @@ pub struct Summary {
 /// Parse and validate everything before anything runs.
 pub fn prepare(runtime: &Runtime, opts: &RunOptions) -> Result<Prepared, InputError> {
     let (source, mut config) = config::load(&opts.config)?;
-    let base = opts.config.parent().map(Path::to_path_buf).unwrap_or_default();
+    let base = opts
+        .config
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
     if let Some(n) = opts.workers {
         if n == 0 {
             return Err(InputError::msg("`--workers` must be at least 1"));
         }
-        config.cluster.workers = config::Workers { minimum: n, maximum: n };
+        config.cluster.workers = config::Workers {
+            minimum: n,
+            maximum: n,
+        };
     }
     let search = SearchPath::new(&opts.plugins);
     let resolved = plugins::resolve(runtime, &search, &config.run.function).map_err(|e| {
@@ -110,7 +117,12 @@ pub fn prepare(runtime: &Runtime, opts: &RunOptions) -> Result<Prepared, InputEr
         None => base.join(&written).display().to_string(),
     };
     if config.output.key.is_some() != config.output.secret_key.is_some() {
-        return Err(source.error_at(source.key_offset(&["output"]), "`output.key` and `output.secret_key` go together").into());
+        return Err(source
+            .error_at(
+                source.key_offset(&["output"]),
+                "`output.key` and `output.secret_key` go together",
+            )
+            .into());
     }
     if config.output.credentials().is_some() {
         tracing::warn!(
@@ -121,11 +133,17 @@ pub fn prepare(runtime: &Runtime, opts: &RunOptions) -> Result<Prepared, InputEr
         );
     }
     Location::parse_with(&output, config.output.credentials().as_ref()).map_err(|e| {
-        InputError::from(source.error_at(source.key_offset(&["output", "path"]), format!("`output.path`: {e:#}")))
+        InputError::from(source.error_at(
+            source.key_offset(&["output", "path"]),
+            format!("`output.path`: {e:#}"),
+        ))
     })?;
     let store = match (&config.cluster.store, config.cluster.backend) {
         (Some(s), _) if s.contains("://") => s.clone(),
-        (Some(s), _) => std::path::absolute(base.join(s)).map_err(|e| InputError::msg(format!("bad store path: {e}")))?.display().to_string(),
+        (Some(s), _) => std::path::absolute(base.join(s))
+            .map_err(|e| InputError::msg(format!("bad store path: {e}")))?
+            .display()
+            .to_string(),
         (None, Backend::Local) => "memory://".into(),
         (None, Backend::Processes) => std::path::absolute(base.join(".engine"))
             .map_err(|e| InputError::msg(format!("bad store path: {e}")))?
@@ -141,14 +159,31 @@ pub fn prepare(runtime: &Runtime, opts: &RunOptions) -> Result<Prepared, InputEr
         }
     };
     let workers = config.cluster.workers;
-    Ok(Prepared { config, plugin: resolved.plugin, component_path: resolved.path, args, data_dir, output, store, workers })
+    Ok(Prepared {
+        config,
+        plugin: resolved.plugin,
+        component_path: resolved.path,
+        args,
+        data_dir,
+        output,
+        store,
+        workers,
+    })
 }
 
-fn check_data_dir(path: &Path, from_config: Option<(&Source, &PathBuf)>) -> Result<PathBuf, InputError> {
+fn check_data_dir(
+    path: &Path,
+    from_config: Option<(&Source, &PathBuf)>,
+) -> Result<PathBuf, InputError> {
     if path.is_dir() {
-        return std::path::absolute(path).map_err(|e| InputError::msg(format!("bad data path: {e}")));
+        return std::path::absolute(path)
+            .map_err(|e| InputError::msg(format!("bad data path: {e}")));
     }
-    let why = if path.exists() { "is not a directory" } else { "does not exist" };
+    let why = if path.exists() {
+        "is not a directory"
+    } else {
+        "does not exist"
+    };
     Err(match from_config {
         Some((source, rel)) => InputError::from(source.error_at(
             source.key_offset(&["run", "data"]),
@@ -184,13 +219,22 @@ pub fn plan(runtime: &Runtime, p: &Prepared) -> Result<Vec<Shard>> {
         seed: p.config.run.seed,
     };
     let args = Value::Object(p.args.clone()).to_string();
-    let shards = runtime.plan(&p.plugin, &p.config.run.function, &args, &sandbox).map_err(|f| {
-        let e = anyhow::anyhow!("planning `{}` failed: {f}", p.config.run.function);
-        // The plugin refusing its arguments is the user's to fix: exit 2.
-        if f.kind == crate::runtime::ErrorKind::GuestError { InputError::from(e).into() } else { e }
-    })?;
+    let shards = runtime
+        .plan(&p.plugin, &p.config.run.function, &args, &sandbox)
+        .map_err(|f| {
+            let e = anyhow::anyhow!("planning `{}` failed: {f}", p.config.run.function);
+            // The plugin refusing its arguments is the user's to fix: exit 2.
+            if f.kind == crate::runtime::ErrorKind::GuestError {
+                InputError::from(e).into()
+            } else {
+                e
+            }
+        })?;
     if shards.is_empty() {
-        bail!("`{}` planned no shards for these arguments: nothing to run", p.config.run.function);
+        bail!(
+            "`{}` planned no shards for these arguments: nothing to run",
+            p.config.run.function
+        );
     }
     Ok(shards)
 }
@@ -241,10 +285,28 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
     let mut pool = match prepared.config.cluster.backend {
         Backend::Local => {
             let process = format!("{}-orchestrator", worker::default_process_name());
-            Workers::Local(crate::backend::local::LocalPool::start(workers, &runtime, &prepared.plugin, &spec, &shards, &store, &process)?)
+            Workers::Local(crate::backend::local::LocalPool::start(
+                workers,
+                &runtime,
+                &prepared.plugin,
+                &spec,
+                &shards,
+                &store,
+                &process,
+            )?)
         }
-        Backend::Processes => Workers::processes(workers, &prepared.store, &spec, credentials.as_ref())?,
-        Backend::Kubernetes => bail!("the kubernetes backend is not available in this build yet"),
+        Backend::Processes => {
+            Workers::processes(workers, &prepared.store, &spec, credentials.as_ref())?
+        }
+        Backend::Kubernetes => {
+            let run = crate::backend::kubernetes::KubeRun {
+                prepared: &prepared,
+                spec: &spec,
+                store: &store,
+                credentials: credentials.as_ref(),
+            };
+            Workers::kubernetes(run).await?
+        }
     };
 
     let mut progress = Progress::new(opts.progress, n as u64);
@@ -254,14 +316,14 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
     let failed = match watched {
         Ok(failed) => failed,
         Err(e) => {
-            pool.kill();
+            pool.kill().await;
             return Err(e.context(format!(
                 "run {run_id} stopped; finished shards are kept in `{}` and a rerun of the same command resumes",
                 prepared.store
             )));
         }
     };
-    pool.join()?;
+    pool.join().await?;
 
     let output = Location::parse_with(&prepared.output, credentials.as_ref())?;
     let rows = merge::merge(&store, n, &output).await.with_context(|| {
@@ -272,30 +334,61 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
         )
     })?;
     merge::copy_side_outputs(&store, &output).await?;
-    Ok(Summary { run_id, shards: n, failed, rows, elapsed: started.elapsed(), output: prepared.output, resumed })
+    Ok(Summary {
+        run_id,
+        shards: n,
+        failed,
+        rows,
+        elapsed: started.elapsed(),
+        output: prepared.output,
+        resumed,
+    })
 }
 
 /// The run as published earlier (a resume), if it is in the store.
 async fn load_published(store: &RunStore) -> Result<Option<(RunSpec, Vec<Shard>)>> {
-    let Some(spec) = store.get("run.json").await? else { return Ok(None) };
-    let spec: RunSpec = serde_json::from_slice(&spec).context("the stored `run.json` is not a run spec")?;
-    let shards = store.get("shards.json").await?.context("the stored run has no `shards.json`")?;
-    let shards: Vec<Shard> = serde_json::from_slice(&shards).context("the stored `shards.json` is not a shard list")?;
+    let Some(spec) = store.get("run.json").await? else {
+        return Ok(None);
+    };
+    let spec: RunSpec =
+        serde_json::from_slice(&spec).context("the stored `run.json` is not a run spec")?;
+    let shards = store
+        .get("shards.json")
+        .await?
+        .context("the stored run has no `shards.json`")?;
+    let shards: Vec<Shard> =
+        serde_json::from_slice(&shards).context("the stored `shards.json` is not a shard list")?;
     Ok(Some((spec, shards)))
 }
 
 /// Write the run into the store; `run.json` last, so a worker that sees it
 /// finds everything else.
-async fn publish(store: &RunStore, spec: &RunSpec, shards: &[Shard], component: &Path) -> Result<()> {
-    let bytes = tokio::fs::read(component).await.with_context(|| format!("cannot read `{}`", component.display()))?;
+async fn publish(
+    store: &RunStore,
+    spec: &RunSpec,
+    shards: &[Shard],
+    component: &Path,
+) -> Result<()> {
+    let bytes = tokio::fs::read(component)
+        .await
+        .with_context(|| format!("cannot read `{}`", component.display()))?;
     store.put("component.wasm", bytes).await?;
-    store.put("shards.json", serde_json::to_vec(shards)?).await?;
-    store.put("run.json", serde_json::to_vec_pretty(spec)?).await?;
+    store
+        .put("shards.json", serde_json::to_vec(shards)?)
+        .await?;
+    store
+        .put("run.json", serde_json::to_vec_pretty(spec)?)
+        .await?;
     Ok(())
 }
 
 /// Poll the store until every shard has a part; returns how many failed.
-async fn watch(store: &RunStore, n: usize, pool: &mut Workers, progress: &mut Progress) -> Result<usize> {
+async fn watch(
+    store: &RunStore,
+    n: usize,
+    pool: &mut Workers,
+    progress: &mut Progress,
+) -> Result<usize> {
     let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
     loop {
         let done = store.list("parts").await?.len();
@@ -304,15 +397,22 @@ async fn watch(store: &RunStore, n: usize, pool: &mut Workers, progress: &mut Pr
         if done >= n {
             return Ok(failed);
         }
-        if let Some(e) = pool.all_stopped() {
+        if let Some(e) = pool.all_stopped().await? {
             let done = store.list("parts").await?.len();
             if done >= n {
                 continue;
             }
-            bail!("every worker stopped with {} of {n} shards unfinished: {e}", n - done);
+            bail!(
+                "every worker stopped with {} of {n} shards unfinished: {e}",
+                n - done
+            );
         }
         // An in-memory store is cheap to poll; a directory or a bucket less so.
-        let every = if store.root.display.starts_with("memory://") { 50 } else { 400 };
+        let every = if store.root.display.starts_with("memory://") {
+            50
+        } else {
+            400
+        };
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(every)) => {}
             _ = &mut ctrl_c => bail!("interrupted with {done} of {n} shards finished"),

@@ -43,7 +43,14 @@ impl Progress {
         });
         let lines = bar.is_none() && mode != ProgressMode::Quiet;
         let now = Instant::now();
-        Progress { bar, lines, total, started: now, last_line: now, last: (0, 0) }
+        Progress {
+            bar,
+            lines,
+            total,
+            started: now,
+            last_line: now,
+            last: (0, 0),
+        }
     }
 
     /// `done` shards finished, of which `failed` failed.
@@ -53,14 +60,25 @@ impl Progress {
             if failed > 0 {
                 bar.set_message(format!("({failed} failed)"));
             }
-        } else if self.lines && (done, failed) != self.last && self.last_line.elapsed() >= LINE_EVERY {
+        } else if self.lines
+            && (done, failed) != self.last
+            && self.last_line.elapsed() >= LINE_EVERY
+        {
             self.last_line = Instant::now();
             let elapsed = self.started.elapsed().as_secs_f64();
-            let eta = if done > 0 { elapsed / done as f64 * (self.total - done.min(self.total)) as f64 } else { f64::NAN };
+            let eta = if done > 0 {
+                elapsed / done as f64 * (self.total - done.min(self.total)) as f64
+            } else {
+                f64::NAN
+            };
             eprintln!(
                 "progress: {done}/{} shards, {failed} failed, {elapsed:.1}s elapsed, eta {}",
                 self.total,
-                if eta.is_finite() { format!("{eta:.0}s") } else { "unknown".into() }
+                if eta.is_finite() {
+                    format!("{eta:.0}s")
+                } else {
+                    "unknown".into()
+                }
             );
         }
         self.last = (done, failed);

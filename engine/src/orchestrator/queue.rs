@@ -45,7 +45,9 @@ pub enum Next {
 }
 
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// One worker's view of the queue.
@@ -60,12 +62,29 @@ pub struct Queue {
 }
 
 impl Queue {
-    pub fn new(store: RunStore, shards: usize, process: &str, worker: &str, lease: Duration) -> Queue {
-        Queue { store, shards, process: process.into(), worker: worker.into(), lease, cursor: 0 }
+    pub fn new(
+        store: RunStore,
+        shards: usize,
+        process: &str,
+        worker: &str,
+        lease: Duration,
+    ) -> Queue {
+        Queue {
+            store,
+            shards,
+            process: process.into(),
+            worker: worker.into(),
+            lease,
+            cursor: 0,
+        }
     }
 
     fn record(&self) -> String {
-        let r = ClaimRecord { process: self.process.clone(), worker: self.worker.clone(), at_ms: now_ms() };
+        let r = ClaimRecord {
+            process: self.process.clone(),
+            worker: self.worker.clone(),
+            at_ms: now_ms(),
+        };
         serde_json::to_string(&r).unwrap_or_default()
     }
 
@@ -75,7 +94,11 @@ impl Queue {
         while self.cursor < self.shards {
             let i = self.cursor;
             self.cursor += 1;
-            if self.store.create(&format!("claims/{}/0", shard_name(i)), self.record()).await? {
+            if self
+                .store
+                .create(&format!("claims/{}/0", shard_name(i)), self.record())
+                .await?
+            {
                 return Ok(Next::Run(i, 0));
             }
         }
@@ -87,7 +110,11 @@ impl Queue {
         for (i, attempt) in state.orphaned(self.shards) {
             let rel = format!("claims/{}/{}", shard_name(i), attempt + 1);
             if self.store.create(&rel, self.record()).await? {
-                tracing::info!(shard = i, attempt = attempt + 1, "re-offering a shard whose worker stopped");
+                tracing::info!(
+                    shard = i,
+                    attempt = attempt + 1,
+                    "re-offering a shard whose worker stopped"
+                );
                 return Ok(Next::Run(i, attempt + 1));
             }
         }
@@ -96,14 +123,21 @@ impl Queue {
 
     /// Store a shard's part; `false` if another worker's part was first.
     pub async fn complete(&self, i: usize, part: Vec<u8>) -> Result<bool> {
-        self.store.create(&format!("parts/{}.csv", shard_name(i)), part).await
+        self.store
+            .create(&format!("parts/{}.csv", shard_name(i)), part)
+            .await
     }
 }
 
 /// Write this process's heartbeat.
 pub async fn beat(store: &RunStore, process: &str, busy: usize) -> Result<()> {
-    let hb = Heartbeat { at_ms: now_ms(), busy };
-    store.put(&format!("heartbeats/{process}"), serde_json::to_vec(&hb)?).await
+    let hb = Heartbeat {
+        at_ms: now_ms(),
+        busy,
+    };
+    store
+        .put(&format!("heartbeats/{process}"), serde_json::to_vec(&hb)?)
+        .await
 }
 
 /// A snapshot of the queue, read from the store alone.
@@ -135,15 +169,21 @@ impl QueueState {
             }
         }
         for name in store.list("claims").await? {
-            let Some((i, a)) = name.split_once('/') else { continue };
-            let (Ok(i), Ok(a)) = (i.parse::<usize>(), a.parse::<u32>()) else { continue };
+            let Some((i, a)) = name.split_once('/') else {
+                continue;
+            };
+            let (Ok(i), Ok(a)) = (i.parse::<usize>(), a.parse::<u32>()) else {
+                continue;
+            };
             s.attempts += 1;
             let e = s.claims.entry(i).or_insert((a, None));
             e.0 = e.0.max(a);
         }
         let now = now_ms();
         for name in store.list("heartbeats").await? {
-            let Some(bytes) = store.get(&format!("heartbeats/{name}")).await? else { continue };
+            let Some(bytes) = store.get(&format!("heartbeats/{name}")).await? else {
+                continue;
+            };
             if let Ok(hb) = serde_json::from_slice::<Heartbeat>(&bytes)
                 && now.saturating_sub(hb.at_ms) < lease.as_millis() as u64
             {
@@ -151,11 +191,18 @@ impl QueueState {
             }
         }
         // Who holds the claims of unfinished shards.
-        let open: Vec<(usize, u32)> =
-            s.claims.iter().filter(|(i, _)| !s.done.contains(i)).map(|(i, (a, _))| (*i, *a)).collect();
+        let open: Vec<(usize, u32)> = s
+            .claims
+            .iter()
+            .filter(|(i, _)| !s.done.contains(i))
+            .map(|(i, (a, _))| (*i, *a))
+            .collect();
         for (i, a) in open {
             let rel = format!("claims/{}/{a}", shard_name(i));
-            let record = store.get(&rel).await?.and_then(|b| serde_json::from_slice::<ClaimRecord>(&b).ok());
+            let record = store
+                .get(&rel)
+                .await?
+                .and_then(|b| serde_json::from_slice::<ClaimRecord>(&b).ok());
             if let Some(e) = s.claims.get_mut(&i) {
                 e.1 = record;
             }
@@ -171,7 +218,9 @@ impl QueueState {
             .filter(|i| !self.done.contains(i))
             .filter_map(|i| {
                 let (a, rec) = self.claims.get(&i)?;
-                let alive = rec.as_ref().is_some_and(|r| self.alive.contains(&r.process));
+                let alive = rec
+                    .as_ref()
+                    .is_some_and(|r| self.alive.contains(&r.process));
                 (!alive).then_some((i, *a))
             })
             .collect();
@@ -184,7 +233,10 @@ impl QueueState {
         self.claims
             .iter()
             .filter(|(i, (_, rec))| {
-                !self.done.contains(i) && rec.as_ref().is_some_and(|r| self.alive.contains(&r.process))
+                !self.done.contains(i)
+                    && rec
+                        .as_ref()
+                        .is_some_and(|r| self.alive.contains(&r.process))
             })
             .count()
     }

@@ -34,7 +34,13 @@ pub struct WorkerCtx {
 /// many shards this worker ran.
 pub fn work(ctx: &WorkerCtx) -> Result<u64> {
     let lease = Duration::from_millis(ctx.spec.lease_ms);
-    let mut queue = Queue::new(ctx.store.clone(), ctx.shards.len(), &ctx.process, &ctx.worker_id, lease);
+    let mut queue = Queue::new(
+        ctx.store.clone(),
+        ctx.shards.len(),
+        &ctx.process,
+        &ctx.worker_id,
+        lease,
+    );
     let args = serde_json::Value::Object(ctx.spec.args.clone()).to_string();
     let poll = (lease / 4).clamp(Duration::from_millis(50), Duration::from_secs(2));
     let mut ran = 0;
@@ -61,7 +67,9 @@ fn run_one(ctx: &WorkerCtx, queue: &Queue, args: &str, i: usize, claim: u32) -> 
     let sandbox = sandbox_for(&ctx.spec, i);
     let mut retry = 0;
     let output = loop {
-        let output = ctx.runtime.run(&ctx.plugin, &ctx.spec.function, args, shard, &sandbox);
+        let output = ctx
+            .runtime
+            .run(&ctx.plugin, &ctx.spec.function, args, shard, &sandbox);
         match &output.failure {
             Some(f) if retry < ctx.spec.limits.retries => {
                 retry += 1;
@@ -74,13 +82,19 @@ fn run_one(ctx: &WorkerCtx, queue: &Queue, args: &str, i: usize, claim: u32) -> 
     let name = shard_name(i);
     ctx.handle.block_on(async {
         if !output.log.is_empty() {
-            ctx.store.put(&format!("log/{name}.log"), output.log).await?;
+            ctx.store
+                .put(&format!("log/{name}.log"), output.log)
+                .await?;
         }
         for (out_name, bytes) in output.outputs {
-            ctx.store.put(&format!("outputs/{name}/{out_name}"), bytes).await?;
+            ctx.store
+                .put(&format!("outputs/{name}/{out_name}"), bytes)
+                .await?;
         }
         if let Some(f) = &output.failure {
-            ctx.store.put(&format!("failed/{name}"), f.to_string()).await?;
+            ctx.store
+                .put(&format!("failed/{name}"), f.to_string())
+                .await?;
         }
         queue.complete(i, output.part).await
     })?;
@@ -109,7 +123,12 @@ fn shard_seed(seed: u64, index: u64) -> u64 {
 }
 
 /// Keep this process's heartbeat fresh until the returned handle is aborted.
-pub fn spawn_heartbeat(store: RunStore, process: String, busy: Arc<AtomicUsize>, lease: Duration) -> tokio::task::JoinHandle<()> {
+pub fn spawn_heartbeat(
+    store: RunStore,
+    process: String,
+    busy: Arc<AtomicUsize>,
+    lease: Duration,
+) -> tokio::task::JoinHandle<()> {
     let every = (lease / 4).max(Duration::from_millis(20));
     tokio::spawn(async move {
         loop {
@@ -145,15 +164,26 @@ pub async fn serve(opts: ServeOptions) -> Result<u64> {
         .get("run.json")
         .await?
         .with_context(|| format!("no run `{}` in the store `{}`", opts.run, opts.store))?;
-    let mut spec: RunSpec = serde_json::from_slice(&spec_bytes).context("`run.json` is not a run spec")?;
+    let mut spec: RunSpec =
+        serde_json::from_slice(&spec_bytes).context("`run.json` is not a run spec")?;
     if let Some(data) = opts.data {
         spec.data_dir = Some(std::path::absolute(data)?);
     }
-    let component = store.get("component.wasm").await?.context("the run has no `component.wasm`")?;
-    let shards: Vec<Shard> = serde_json::from_slice(&store.get("shards.json").await?.context("the run has no `shards.json`")?)
-        .context("`shards.json` is not a shard list")?;
+    let component = store
+        .get("component.wasm")
+        .await?
+        .context("the run has no `component.wasm`")?;
+    let shards: Vec<Shard> = serde_json::from_slice(
+        &store
+            .get("shards.json")
+            .await?
+            .context("the run has no `shards.json`")?,
+    )
+    .context("`shards.json` is not a shard list")?;
     let threads = opts.threads.max(1);
-    let runtime = Arc::new(tokio::task::block_in_place(|| Runtime::new(threads as u32))?);
+    let runtime = Arc::new(tokio::task::block_in_place(|| {
+        Runtime::new(threads as u32)
+    })?);
     let origin = format!("component.wasm of run {}", opts.run);
     let plugin = tokio::task::block_in_place(|| runtime.load_bytes(&component, &origin))?;
     if plugin.sha256 != spec.component_sha256 {
@@ -161,7 +191,15 @@ pub async fn serve(opts: ServeOptions) -> Result<u64> {
     }
     let process = opts.id.unwrap_or_else(default_process_name);
     tracing::info!(run = %opts.run, process = %process, threads, "worker starting");
-    let pool = crate::backend::local::LocalPool::start(threads, &runtime, &plugin, &Arc::new(spec), &Arc::new(shards), &store, &process)?;
+    let pool = crate::backend::local::LocalPool::start(
+        threads,
+        &runtime,
+        &plugin,
+        &Arc::new(spec),
+        &Arc::new(shards),
+        &store,
+        &process,
+    )?;
     let ran = tokio::task::spawn_blocking(move || pool.join()).await??;
     tracing::info!(ran, "worker done: every shard has a part");
     Ok(ran)

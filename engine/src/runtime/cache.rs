@@ -32,7 +32,12 @@ fn engine_hash(engine: &Engine) -> u64 {
 }
 
 /// Compile `bytes`, or load the artifact a previous run cached.
-pub fn compile(engine: &Engine, dir: Option<&Path>, sha256: &str, bytes: &[u8]) -> Result<Component> {
+pub fn compile(
+    engine: &Engine,
+    dir: Option<&Path>,
+    sha256: &str,
+    bytes: &[u8],
+) -> Result<Component> {
     let Some(dir) = dir else {
         return Ok(Component::new(engine, bytes)?);
     };
@@ -45,7 +50,9 @@ pub fn compile(engine: &Engine, dir: Option<&Path>, sha256: &str, bytes: &[u8]) 
                 tracing::debug!(path = %path.display(), "component cache hit");
                 return Ok(c);
             }
-            Err(e) => tracing::warn!(path = %path.display(), "ignoring unreadable cached component: {e}"),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "ignoring unreadable cached component: {e}")
+            }
         }
     }
     let component = Component::new(engine, bytes)?;

@@ -17,9 +17,9 @@ mod generated {
     });
 }
 
+use generated::engine::plugin::host::{self as wit_host, Level};
 pub(crate) use generated::engine::plugin::types as wit;
 pub(crate) use generated::{Plugin as Bindings, PluginPre as BindingsPre};
-use generated::engine::plugin::host::{self as wit_host, Level};
 
 /// The host side of a `table-writer`: rows go to the shard's [`PartBuilder`].
 pub struct TableWriter;
@@ -82,7 +82,10 @@ impl ShardState {
     /// Append to the log, refusing once the cap is reached.
     pub fn append_log(&mut self, text: &str) -> wasmtime::Result<()> {
         if self.log.len() as u64 + text.len() as u64 > self.limits.log_size {
-            let msg = format!("the shard's log exceeds `limits.log_size` ({} bytes)", self.limits.log_size);
+            let msg = format!(
+                "the shard's log exceeds `limits.log_size` ({} bytes)",
+                self.limits.log_size
+            );
             return Err(HostStop::LimitExceeded(msg).into());
         }
         self.log.extend_from_slice(text.as_bytes());
@@ -92,12 +95,20 @@ impl ShardState {
 
 impl WasiView for ShardState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
 impl wasmtime::ResourceLimiter for ShardState {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired as u64 > self.limits.memory {
             self.memory_denied = true;
             return Ok(false);
@@ -105,7 +116,12 @@ impl wasmtime::ResourceLimiter for ShardState {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 1_000_000)
     }
 }
@@ -135,20 +151,32 @@ impl wit_host::Host for ShardState {
         }
         self.outputs_bytes += data.len() as u64;
         if self.outputs_bytes > self.limits.output_size {
-            let msg = format!("the shard's side outputs exceed `limits.output_size` ({} bytes)", self.limits.output_size);
+            let msg = format!(
+                "the shard's side outputs exceed `limits.output_size` ({} bytes)",
+                self.limits.output_size
+            );
             return Err(HostStop::LimitExceeded(msg).into());
         }
-        self.outputs.entry(name).or_default().extend_from_slice(&data);
+        self.outputs
+            .entry(name)
+            .or_default()
+            .extend_from_slice(&data);
         Ok(Ok(()))
     }
 }
 
 impl wit_host::HostTableWriter for ShardState {
-    fn push_row(&mut self, _writer: Resource<TableWriter>, row: Vec<(String, wit::Cell)>) -> wasmtime::Result<Result<(), String>> {
+    fn push_row(
+        &mut self,
+        _writer: Resource<TableWriter>,
+        row: Vec<(String, wit::Cell)>,
+    ) -> wasmtime::Result<Result<(), String>> {
         let cells: Vec<(String, Cell)> = row.into_iter().map(|(k, v)| (k, from_wit(v))).collect();
         match self.part.push(cells.iter().map(|(k, v)| (k.as_str(), v))) {
             Ok(()) => Ok(Ok(())),
-            Err(e @ RowError::TooLarge { .. }) => Err(HostStop::LimitExceeded(e.to_string()).into()),
+            Err(e @ RowError::TooLarge { .. }) => {
+                Err(HostStop::LimitExceeded(e.to_string()).into())
+            }
             Err(e @ RowError::Malformed { .. }) => Err(HostStop::BadRow(e.to_string()).into()),
         }
     }
@@ -168,12 +196,16 @@ pub(crate) fn check_output_name(name: &str) -> Result<(), String> {
             !seg.is_empty()
                 && seg != "."
                 && seg != ".."
-                && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
         });
     if ok {
         Ok(())
     } else {
-        Err(format!("invalid output name `{name}`: use `/`-separated segments of letters, digits, `.`, `_` and `-`"))
+        Err(format!(
+            "invalid output name `{name}`: use `/`-separated segments of letters, digits, `.`, `_` and `-`"
+        ))
     }
 }
 

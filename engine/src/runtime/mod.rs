@@ -162,31 +162,43 @@ impl Runtime {
             .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
             .max_wasm_stack(2 << 20);
-        let engine = Engine::new(&config).map_err(anyhow::Error::from).context("cannot start the WebAssembly engine")?;
+        let engine = Engine::new(&config)
+            .map_err(anyhow::Error::from)
+            .context("cannot start the WebAssembly engine")?;
         spawn_ticker(&engine);
         let linker = host::linker(&engine)?;
-        Ok(Runtime { engine, linker, cache_dir: cache_dir(), loaded: Mutex::new(HashMap::new()) })
+        Ok(Runtime {
+            engine,
+            linker,
+            cache_dir: cache_dir(),
+            loaded: Mutex::new(HashMap::new()),
+        })
     }
 
     /// Load a component file (compiling it, or reusing the on-disk cache).
     pub fn load_file(&self, path: &Path) -> Result<Arc<Plugin>> {
-        let bytes = std::fs::read(path).with_context(|| format!("cannot read component `{}`", path.display()))?;
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("cannot read component `{}`", path.display()))?;
         self.load_bytes(&bytes, &path.display().to_string())
     }
 
     /// Load a component from bytes; `origin` names it in messages.
     pub fn load_bytes(&self, bytes: &[u8], origin: &str) -> Result<Arc<Plugin>> {
         let sha256 = cache::sha256_hex(bytes);
-        if let Some(p) = self.loaded.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.get(&sha256) {
+        if let Some(p) = self
+            .loaded
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .get(&sha256)
+        {
             return Ok(p.clone());
         }
         check_is_component(bytes, origin)?;
         let component = cache::compile(&self.engine, self.cache_dir.as_deref(), &sha256, bytes)
             .with_context(|| format!("cannot compile `{origin}`"))?;
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| anyhow::anyhow!("`{origin}` cannot run in the sandbox: {}", root_message(&e)))?;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            anyhow::anyhow!("`{origin}` cannot run in the sandbox: {}", root_message(&e))
+        })?;
         let pre = BindingsPre::new(pre).map_err(|e| {
             anyhow::anyhow!(
                 "`{origin}` is not an engine plugin (world `engine:plugin/plugin@{}`): {}",
@@ -194,13 +206,27 @@ impl Runtime {
                 root_message(&e)
             )
         })?;
-        let plugin = Arc::new(Plugin { sha256: sha256.clone(), origin: origin.to_owned(), pre });
-        self.loaded.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.insert(sha256, plugin.clone());
+        let plugin = Arc::new(Plugin {
+            sha256: sha256.clone(),
+            origin: origin.to_owned(),
+            pre,
+        });
+        self.loaded
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .insert(sha256, plugin.clone());
         Ok(plugin)
     }
 
-    fn instantiate(&self, plugin: &Plugin, sandbox: &Sandbox) -> Result<(Store<ShardState>, Bindings, [MemoryOutputPipe; 2])> {
-        let pipes = [MemoryOutputPipe::new(sandbox.log_size as usize), MemoryOutputPipe::new(sandbox.log_size as usize)];
+    fn instantiate(
+        &self,
+        plugin: &Plugin,
+        sandbox: &Sandbox,
+    ) -> Result<(Store<ShardState>, Bindings, [MemoryOutputPipe; 2])> {
+        let pipes = [
+            MemoryOutputPipe::new(sandbox.log_size as usize),
+            MemoryOutputPipe::new(sandbox.log_size as usize),
+        ];
         let mut wasi = WasiCtx::builder();
         wasi.stdout(pipes[0].clone()).stderr(pipes[1].clone());
         if let Some(dir) = &sandbox.data_dir {
@@ -215,7 +241,11 @@ impl Runtime {
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
-        let limits = HostLimits { memory: sandbox.memory, output_size: sandbox.output_size, log_size: sandbox.log_size };
+        let limits = HostLimits {
+            memory: sandbox.memory,
+            output_size: sandbox.output_size,
+            log_size: sandbox.log_size,
+        };
         let mut store = Store::new(&self.engine, ShardState::new(wasi.build(), limits));
         store.limiter(|s| s);
         let ticks = (sandbox.timeout.as_millis() / TICK.as_millis()).max(1) as u64 + 1;
@@ -228,9 +258,13 @@ impl Runtime {
     /// The functions a plugin offers.
     pub fn describe(&self, plugin: &Plugin) -> Result<Vec<FunctionInfo>> {
         let (mut store, bindings, _) = self.instantiate(plugin, &Sandbox::for_describe())?;
-        let infos = bindings
-            .call_describe(&mut store)
-            .map_err(|e| anyhow::anyhow!("`describe` of `{}` failed: {}", plugin.origin, classify(&e, store.data())))?;
+        let infos = bindings.call_describe(&mut store).map_err(|e| {
+            anyhow::anyhow!(
+                "`describe` of `{}` failed: {}",
+                plugin.origin,
+                classify(&e, store.data())
+            )
+        })?;
         Ok(infos
             .into_iter()
             .map(|f| FunctionInfo {
@@ -239,40 +273,77 @@ impl Runtime {
                 params: f
                     .params
                     .into_iter()
-                    .map(|p| ParamInfo { name: p.name, ty: p.type_, default: p.default, doc: p.doc })
+                    .map(|p| ParamInfo {
+                        name: p.name,
+                        ty: p.type_,
+                        default: p.default,
+                        doc: p.doc,
+                    })
                     .collect(),
             })
             .collect())
     }
 
     /// Split a call into shards.
-    pub fn plan(&self, plugin: &Plugin, function: &str, args: &str, sandbox: &Sandbox) -> Result<Vec<Shard>, GuestFailure> {
-        let (mut store, bindings, _) = self.instantiate(plugin, sandbox).map_err(|e| GuestFailure {
-            kind: ErrorKind::Denied,
-            message: format!("{e:#}"),
-        })?;
+    pub fn plan(
+        &self,
+        plugin: &Plugin,
+        function: &str,
+        args: &str,
+        sandbox: &Sandbox,
+    ) -> Result<Vec<Shard>, GuestFailure> {
+        let (mut store, bindings, _) =
+            self.instantiate(plugin, sandbox)
+                .map_err(|e| GuestFailure {
+                    kind: ErrorKind::Denied,
+                    message: format!("{e:#}"),
+                })?;
         match bindings.call_plan(&mut store, function, args) {
             Ok(Ok(shards)) => Ok(shards
                 .into_iter()
-                .map(|s| Shard { key: s.key.into_iter().map(|(k, v)| (k, host::from_wit(v))).collect(), payload: s.payload })
+                .map(|s| Shard {
+                    key: s
+                        .key
+                        .into_iter()
+                        .map(|(k, v)| (k, host::from_wit(v)))
+                        .collect(),
+                    payload: s.payload,
+                })
                 .collect()),
-            Ok(Err(message)) => Err(GuestFailure { kind: ErrorKind::GuestError, message }),
+            Ok(Err(message)) => Err(GuestFailure {
+                kind: ErrorKind::GuestError,
+                message,
+            }),
             Err(e) => Err(classify(&e, store.data())),
         }
     }
 
     /// Run one shard in a fresh sandbox. Never fails: a failure is data.
-    pub fn run(&self, plugin: &Plugin, function: &str, args: &str, shard: &Shard, sandbox: &Sandbox) -> ShardOutput {
+    pub fn run(
+        &self,
+        plugin: &Plugin,
+        function: &str,
+        args: &str,
+        shard: &Shard,
+        sandbox: &Sandbox,
+    ) -> ShardOutput {
         let started = Instant::now();
         let (mut store, bindings, pipes) = match self.instantiate(plugin, sandbox) {
             Ok(x) => x,
             Err(e) => {
-                let failure = GuestFailure { kind: ErrorKind::Denied, message: format!("{e:#}") };
+                let failure = GuestFailure {
+                    kind: ErrorKind::Denied,
+                    message: format!("{e:#}"),
+                };
                 return failed_output(shard, failure, Vec::new(), started);
             }
         };
         let wit_shard = host::wit::Shard {
-            key: shard.key.iter().map(|(k, v)| (k.clone(), host::to_wit(v))).collect(),
+            key: shard
+                .key
+                .iter()
+                .map(|(k, v)| (k.clone(), host::to_wit(v)))
+                .collect(),
             payload: shard.payload.clone(),
         };
         let result = store
@@ -281,7 +352,10 @@ impl Runtime {
             .and_then(|writer| bindings.call_run(&mut store, function, args, &wit_shard, writer));
         let failure = match result {
             Ok(Ok(())) => None,
-            Ok(Err(message)) => Some(GuestFailure { kind: ErrorKind::GuestError, message }),
+            Ok(Err(message)) => Some(GuestFailure {
+                kind: ErrorKind::GuestError,
+                message,
+            }),
             Err(e) => Some(classify(&e, store.data())),
         };
         // A Rust guest's panic message goes to stderr just before its trap.
@@ -320,7 +394,12 @@ impl Runtime {
     }
 }
 
-fn failed_output(shard: &Shard, failure: GuestFailure, log: Vec<u8>, started: Instant) -> ShardOutput {
+fn failed_output(
+    shard: &Shard,
+    failure: GuestFailure,
+    log: Vec<u8>,
+    started: Instant,
+) -> ShardOutput {
     ShardOutput {
         part: error_part(&shard.key, &failure.to_string()),
         failure: Some(failure),
@@ -337,35 +416,58 @@ fn classify(e: &wasmtime::Error, state: &ShardState) -> GuestFailure {
             HostStop::LimitExceeded(_) => ErrorKind::LimitExceeded,
             HostStop::BadRow(_) => ErrorKind::GuestError,
         };
-        return GuestFailure { kind, message: stop.to_string() };
+        return GuestFailure {
+            kind,
+            message: stop.to_string(),
+        };
     }
     let message = root_message(e);
     if let Some(trap) = e.downcast_ref::<Trap>() {
         if *trap == Trap::Interrupt {
-            return GuestFailure { kind: ErrorKind::Timeout, message: "the shard ran past `limits.timeout`".into() };
+            return GuestFailure {
+                kind: ErrorKind::Timeout,
+                message: "the shard ran past `limits.timeout`".into(),
+            };
         }
         if state.memory_denied {
             return GuestFailure {
                 kind: ErrorKind::OutOfMemory,
-                message: format!("the guest needed more than `limits.memory` ({} bytes) and stopped: {message}", state.limits().memory),
+                message: format!(
+                    "the guest needed more than `limits.memory` ({} bytes) and stopped: {message}",
+                    state.limits().memory
+                ),
             };
         }
-        return GuestFailure { kind: ErrorKind::Trap, message: guest_trap_message(e, &message) };
+        return GuestFailure {
+            kind: ErrorKind::Trap,
+            message: guest_trap_message(e, &message),
+        };
     }
     if message.contains("write beyond capacity of MemoryOutputPipe") {
-        return GuestFailure { kind: ErrorKind::LimitExceeded, message: "stdout/stderr exceeded `limits.log_size`".into() };
+        return GuestFailure {
+            kind: ErrorKind::LimitExceeded,
+            message: "stdout/stderr exceeded `limits.log_size`".into(),
+        };
     }
     if state.memory_denied {
-        return GuestFailure { kind: ErrorKind::OutOfMemory, message: format!("the guest ran out of `limits.memory`: {message}") };
+        return GuestFailure {
+            kind: ErrorKind::OutOfMemory,
+            message: format!("the guest ran out of `limits.memory`: {message}"),
+        };
     }
-    GuestFailure { kind: ErrorKind::Trap, message }
+    GuestFailure {
+        kind: ErrorKind::Trap,
+        message,
+    }
 }
 
 /// A trap's reason, plus the guest function where it happened when known.
 fn guest_trap_message(e: &wasmtime::Error, message: &str) -> String {
-    let frame = e
-        .downcast_ref::<wasmtime::WasmBacktrace>()
-        .and_then(|bt| bt.frames().iter().find_map(|f| f.func_name().map(str::to_owned)));
+    let frame = e.downcast_ref::<wasmtime::WasmBacktrace>().and_then(|bt| {
+        bt.frames()
+            .iter()
+            .find_map(|f| f.func_name().map(str::to_owned))
+    });
     match frame {
         Some(f) => format!("{message} (in `{f}`)"),
         None => message.to_owned(),

@@ -16,7 +16,10 @@ impl Plugin for Hello {
 
     fn plan(call: &Call) -> Result<Vec<Shard>> {
         let names: Vec<String> = call.arg("names")?;
-        names.iter().map(|n| Shard::new().key("name", n.as_str()).payload(n)).collect()
+        names
+            .iter()
+            .map(|n| Shard::new().key("name", n.as_str()).payload(n))
+            .collect()
     }
 
     fn run(call: &Call, shard: &Shard, out: &mut Table) -> Result<()> {

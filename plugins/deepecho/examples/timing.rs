@@ -7,15 +7,27 @@ use guest_sdk::Cell;
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let model = args.get(1).cloned().unwrap_or_else(|| "PARModel".into());
-    let dataset = args.get(2).cloned().unwrap_or_else(|| "BasicMotions".into());
+    let dataset = args
+        .get(2)
+        .cloned()
+        .unwrap_or_else(|| "BasicMotions".into());
     let epochs: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(128);
     let metrics: Vec<String> = args
         .get(4)
         .map(|s| s.split(',').map(str::to_owned).collect())
-        .unwrap_or_else(|| vec!["classification_score".into(), "rf_detection_score".into(), "sdmetrics_score".into()]);
+        .unwrap_or_else(|| {
+            vec![
+                "classification_score".into(),
+                "rf_detection_score".into(),
+                "sdmetrics_score".into(),
+            ]
+        });
     let job = Job {
         model,
-        params: deepecho::models::ModelParams { epochs: Some(epochs), ..Default::default() },
+        params: deepecho::models::ModelParams {
+            epochs: Some(epochs),
+            ..Default::default()
+        },
         dataset,
         metrics,
         seed: 0,

@@ -96,7 +96,11 @@ pub fn split_csv_line(line: &str) -> Vec<String> {
 }
 
 fn quote(s: &str) -> String {
-    if s.contains([',', '"', '\n']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_owned() }
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
 }
 
 /// Read `datasets.csv` from the data directory, in size order.
@@ -114,12 +118,21 @@ pub fn list_datasets(dir: &Path) -> Result<Vec<DatasetInfo>> {
     let mut out = Vec::new();
     for (i, line) in lines.enumerate() {
         let f = split_csv_line(line);
-        let name = f.get(name_i).map(|s| s.trim().to_owned()).unwrap_or_default();
+        let name = f
+            .get(name_i)
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default();
         if name.is_empty() {
             bail!("{}: line {} has no dataset name", path.display(), i + 2);
         }
-        let size = size_i.and_then(|j| f.get(j)).and_then(|s| s.trim().parse().ok()).unwrap_or(i as f64);
-        out.push(DatasetInfo { name, size_in_kb: size });
+        let size = size_i
+            .and_then(|j| f.get(j))
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(i as f64);
+        out.push(DatasetInfo {
+            name,
+            size_in_kb: size,
+        });
     }
     // Stable sort: the file is already sorted by size; keep its order on ties.
     out.sort_by(|a, b| a.size_in_kb.total_cmp(&b.size_in_kb));
@@ -133,24 +146,38 @@ struct Meta {
 }
 
 fn read_metadata(dir: &Path, name: &str) -> Result<Meta> {
-    let mut meta = Meta { entity: "e_id".into(), context: vec!["ml_class".into()], types: HashMap::new() };
+    let mut meta = Meta {
+        entity: "e_id".into(),
+        context: vec!["ml_class".into()],
+        types: HashMap::new(),
+    };
     let path = dir.join(name).join("metadata.json");
     let Ok(text) = std::fs::read_to_string(&path) else {
         return Ok(meta);
     };
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::new(format!("{}: invalid JSON: {e}", path.display())))?;
-    let table = v.get("tables").and_then(|t| t.get(name).or_else(|| t.as_object().and_then(|o| o.values().next())));
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::new(format!("{}: invalid JSON: {e}", path.display())))?;
+    let table = v.get("tables").and_then(|t| {
+        t.get(name)
+            .or_else(|| t.as_object().and_then(|o| o.values().next()))
+    });
     if let Some(t) = table {
         if let Some(e) = t.get("entity_columns").and_then(|e| e.as_array()) {
             match e.as_slice() {
                 [one] => meta.entity = one.as_str().unwrap_or("e_id").to_owned(),
                 [] => {}
-                _ => bail!("{}: only one entity column is supported, got {}", path.display(), e.len()),
+                _ => bail!(
+                    "{}: only one entity column is supported, got {}",
+                    path.display(),
+                    e.len()
+                ),
             }
         }
         if let Some(c) = t.get("context_columns").and_then(|c| c.as_array()) {
-            meta.context = c.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect();
+            meta.context = c
+                .iter()
+                .filter_map(|x| x.as_str().map(str::to_owned))
+                .collect();
         }
         if let Some(fields) = t.get("fields").and_then(|f| f.as_object()) {
             for (k, f) in fields {
@@ -164,7 +191,10 @@ fn read_metadata(dir: &Path, name: &str) -> Result<Meta> {
 }
 
 fn is_categorical(meta: &Meta, col: &str) -> bool {
-    matches!(meta.types.get(col).map(String::as_str), Some("categorical" | "boolean"))
+    matches!(
+        meta.types.get(col).map(String::as_str),
+        Some("categorical" | "boolean")
+    )
 }
 
 /// Load `<dir>/<name>/<name>.csv` (and its `metadata.json`, if any).
@@ -174,25 +204,48 @@ pub fn load_dataset(dir: &Path, name: &str) -> Result<Dataset> {
     }
     let meta = read_metadata(dir, name)?;
     let path = dir.join(name).join(format!("{name}.csv"));
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| Error::new(format!("dataset `{name}`: cannot read {}: {e}", path.display())))?;
-    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
-    let Some((_, header)) = lines.next() else { bail!("dataset `{name}`: {} is empty", path.display()) };
-    let header: Vec<String> = split_csv_line(header.trim_end_matches('\r')).into_iter().map(|h| h.trim().to_owned()).collect();
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        Error::new(format!(
+            "dataset `{name}`: cannot read {}: {e}",
+            path.display()
+        ))
+    })?;
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty());
+    let Some((_, header)) = lines.next() else {
+        bail!("dataset `{name}`: {} is empty", path.display())
+    };
+    let header: Vec<String> = split_csv_line(header.trim_end_matches('\r'))
+        .into_iter()
+        .map(|h| h.trim().to_owned())
+        .collect();
     let find = |col: &str| header.iter().position(|h| h == col);
     let Some(ent_i) = find(&meta.entity) else {
-        bail!("dataset `{name}`: missing entity column `{}` (columns: {})", meta.entity, header.join(", "))
+        bail!(
+            "dataset `{name}`: missing entity column `{}` (columns: {})",
+            meta.entity,
+            header.join(", ")
+        )
     };
     let mut ctx_i = Vec::new();
     for c in &meta.context {
         let Some(i) = find(c) else {
-            bail!("dataset `{name}`: missing context column `{c}` (columns: {})", header.join(", "))
+            bail!(
+                "dataset `{name}`: missing context column `{c}` (columns: {})",
+                header.join(", ")
+            )
         };
         ctx_i.push(i);
     }
     let data_i: Vec<usize> = (0..header.len())
         .filter(|&i| i != ent_i && !ctx_i.contains(&i))
-        .filter(|&i| meta.types.get(&header[i]).is_none_or(|t| t != "id" && t != "datetime"))
+        .filter(|&i| {
+            meta.types
+                .get(&header[i])
+                .is_none_or(|t| t != "id" && t != "datetime")
+        })
         .collect();
     if data_i.is_empty() {
         bail!("dataset `{name}`: no data columns besides the entity and context columns");
@@ -205,11 +258,19 @@ pub fn load_dataset(dir: &Path, name: &str) -> Result<Dataset> {
     for (lineno, line) in lines {
         let f = split_csv_line(line.trim_end_matches('\r'));
         if f.len() != header.len() {
-            bail!("dataset `{name}`: line {} has {} fields, the header has {}", lineno + 1, f.len(), header.len());
+            bail!(
+                "dataset `{name}`: line {} has {} fields, the header has {}",
+                lineno + 1,
+                f.len(),
+                header.len()
+            );
         }
         let e = f[ent_i].trim().to_owned();
         if e.is_empty() {
-            bail!("dataset `{name}`: line {} has an empty entity id", lineno + 1);
+            bail!(
+                "dataset `{name}`: line {} has an empty entity id",
+                lineno + 1
+            );
         }
         let k = *index.entry(e.clone()).or_insert_with(|| {
             order.push(e);
@@ -224,25 +285,30 @@ pub fn load_dataset(dir: &Path, name: &str) -> Result<Dataset> {
     }
     // Untyped context columns (no metadata) are categorical unless every value is a number;
     // untyped data columns are numeric.
-    let type_col = |col: &str, values: &mut dyn Iterator<Item = &String>, infer: bool| -> Result<Kind> {
-        let values: Vec<&String> = values.collect();
-        let text = || values.iter().any(|v| !v.is_empty() && !v.eq_ignore_ascii_case("nan") && v.parse::<f64>().is_err());
-        if is_categorical(&meta, col) || (infer && !meta.types.contains_key(col) && text()) {
-            let mut cats: Vec<String> = Vec::new();
-            for v in values.iter().copied() {
-                if !v.is_empty() && !cats.contains(v) {
-                    cats.push(v.clone());
+    let type_col =
+        |col: &str, values: &mut dyn Iterator<Item = &String>, infer: bool| -> Result<Kind> {
+            let values: Vec<&String> = values.collect();
+            let text = || {
+                values.iter().any(|v| {
+                    !v.is_empty() && !v.eq_ignore_ascii_case("nan") && v.parse::<f64>().is_err()
+                })
+            };
+            if is_categorical(&meta, col) || (infer && !meta.types.contains_key(col) && text()) {
+                let mut cats: Vec<String> = Vec::new();
+                for v in values.iter().copied() {
+                    if !v.is_empty() && !cats.contains(v) {
+                        cats.push(v.clone());
+                    }
                 }
+                cats.sort_by(|a, b| match (a.parse::<f64>(), b.parse::<f64>()) {
+                    (Ok(x), Ok(y)) => x.total_cmp(&y),
+                    _ => a.cmp(b),
+                });
+                Ok(Kind::Categorical(cats))
+            } else {
+                Ok(Kind::Numeric)
             }
-            cats.sort_by(|a, b| match (a.parse::<f64>(), b.parse::<f64>()) {
-                (Ok(x), Ok(y)) => x.total_cmp(&y),
-                _ => a.cmp(b),
-            });
-            Ok(Kind::Categorical(cats))
-        } else {
-            Ok(Kind::Numeric)
-        }
-    };
+        };
     let encode = |kind: &Kind, col: &str, v: &str, what: &str| -> Result<f64> {
         if v.is_empty() || v.eq_ignore_ascii_case("nan") {
             return Ok(f64::NAN);
@@ -257,12 +323,22 @@ pub fn load_dataset(dir: &Path, name: &str) -> Result<Dataset> {
     let mut context_cols = Vec::new();
     for (j, &i) in ctx_i.iter().enumerate() {
         let kind = type_col(&header[i], &mut ctx_text.iter().map(|r| &r[j]), true)?;
-        context_cols.push(Column { name: header[i].clone(), kind });
+        context_cols.push(Column {
+            name: header[i].clone(),
+            kind,
+        });
     }
     let mut data_cols = Vec::new();
     for (j, &i) in data_i.iter().enumerate() {
-        let kind = type_col(&header[i], &mut raw.iter().flat_map(|rows| rows.iter().map(move |r| &r[j])), false)?;
-        data_cols.push(Column { name: header[i].clone(), kind });
+        let kind = type_col(
+            &header[i],
+            &mut raw.iter().flat_map(|rows| rows.iter().map(move |r| &r[j])),
+            false,
+        )?;
+        data_cols.push(Column {
+            name: header[i].clone(),
+            kind,
+        });
     }
     let mut seqs = Vec::with_capacity(order.len());
     for (k, entity) in order.into_iter().enumerate() {
@@ -276,9 +352,20 @@ pub fn load_dataset(dir: &Path, name: &str) -> Result<Dataset> {
                 data.push(encode(&c.kind, &c.name, &row[j], "data")?);
             }
         }
-        seqs.push(Sequence { entity, context, data, len: raw[k].len() });
+        seqs.push(Sequence {
+            entity,
+            context,
+            data,
+            len: raw[k].len(),
+        });
     }
-    Ok(Dataset { name: name.to_owned(), entity_col: meta.entity, context_cols, data_cols, seqs })
+    Ok(Dataset {
+        name: name.to_owned(),
+        entity_col: meta.entity,
+        context_cols,
+        data_cols,
+        seqs,
+    })
 }
 
 fn cell(col: &Column, v: f64) -> String {
@@ -302,7 +389,12 @@ pub fn to_csv(ds: &Dataset, seqs: &[Sequence]) -> String {
     let d = ds.n_dims();
     for q in seqs {
         let prefix: Vec<String> = std::iter::once(quote(&q.entity))
-            .chain(ds.context_cols.iter().zip(&q.context).map(|(c, &v)| cell(c, v)))
+            .chain(
+                ds.context_cols
+                    .iter()
+                    .zip(&q.context)
+                    .map(|(c, &v)| cell(c, v)),
+            )
             .collect();
         let prefix = prefix.join(",");
         for t in 0..q.len {

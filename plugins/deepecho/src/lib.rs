@@ -53,10 +53,15 @@ fn levenshtein(a: &str, b: &str) -> usize {
 fn unknown(what: &str, name: &str, valid: &[String]) -> Error {
     let best = valid.iter().min_by_key(|v| levenshtein(name, v));
     let hint = match best {
-        Some(b) if levenshtein(name, b) <= (b.len() / 2).max(2) => format!(" (did you mean `{b}`?)"),
+        Some(b) if levenshtein(name, b) <= (b.len() / 2).max(2) => {
+            format!(" (did you mean `{b}`?)")
+        }
         _ => String::new(),
     };
-    Error::new(format!("unknown {what} `{name}`{hint}; valid {what}s: {}", valid.join(", ")))
+    Error::new(format!(
+        "unknown {what} `{name}`{hint}; valid {what}s: {}",
+        valid.join(", ")
+    ))
 }
 
 fn strings(v: &[&str]) -> Vec<String> {
@@ -66,14 +71,23 @@ fn strings(v: &[&str]) -> Vec<String> {
 fn parse_models(v: &Value, epochs: Option<usize>) -> Result<Vec<(String, ModelParams)>> {
     let valid = strings(MODEL_NAMES);
     let check = |name: &str| -> Result<()> {
-        if MODEL_NAMES.contains(&name) { Ok(()) } else { Err(unknown("model", name, &valid)) }
+        if MODEL_NAMES.contains(&name) {
+            Ok(())
+        } else {
+            Err(unknown("model", name, &valid))
+        }
     };
     let mut out: Vec<(String, ModelParams)> = match v {
-        Value::Null => MODEL_NAMES.iter().map(|m| ((*m).to_owned(), ModelParams::default())).collect(),
+        Value::Null => MODEL_NAMES
+            .iter()
+            .map(|m| ((*m).to_owned(), ModelParams::default()))
+            .collect(),
         Value::Array(items) => {
             let mut out = Vec::new();
             for it in items {
-                let Some(name) = it.as_str() else { bail!("argument `models`: expected model names, got {it}") };
+                let Some(name) = it.as_str() else {
+                    bail!("argument `models`: expected model names, got {it}")
+                };
                 check(name)?;
                 out.push((name.to_owned(), ModelParams::default()));
             }
@@ -86,12 +100,18 @@ fn parse_models(v: &Value, epochs: Option<usize>) -> Result<Vec<(String, ModelPa
                 let params = match params {
                     Value::Null => serde_json::Map::new(),
                     Value::Object(p) => p.clone(),
-                    other => bail!("argument `models`: parameters of `{name}` must be a table, got {other}"),
+                    other => bail!(
+                        "argument `models`: parameters of `{name}` must be a table, got {other}"
+                    ),
                 };
                 let accepted = models::accepted_params(name);
                 for k in params.keys() {
                     if !accepted.contains(&k.as_str()) {
-                        let list = if accepted.is_empty() { "none".to_owned() } else { accepted.join(", ") };
+                        let list = if accepted.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            accepted.join(", ")
+                        };
                         bail!("model `{name}` has no parameter `{k}`; its parameters: {list}");
                     }
                 }
@@ -106,7 +126,9 @@ fn parse_models(v: &Value, epochs: Option<usize>) -> Result<Vec<(String, ModelPa
             out.sort_by_key(|(n, _)| MODEL_NAMES.iter().position(|m| m == n));
             out
         }
-        other => bail!("argument `models`: expected a list of names or a table of name → parameters, got {other}"),
+        other => bail!(
+            "argument `models`: expected a list of names or a table of name → parameters, got {other}"
+        ),
     };
     if let Some(e) = epochs {
         for (name, p) in &mut out {
@@ -125,18 +147,27 @@ fn parse_datasets(v: &Value) -> Result<Vec<String>> {
     match v {
         Value::Null => Ok(names),
         Value::Number(n) => {
-            let Some(n) = n.as_u64() else { bail!("argument `datasets`: expected a non-negative count, got {n}") };
+            let Some(n) = n.as_u64() else {
+                bail!("argument `datasets`: expected a non-negative count, got {n}")
+            };
             let n = usize::try_from(n).unwrap_or(usize::MAX);
             if n > names.len() {
-                guest_sdk::warn!("datasets = {n}, but only {} datasets exist; using all of them", names.len());
+                guest_sdk::warn!(
+                    "datasets = {n}, but only {} datasets exist; using all of them",
+                    names.len()
+                );
             }
             Ok(names.into_iter().take(n).collect())
         }
         Value::Array(items) => {
             let mut out = Vec::new();
             for it in items {
-                let Some(name) = it.as_str() else { bail!("argument `datasets`: expected dataset names, got {it}") };
-                let on_disk = !name.contains(['/', '\\']) && !name.starts_with('.') && dir.join(name).join(format!("{name}.csv")).is_file();
+                let Some(name) = it.as_str() else {
+                    bail!("argument `datasets`: expected dataset names, got {it}")
+                };
+                let on_disk = !name.contains(['/', '\\'])
+                    && !name.starts_with('.')
+                    && dir.join(name).join(format!("{name}.csv")).is_file();
                 if !names.iter().any(|n| n == name) && !on_disk {
                     return Err(unknown("dataset", name, &names));
                 }
@@ -155,7 +186,9 @@ fn parse_metrics(v: &Value) -> Result<Vec<String>> {
         Value::Array(items) => {
             let mut out = Vec::new();
             for it in items {
-                let Some(name) = it.as_str() else { bail!("argument `metrics`: expected metric names, got {it}") };
+                let Some(name) = it.as_str() else {
+                    bail!("argument `metrics`: expected metric names, got {it}")
+                };
                 if !valid.iter().any(|m| m == name) {
                     return Err(unknown("metric", name, &valid));
                 }
@@ -227,9 +260,14 @@ pub fn run_job(job: &Job) -> Result<Row> {
     let total = 2 + job.metrics.len() as u64;
     guest_sdk::progress(0, total);
     let mut model = models::build(&job.model, &job.params)?;
-    let mut rng = Rng::new(derive(job.seed, &format!("model/{}/{}", job.model, job.dataset)));
+    let mut rng = Rng::new(derive(
+        job.seed,
+        &format!("model/{}/{}", job.model, job.dataset),
+    ));
     let t = Instant::now();
-    model.fit(&ds, &mut rng).map_err(|e| Error::new(format!("{} fit on {}: {e}", job.model, job.dataset)))?;
+    model
+        .fit(&ds, &mut rng)
+        .map_err(|e| Error::new(format!("{} fit on {}: {e}", job.model, job.dataset)))?;
     let fit_time = t.elapsed().as_secs_f64();
     guest_sdk::progress(1, total);
     let t = Instant::now();
@@ -238,14 +276,24 @@ pub fn run_job(job: &Job) -> Result<Row> {
         .map_err(|e| Error::new(format!("{} sample on {}: {e}", job.model, job.dataset)))?;
     let sample_time = t.elapsed().as_secs_f64();
     guest_sdk::progress(2, total);
-    guest_sdk::info!("{} on {}: fit {fit_time:.2} s, sample {sample_time:.2} s", job.model, job.dataset);
+    guest_sdk::info!(
+        "{} on {}: fit {fit_time:.2} s, sample {sample_time:.2} s",
+        job.model,
+        job.dataset
+    );
     if job.save_samples {
-        guest_sdk::emit(&format!("samples/{}/{}.csv", job.model, job.dataset), data::to_csv(&ds, &synth).as_bytes())?;
+        guest_sdk::emit(
+            &format!("samples/{}/{}.csv", job.model, job.dataset),
+            data::to_csv(&ds, &synth).as_bytes(),
+        )?;
     }
     let mut cells: Vec<(String, Cell)> = Vec::new();
     let mut errors = Vec::new();
     for (k, metric) in job.metrics.iter().enumerate() {
-        let mut rng = Rng::new(derive(job.seed, &format!("metric/{metric}/{}", job.dataset)));
+        let mut rng = Rng::new(derive(
+            job.seed,
+            &format!("metric/{metric}/{}", job.dataset),
+        ));
         let t = Instant::now();
         let score = metrics::compute(metric, &ds, &ds.seqs, &synth, &mut rng);
         let elapsed = t.elapsed().as_secs_f64();
@@ -333,7 +381,12 @@ impl Plugin for DeepEcho {
         }
         jobs(call)?
             .into_iter()
-            .map(|j| Shard::new().key("model", j.model.as_str()).key("dataset", j.dataset.as_str()).payload(&j))
+            .map(|j| {
+                Shard::new()
+                    .key("model", j.model.as_str())
+                    .key("dataset", j.dataset.as_str())
+                    .payload(&j)
+            })
             .collect()
     }
 

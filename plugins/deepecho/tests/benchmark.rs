@@ -44,10 +44,19 @@ fn baselines_end_to_end() {
     assert_eq!(
         cols,
         [
-            "model", "dataset", "fit_time", "sample_time",
-            "classification_score", "classification_score_time", "classification_score_real",
-            "classification_score_real_time", "rf_detection_score", "rf_detection_score_time",
-            "sdmetrics_score", "sdmetrics_score_time", "error"
+            "model",
+            "dataset",
+            "fit_time",
+            "sample_time",
+            "classification_score",
+            "classification_score_time",
+            "classification_score_real",
+            "classification_score_real_time",
+            "rf_detection_score",
+            "rf_detection_score_time",
+            "sdmetrics_score",
+            "sdmetrics_score_time",
+            "error"
         ]
     );
     for r in &rows {
@@ -70,7 +79,13 @@ fn baselines_end_to_end() {
 
 fn without_times(rows: &[Row]) -> Vec<Vec<(String, Cell)>> {
     rows.iter()
-        .map(|r| r.cells().iter().filter(|(c, _)| !c.ends_with("_time")).cloned().collect())
+        .map(|r| {
+            r.cells()
+                .iter()
+                .filter(|(c, _)| !c.ends_with("_time"))
+                .cloned()
+                .collect()
+        })
         .collect()
 }
 
@@ -83,16 +98,26 @@ fn same_seed_same_rows_and_all_models_run() {
     let b = call(args).unwrap();
     assert_eq!(a.len(), 6);
     // models in the outer loop
-    let keys: Vec<(String, String)> = a.iter().map(|r| (text(r, "model"), text(r, "dataset"))).collect();
+    let keys: Vec<(String, String)> = a
+        .iter()
+        .map(|r| (text(r, "model"), text(r, "dataset")))
+        .collect();
     // models in the outer loop; a table's models run in the canonical order
     assert_eq!(keys[0], ("UniformBaseline".into(), "Covid3Month".into()));
-    assert_eq!(keys[1], ("UniformBaseline".into(), "PickupGestureWiimoteZ".into()));
+    assert_eq!(
+        keys[1],
+        ("UniformBaseline".into(), "PickupGestureWiimoteZ".into())
+    );
     assert_eq!(keys[2].0, "PARModel");
     assert_eq!(keys[4].0, "BasicGANModel");
     assert_eq!(without_times(&a), without_times(&b));
     for r in &a {
         assert_eq!(text(r, "error"), "", "{r:?}");
-        for m in ["sdmetrics_score", "rf_detection_score", "lstm_detection_score"] {
+        for m in [
+            "sdmetrics_score",
+            "rf_detection_score",
+            "lstm_detection_score",
+        ] {
             let v = float(r, m);
             assert!((0.0..=1.0).contains(&v), "{m} = {v}");
         }
@@ -117,9 +142,21 @@ fn epochs_override_and_datasets_count() {
     assert_eq!(jobs[0].model, "RealDataBaseline");
     assert_eq!(jobs[2].model, "PARModel");
     // more than exist: all of them (with a warning)
-    let call_ = guest_sdk::Call::new(FUNCTION, &testing::with_defaults::<DeepEcho>(FUNCTION, r#"{"datasets": 99, "models": ["UniformBaseline"]}"#).unwrap()).unwrap();
+    let call_ = guest_sdk::Call::new(
+        FUNCTION,
+        &testing::with_defaults::<DeepEcho>(
+            FUNCTION,
+            r#"{"datasets": 99, "models": ["UniformBaseline"]}"#,
+        )
+        .unwrap(),
+    )
+    .unwrap();
     assert_eq!(deepecho::jobs(&call_).unwrap().len(), 7);
-    let call_ = guest_sdk::Call::new(FUNCTION, &testing::with_defaults::<DeepEcho>(FUNCTION, "{}").unwrap()).unwrap();
+    let call_ = guest_sdk::Call::new(
+        FUNCTION,
+        &testing::with_defaults::<DeepEcho>(FUNCTION, "{}").unwrap(),
+    )
+    .unwrap();
     let jobs = deepecho::jobs(&call_).unwrap();
     assert_eq!(jobs.len(), 4 * 7);
     assert_eq!(jobs[0].metrics.len(), 5);
@@ -128,35 +165,56 @@ fn epochs_override_and_datasets_count() {
 #[test]
 fn unknown_names_are_rejected_with_suggestions() {
     let e = call(r#"{"models": ["PARModle"]}"#).unwrap_err().to_string();
-    assert!(e.contains("PARModle") && e.contains("did you mean `PARModel`") && e.contains("UniformBaseline"), "{e}");
-    let e = call(r#"{"metrics": ["rf_detection"]}"#).unwrap_err().to_string();
+    assert!(
+        e.contains("PARModle")
+            && e.contains("did you mean `PARModel`")
+            && e.contains("UniformBaseline"),
+        "{e}"
+    );
+    let e = call(r#"{"metrics": ["rf_detection"]}"#)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("rf_detection_score"), "{e}");
-    let e = call(r#"{"datasets": ["BasicMotion"]}"#).unwrap_err().to_string();
+    let e = call(r#"{"datasets": ["BasicMotion"]}"#)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("did you mean `BasicMotions`"), "{e}");
-    let e = call(r#"{"models": {"PARModel": {"epoch": 3}}}"#).unwrap_err().to_string();
+    let e = call(r#"{"models": {"PARModel": {"epoch": 3}}}"#)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("epoch") && e.contains("sample_size"), "{e}");
 }
 
 #[test]
 fn failing_metric_leaves_null_and_explains() {
-    let rows = call(r#"{"models": ["RealDataBaseline"], "datasets": ["GunPoint"], "max_entities": 1,
-                       "metrics": ["classification_score", "sdmetrics_score"]}"#)
+    let rows = call(
+        r#"{"models": ["RealDataBaseline"], "datasets": ["GunPoint"], "max_entities": 1,
+                       "metrics": ["classification_score", "sdmetrics_score"]}"#,
+    )
     .unwrap();
     let r = &rows[0];
     assert_eq!(r.get("classification_score"), Some(&Cell::Null));
-    assert!(text(r, "error").starts_with("classification_score:"), "{r:?}");
+    assert!(
+        text(r, "error").starts_with("classification_score:"),
+        "{r:?}"
+    );
     assert!(float(r, "sdmetrics_score") > 0.99);
 }
 
 #[test]
 fn save_samples_emits_csv_in_the_dataset_layout() {
     testing::take_emitted();
-    call(r#"{"models": ["UniformBaseline"], "datasets": ["BasicMotions"], "max_entities": 3,
-             "metrics": ["sdmetrics_score"], "save_samples": true}"#)
+    call(
+        r#"{"models": ["UniformBaseline"], "datasets": ["BasicMotions"], "max_entities": 3,
+             "metrics": ["sdmetrics_score"], "save_samples": true}"#,
+    )
     .unwrap();
     let out = testing::take_emitted();
     let csv = String::from_utf8(out["samples/UniformBaseline/BasicMotions.csv"].clone()).unwrap();
     let mut lines = csv.lines();
-    assert_eq!(lines.next(), Some("e_id,ml_class,dim_0,dim_1,dim_2,dim_3,dim_4,dim_5"));
+    assert_eq!(
+        lines.next(),
+        Some("e_id,ml_class,dim_0,dim_1,dim_2,dim_3,dim_4,dim_5")
+    );
     assert_eq!(lines.count(), 3 * 100);
 }

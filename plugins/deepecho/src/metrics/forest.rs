@@ -16,7 +16,12 @@ pub type Series = Vec<f64>;
 
 enum Node {
     Leaf(Vec<f64>),
-    Split { feature: usize, threshold: f64, left: usize, right: usize },
+    Split {
+        feature: usize,
+        threshold: f64,
+        left: usize,
+        right: usize,
+    },
 }
 
 struct Tree {
@@ -63,7 +68,11 @@ fn interval_features(s: &[f64], a: f64, b: f64, out: &mut Vec<f64>) {
     let mean = sy / n;
     let var = (syy / n - mean * mean).max(0.0);
     let den = n * sxx - sx * sx;
-    let slope = if den.abs() > 1e-12 { (n * sxy - sx * sy) / den } else { 0.0 };
+    let slope = if den.abs() > 1e-12 {
+        (n * sxy - sx * sy) / den
+    } else {
+        0.0
+    };
     out.extend_from_slice(&[mean, var.sqrt(), slope]);
 }
 
@@ -81,7 +90,14 @@ fn entropy(counts: &[f64], total: f64) -> f64 {
     h
 }
 
-fn grow(x: &[Vec<f64>], y: &[usize], idx: &mut [usize], n_classes: usize, nodes: &mut Vec<Node>, depth: usize) -> usize {
+fn grow(
+    x: &[Vec<f64>],
+    y: &[usize],
+    idx: &mut [usize],
+    n_classes: usize,
+    nodes: &mut Vec<Node>,
+    depth: usize,
+) -> usize {
     let mut counts = vec![0.0; n_classes];
     for &i in idx.iter() {
         counts[y[i]] += 1.0;
@@ -120,7 +136,12 @@ fn grow(x: &[Vec<f64>], y: &[usize], idx: &mut [usize], n_classes: usize, nodes:
         nodes.push(leaf(&counts));
         return me;
     };
-    nodes.push(Node::Split { feature, threshold, left: 0, right: 0 });
+    nodes.push(Node::Split {
+        feature,
+        threshold,
+        left: 0,
+        right: 0,
+    });
     let mut split = 0;
     for k in 0..idx.len() {
         if x[idx[k]][feature] <= threshold {
@@ -131,7 +152,12 @@ fn grow(x: &[Vec<f64>], y: &[usize], idx: &mut [usize], n_classes: usize, nodes:
     let (l, r) = idx.split_at_mut(split);
     let li = grow(x, y, l, n_classes, nodes, depth + 1);
     let ri = grow(x, y, r, n_classes, nodes, depth + 1);
-    nodes[me] = Node::Split { feature, threshold, left: li, right: ri };
+    nodes[me] = Node::Split {
+        feature,
+        threshold,
+        left: li,
+        right: ri,
+    };
     me
 }
 
@@ -150,8 +176,17 @@ impl Tree {
         loop {
             match &self.nodes[i] {
                 Node::Leaf(p) => return p,
-                Node::Split { feature, threshold, left, right } => {
-                    i = if f[*feature] <= *threshold { *left } else { *right };
+                Node::Split {
+                    feature,
+                    threshold,
+                    left,
+                    right,
+                } => {
+                    i = if f[*feature] <= *threshold {
+                        *left
+                    } else {
+                        *right
+                    };
                 }
             }
         }
@@ -159,8 +194,19 @@ impl Tree {
 }
 
 impl Forest {
-    pub fn fit(series: &[Series], y: &[usize], n_classes: usize, n_trees: usize, rng: &mut Rng) -> Forest {
-        let lref = series.iter().map(Vec::len).max().unwrap_or(0).max(MIN_INTERVAL);
+    pub fn fit(
+        series: &[Series],
+        y: &[usize],
+        n_classes: usize,
+        n_trees: usize,
+        rng: &mut Rng,
+    ) -> Forest {
+        let lref = series
+            .iter()
+            .map(Vec::len)
+            .max()
+            .unwrap_or(0)
+            .max(MIN_INTERVAL);
         let n_intervals = ((lref as f64).sqrt() as usize).max(1);
         let mut trees = Vec::with_capacity(n_trees);
         for _ in 0..n_trees {
@@ -168,16 +214,23 @@ impl Forest {
                 .map(|_| {
                     let start = rng.below(lref - MIN_INTERVAL + 1);
                     let len = MIN_INTERVAL + rng.below(lref - start - MIN_INTERVAL + 1);
-                    (start as f64 / lref as f64, (start + len) as f64 / lref as f64)
+                    (
+                        start as f64 / lref as f64,
+                        (start + len) as f64 / lref as f64,
+                    )
                 })
                 .collect();
-            let mut tree = Tree { intervals, nodes: Vec::new() };
+            let mut tree = Tree {
+                intervals,
+                nodes: Vec::new(),
+            };
             let x: Vec<Vec<f64>> = series.iter().map(|s| tree.features(s)).collect();
             let mut idx: Vec<usize> = (0..series.len()).collect();
             if !idx.is_empty() {
                 grow(&x, y, &mut idx, n_classes, &mut tree.nodes, 0);
             } else {
-                tree.nodes.push(Node::Leaf(vec![1.0 / n_classes as f64; n_classes]));
+                tree.nodes
+                    .push(Node::Leaf(vec![1.0 / n_classes as f64; n_classes]));
             }
             trees.push(tree);
         }
@@ -204,7 +257,11 @@ impl Forest {
         if series.is_empty() {
             return 0.0;
         }
-        let ok = series.iter().zip(y).filter(|(s, c)| self.predict(s) == **c).count();
+        let ok = series
+            .iter()
+            .zip(y)
+            .filter(|(s, c)| self.predict(s) == **c)
+            .count();
         ok as f64 / series.len() as f64
     }
 }

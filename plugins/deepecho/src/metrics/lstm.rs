@@ -15,7 +15,11 @@ fn scaler(ds: &Dataset, real: &[Sequence]) -> Vec<(f64, f64)> {
     let d = ds.n_dims();
     (0..d)
         .map(|j| {
-            let v: Vec<f64> = real.iter().flat_map(|s| s.data.iter().skip(j).step_by(d).copied()).filter(|x| !x.is_nan()).collect();
+            let v: Vec<f64> = real
+                .iter()
+                .flat_map(|s| s.data.iter().skip(j).step_by(d).copied())
+                .filter(|x| !x.is_nan())
+                .collect();
             if v.is_empty() {
                 return (0.0, 1.0);
             }
@@ -112,6 +116,8 @@ pub fn detect(
     }
     let mut logits = vec![0.0; b * 2];
     head.forward(&hl, &mut logits, b);
-    let ok = (0..b).filter(|&i| usize::from(logits[2 * i + 1] > logits[2 * i]) == yte[i]).count();
+    let ok = (0..b)
+        .filter(|&i| usize::from(logits[2 * i + 1] > logits[2 * i]) == yte[i])
+        .count();
     Ok(ok as f64 / b as f64)
 }

@@ -8,13 +8,24 @@ use guest_sdk::{Result, bail};
 pub mod forest;
 pub mod lstm;
 
-pub const METRIC_NAMES: &[&str] =
-    &["classification_score", "classification_score_real", "lstm_detection_score", "rf_detection_score", "sdmetrics_score"];
+pub const METRIC_NAMES: &[&str] = &[
+    "classification_score",
+    "classification_score_real",
+    "lstm_detection_score",
+    "rf_detection_score",
+    "sdmetrics_score",
+];
 
 const N_TREES: usize = 100;
 
 /// Compute one metric. `real[i]` and `synth[i]` share their entity and context.
-pub fn compute(name: &str, ds: &Dataset, real: &[Sequence], synth: &[Sequence], rng: &mut Rng) -> Result<f64> {
+pub fn compute(
+    name: &str,
+    ds: &Dataset,
+    real: &[Sequence],
+    synth: &[Sequence],
+    rng: &mut Rng,
+) -> Result<f64> {
     match name {
         "rf_detection_score" => detection(ds, real, synth, rng, Detector::Forest),
         "lstm_detection_score" => detection(ds, real, synth, rng, Detector::Lstm),
@@ -50,22 +61,37 @@ enum Detector {
 }
 
 /// 1 − accuracy of a classifier telling real (0) from synthetic (1) sequences.
-fn detection(ds: &Dataset, real: &[Sequence], synth: &[Sequence], rng: &mut Rng, how: Detector) -> Result<f64> {
+fn detection(
+    ds: &Dataset,
+    real: &[Sequence],
+    synth: &[Sequence],
+    rng: &mut Rng,
+    how: Detector,
+) -> Result<f64> {
     if real.is_empty() || synth.is_empty() {
         bail!("no sequences to compare");
     }
-    let labelled: Vec<(&Sequence, usize)> = real.iter().map(|s| (s, 0)).chain(synth.iter().map(|s| (s, 1))).collect();
+    let labelled: Vec<(&Sequence, usize)> = real
+        .iter()
+        .map(|s| (s, 0))
+        .chain(synth.iter().map(|s| (s, 1)))
+        .collect();
     let (train, test) = split(labelled.len(), rng);
     let acc = match how {
         Detector::Forest => {
-            let xs = |ix: &[usize]| -> Vec<Series> { ix.iter().map(|&i| concat(ds, labelled[i].0)).collect() };
+            let xs = |ix: &[usize]| -> Vec<Series> {
+                ix.iter().map(|&i| concat(ds, labelled[i].0)).collect()
+            };
             let ys = |ix: &[usize]| -> Vec<usize> { ix.iter().map(|&i| labelled[i].1).collect() };
             let f = Forest::fit(&xs(&train), &ys(&train), 2, N_TREES, rng);
             f.accuracy(&xs(&test), &ys(&test))
         }
         Detector::Lstm => {
             let pick = |ix: &[usize]| -> (Vec<&Sequence>, Vec<usize>) {
-                (ix.iter().map(|&i| labelled[i].0).collect(), ix.iter().map(|&i| labelled[i].1).collect())
+                (
+                    ix.iter().map(|&i| labelled[i].0).collect(),
+                    ix.iter().map(|&i| labelled[i].1).collect(),
+                )
             };
             let (xtr, ytr) = pick(&train);
             let (xte, yte) = pick(&test);
@@ -77,8 +103,14 @@ fn detection(ds: &Dataset, real: &[Sequence], synth: &[Sequence], rng: &mut Rng,
 
 /// The class of each sequence: the first context column; a numeric one with more than
 /// 10 distinct values is cut into 4 quantile bins of the real values.
-fn targets(ds: &Dataset, real: &[Sequence], synth: &[Sequence]) -> Result<(Vec<usize>, Vec<usize>, usize)> {
-    let Some(col) = ds.context_cols.first() else { bail!("the dataset has no context column to classify") };
+fn targets(
+    ds: &Dataset,
+    real: &[Sequence],
+    synth: &[Sequence],
+) -> Result<(Vec<usize>, Vec<usize>, usize)> {
+    let Some(col) = ds.context_cols.first() else {
+        bail!("the dataset has no context column to classify")
+    };
     let value = |s: &Sequence| s.context[0];
     let classes: Vec<f64> = match &col.kind {
         Kind::Categorical(c) => (0..c.len()).map(|i| i as f64).collect(),
@@ -96,7 +128,11 @@ fn targets(ds: &Dataset, real: &[Sequence], synth: &[Sequence]) -> Result<(Vec<u
                 let bin = |x: f64| cuts.iter().filter(|&&c| x > c).count();
                 let n = 5; // 4 bins + missing
                 let f = |s: &Sequence| if value(s).is_nan() { 4 } else { bin(value(s)) };
-                return Ok((real.iter().map(f).collect(), synth.iter().map(f).collect(), n));
+                return Ok((
+                    real.iter().map(f).collect(),
+                    synth.iter().map(f).collect(),
+                    n,
+                ));
             }
         }
     };
@@ -117,23 +153,47 @@ fn targets(ds: &Dataset, real: &[Sequence], synth: &[Sequence]) -> Result<(Vec<u
             best
         })
     };
-    Ok((real.iter().map(f).collect(), synth.iter().map(f).collect(), n))
+    Ok((
+        real.iter().map(f).collect(),
+        synth.iter().map(f).collect(),
+        n,
+    ))
 }
 
 /// Accuracy of a forest trained on synthetic data over that of one trained on real data.
 /// `on_real = false` keeps the reference's quirk (the synthetic-trained forest is scored
 /// on the synthetic sequences of the test entities).
-fn classification(ds: &Dataset, real: &[Sequence], synth: &[Sequence], rng: &mut Rng, on_real: bool) -> Result<f64> {
+fn classification(
+    ds: &Dataset,
+    real: &[Sequence],
+    synth: &[Sequence],
+    rng: &mut Rng,
+    on_real: bool,
+) -> Result<f64> {
     if real.len() < 2 || real.len() != synth.len() {
         bail!("need at least 2 entities and one synthetic sequence per real one");
     }
     let (yr, ys, n_classes) = targets(ds, real, synth)?;
     let (train, test) = split(real.len(), rng);
-    let xs = |seqs: &[Sequence], ix: &[usize]| -> Vec<Series> { ix.iter().map(|&i| concat(ds, &seqs[i])).collect() };
+    let xs = |seqs: &[Sequence], ix: &[usize]| -> Vec<Series> {
+        ix.iter().map(|&i| concat(ds, &seqs[i])).collect()
+    };
     let pick = |y: &[usize], ix: &[usize]| -> Vec<usize> { ix.iter().map(|&i| y[i]).collect() };
-    let real_f = Forest::fit(&xs(real, &train), &pick(&yr, &train), n_classes, N_TREES, rng);
+    let real_f = Forest::fit(
+        &xs(real, &train),
+        &pick(&yr, &train),
+        n_classes,
+        N_TREES,
+        rng,
+    );
     let real_acc = real_f.accuracy(&xs(real, &test), &pick(&yr, &test));
-    let synt_f = Forest::fit(&xs(synth, &train), &pick(&ys, &train), n_classes, N_TREES, rng);
+    let synt_f = Forest::fit(
+        &xs(synth, &train),
+        &pick(&ys, &train),
+        n_classes,
+        N_TREES,
+        rng,
+    );
     let synt_acc = if on_real {
         synt_f.accuracy(&xs(real, &test), &pick(&yr, &test))
     } else {
@@ -198,9 +258,19 @@ fn sdmetrics(ds: &Dataset, real: &[Sequence], synth: &[Sequence]) -> Result<f64>
     let mut parts = Vec::new();
     let mut miss = Vec::new();
     for (j, col) in ds.data_cols.iter().enumerate() {
-        let vals = |seqs: &[Sequence]| -> Vec<f64> { seqs.iter().flat_map(|s| s.data.iter().skip(j).step_by(d).copied()).collect() };
+        let vals = |seqs: &[Sequence]| -> Vec<f64> {
+            seqs.iter()
+                .flat_map(|s| s.data.iter().skip(j).step_by(d).copied())
+                .collect()
+        };
         let (a, b) = (vals(real), vals(synth));
-        let rate = |v: &[f64]| if v.is_empty() { 0.0 } else { v.iter().filter(|x| x.is_nan()).count() as f64 / v.len() as f64 };
+        let rate = |v: &[f64]| {
+            if v.is_empty() {
+                0.0
+            } else {
+                v.iter().filter(|x| x.is_nan()).count() as f64 / v.len() as f64
+            }
+        };
         miss.push(1.0 - (rate(&a) - rate(&b)).abs());
         parts.extend(similarity(&col.kind, a, b));
     }

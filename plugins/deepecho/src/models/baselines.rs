@@ -16,11 +16,20 @@ pub struct RealData {
 impl Model for RealData {
     fn fit(&mut self, ds: &Dataset, _rng: &mut Rng) -> Result<()> {
         self.all = ds.seqs.clone();
-        self.by_entity = ds.seqs.iter().map(|s| (s.entity.clone(), s.clone())).collect();
+        self.by_entity = ds
+            .seqs
+            .iter()
+            .map(|s| (s.entity.clone(), s.clone()))
+            .collect();
         Ok(())
     }
 
-    fn sample(&mut self, _ds: &Dataset, contexts: &[Sequence], rng: &mut Rng) -> Result<Vec<Sequence>> {
+    fn sample(
+        &mut self,
+        _ds: &Dataset,
+        contexts: &[Sequence],
+        rng: &mut Rng,
+    ) -> Result<Vec<Sequence>> {
         Ok(contexts
             .iter()
             .map(|c| match self.by_entity.get(&c.entity) {
@@ -65,7 +74,12 @@ impl Model for Uniform {
         Ok(())
     }
 
-    fn sample(&mut self, ds: &Dataset, contexts: &[Sequence], rng: &mut Rng) -> Result<Vec<Sequence>> {
+    fn sample(
+        &mut self,
+        ds: &Dataset,
+        contexts: &[Sequence],
+        rng: &mut Rng,
+    ) -> Result<Vec<Sequence>> {
         let d = ds.n_dims();
         Ok(contexts
             .iter()
@@ -74,13 +88,20 @@ impl Model for Uniform {
                 for _ in 0..self.len {
                     for (j, col) in ds.data_cols.iter().enumerate() {
                         data.push(match (&col.kind, self.ranges[j]) {
-                            (Kind::Categorical(_), Some(_)) => rng.below(self.cats[j].max(1)) as f64,
+                            (Kind::Categorical(_), Some(_)) => {
+                                rng.below(self.cats[j].max(1)) as f64
+                            }
                             (Kind::Numeric, Some((lo, hi))) => rng.uniform(lo, hi),
                             (_, None) => f64::NAN,
                         });
                     }
                 }
-                Sequence { entity: c.entity.clone(), context: c.context.clone(), data, len: self.len }
+                Sequence {
+                    entity: c.entity.clone(),
+                    context: c.context.clone(),
+                    data,
+                    len: self.len,
+                }
             })
             .collect())
     }

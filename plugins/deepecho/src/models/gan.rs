@@ -32,7 +32,13 @@ impl Enc {
             return;
         }
         match self {
-            Enc::Num { min, range } => out[0] = if *range > 0.0 { (2.0 * (v - min) / range - 1.0) as F } else { 0.0 },
+            Enc::Num { min, range } => {
+                out[0] = if *range > 0.0 {
+                    (2.0 * (v - min) / range - 1.0) as F
+                } else {
+                    0.0
+                }
+            }
             Enc::Cat { k } => {
                 if (v as usize) < *k {
                     out[v as usize] = 1.0;
@@ -68,7 +74,10 @@ fn fit_enc(kind: &Kind, values: impl Iterator<Item = f64>) -> Enc {
             if lo > hi {
                 (lo, hi) = (0.0, 0.0);
             }
-            Enc::Num { min: lo, range: hi - lo }
+            Enc::Num {
+                min: lo,
+                range: hi - lo,
+            }
         }
     }
 }
@@ -99,7 +108,17 @@ pub struct Gan {
 
 impl Gan {
     pub fn new(epochs: usize, latent: usize, hidden: usize, gen_lr: f64, dis_lr: f64) -> Self {
-        Gan { epochs, latent, hidden, gen_lr, dis_lr, nets: None, min_len: 0, max_len: 0, losses: Vec::new() }
+        Gan {
+            epochs,
+            latent,
+            hidden,
+            gen_lr,
+            dis_lr,
+            nets: None,
+            min_len: 0,
+            max_len: 0,
+            losses: Vec::new(),
+        }
     }
 }
 
@@ -113,7 +132,13 @@ impl Nets {
     }
 
     /// Generator forward: returns (trace, activated outputs `[T·B × (dd+1)]`, inputs).
-    fn generate(&self, ctx: &[Vec<F>], steps: usize, latent: usize, rng: &mut Rng) -> (GruTrace, Vec<F>, Vec<F>) {
+    fn generate(
+        &self,
+        ctx: &[Vec<F>],
+        steps: usize,
+        latent: usize,
+        rng: &mut Rng,
+    ) -> (GruTrace, Vec<F>, Vec<F>) {
         let b = ctx.len();
         let nin = latent + self.cd;
         let mut x = vec![0.0; steps * b * nin];
@@ -130,7 +155,8 @@ impl Nets {
         self.g_rnn.forward(&x, steps, b, &mut tr);
         let w = self.dd + 1;
         let mut y = vec![0.0; steps * b * w];
-        self.g_out.forward(tr.outputs(self.g_rnn.hidden), &mut y, steps * b);
+        self.g_out
+            .forward(tr.outputs(self.g_rnn.hidden), &mut y, steps * b);
         for r in 0..steps * b {
             let row = &mut y[r * w..(r + 1) * w];
             let mut o = 0;
@@ -184,7 +210,15 @@ impl Nets {
     }
 
     /// Backward of `discriminate` from d(loss)/d(logit); returns d(loss)/d(input) if asked.
-    fn dis_backward(&mut self, x: &[F], tr: &GruTrace, pooled: &[F], dlogit: &[F], steps: usize, want_dx: bool) -> Option<Vec<F>> {
+    fn dis_backward(
+        &mut self,
+        x: &[F],
+        tr: &GruTrace,
+        pooled: &[F],
+        dlogit: &[F],
+        steps: usize,
+        want_dx: bool,
+    ) -> Option<Vec<F>> {
         let b = dlogit.len();
         let h = self.d_rnn.hidden;
         let mut dpool = vec![0.0; b * h];
@@ -228,10 +262,21 @@ impl Model for Gan {
             .data_cols
             .iter()
             .enumerate()
-            .map(|(j, c)| fit_enc(&c.kind, ds.seqs.iter().flat_map(|s| s.data.iter().skip(j).step_by(d).copied())))
+            .map(|(j, c)| {
+                fit_enc(
+                    &c.kind,
+                    ds.seqs
+                        .iter()
+                        .flat_map(|s| s.data.iter().skip(j).step_by(d).copied()),
+                )
+            })
             .collect();
-        let ctx: Vec<Enc> =
-            ds.context_cols.iter().enumerate().map(|(j, c)| fit_enc(&c.kind, ds.seqs.iter().map(|s| s.context[j]))).collect();
+        let ctx: Vec<Enc> = ds
+            .context_cols
+            .iter()
+            .enumerate()
+            .map(|(j, c)| fit_enc(&c.kind, ds.seqs.iter().map(|s| s.context[j])))
+            .collect();
         let dd: usize = data.iter().map(Enc::width).sum();
         let cd: usize = ctx.iter().map(Enc::width).sum();
         let (lat, hid) = (self.latent, self.hidden);
@@ -303,7 +348,9 @@ impl Model for Gan {
             let (tr, pooled, logit) = nets.discriminate(&fake_x, steps, b);
             let gloss = logit.iter().map(|&l| softplus(-l)).sum::<F>() / bf;
             let dl: Vec<F> = logit.iter().map(|&l| (sigmoid(l) - 1.0) / bf).collect();
-            let dx = nets.dis_backward(&fake_x, &tr, &pooled, &dl, steps, true).unwrap_or_default();
+            let dx = nets
+                .dis_backward(&fake_x, &tr, &pooled, &dl, steps, true)
+                .unwrap_or_default();
             // Through the output activations.
             let nin_d = w + cd;
             let mut dy = vec![0.0; steps * b * w];
@@ -327,7 +374,8 @@ impl Model for Gan {
                 d[w - 1] = g[w - 1] * out[w - 1] * (1.0 - out[w - 1]);
             }
             let mut dh = vec![0.0; steps * b * hid];
-            nets.g_out.backward(gtr.outputs(hid), &dy, Some(&mut dh), steps * b);
+            nets.g_out
+                .backward(gtr.outputs(hid), &dy, Some(&mut dh), steps * b);
             nets.g_rnn.backward(&gx, &gtr, &dh, None);
             opt_g.step(&mut nets.g_params());
             let (dl64, gl64) = (f64::from(dloss), f64::from(gloss));
@@ -343,8 +391,15 @@ impl Model for Gan {
         Ok(())
     }
 
-    fn sample(&mut self, ds: &Dataset, contexts: &[Sequence], rng: &mut Rng) -> Result<Vec<Sequence>> {
-        let Some(nets) = &self.nets else { bail!("sample before fit") };
+    fn sample(
+        &mut self,
+        ds: &Dataset,
+        contexts: &[Sequence],
+        rng: &mut Rng,
+    ) -> Result<Vec<Sequence>> {
+        let Some(nets) = &self.nets else {
+            bail!("sample before fit")
+        };
         let d = ds.n_dims();
         let ctxs: Vec<Vec<F>> = contexts
             .iter()
@@ -378,7 +433,12 @@ impl Model for Gan {
                         o += e.width();
                     }
                 }
-                Sequence { entity: c.entity.clone(), context: c.context.clone(), data, len }
+                Sequence {
+                    entity: c.entity.clone(),
+                    context: c.context.clone(),
+                    data,
+                    len,
+                }
             })
             .collect())
     }

@@ -9,7 +9,12 @@ pub mod gan;
 pub mod nn;
 pub mod par;
 
-pub const MODEL_NAMES: &[&str] = &["RealDataBaseline", "UniformBaseline", "PARModel", "BasicGANModel"];
+pub const MODEL_NAMES: &[&str] = &[
+    "RealDataBaseline",
+    "UniformBaseline",
+    "PARModel",
+    "BasicGANModel",
+];
 
 /// A model's parameters (after `epochs` override).
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize, PartialEq)]
@@ -41,14 +46,22 @@ pub trait Model {
     /// Learn from the dataset's sequences.
     fn fit(&mut self, ds: &Dataset, rng: &mut Rng) -> Result<()>;
     /// One synthetic sequence per given sequence's context (entity ids are kept).
-    fn sample(&mut self, ds: &Dataset, contexts: &[Sequence], rng: &mut Rng) -> Result<Vec<Sequence>>;
+    fn sample(
+        &mut self,
+        ds: &Dataset,
+        contexts: &[Sequence],
+        rng: &mut Rng,
+    ) -> Result<Vec<Sequence>>;
 }
 
 pub fn build(name: &str, p: &ModelParams) -> Result<Box<dyn Model>> {
     Ok(match name {
         "RealDataBaseline" => Box::new(baselines::RealData::default()),
         "UniformBaseline" => Box::new(baselines::Uniform::default()),
-        "PARModel" => Box::new(par::Par::new(p.epochs.unwrap_or(128), p.sample_size.unwrap_or(1).max(1))),
+        "PARModel" => Box::new(par::Par::new(
+            p.epochs.unwrap_or(128),
+            p.sample_size.unwrap_or(1).max(1),
+        )),
         "BasicGANModel" => Box::new(gan::Gan::new(
             p.epochs.unwrap_or(128),
             p.latent_size.unwrap_or(32),

@@ -25,7 +25,9 @@ pub fn exp(x: F) -> F {
     let f = t - (r - MAGIC);
     let p = 1.0
         + f * (std::f32::consts::LN_2
-            + f * (0.240_226_5 + f * (0.055_504_11 + f * (0.009_618_129 + f * (0.001_333_355 + f * 0.000_154_035_3)))));
+            + f * (0.240_226_5
+                + f * (0.055_504_11
+                    + f * (0.009_618_129 + f * (0.001_333_355 + f * 0.000_154_035_3)))));
     f32::from_bits(((i + 127) << 23) as u32) * p
 }
 
@@ -65,7 +67,12 @@ impl Param {
     pub fn new(n: usize, fan_in: usize, rng: &mut Rng) -> Self {
         let k = 1.0 / (fan_in.max(1) as f64).sqrt();
         let w = (0..n).map(|_| rng.uniform(-k, k) as F).collect();
-        Param { w, g: vec![0.0; n], m: vec![0.0; n], v: vec![0.0; n] }
+        Param {
+            w,
+            g: vec![0.0; n],
+            m: vec![0.0; n],
+            v: vec![0.0; n],
+        }
     }
 
     pub fn zero_grad(&mut self) {
@@ -216,7 +223,12 @@ pub struct Linear {
 
 impl Linear {
     pub fn new(input: usize, output: usize, rng: &mut Rng) -> Self {
-        Linear { w: Param::new(input * output, input, rng), b: Param::new(output, input, rng), input, output }
+        Linear {
+            w: Param::new(input * output, input, rng),
+            b: Param::new(output, input, rng),
+            input,
+            output,
+        }
     }
 
     pub fn forward(&self, x: &[F], y: &mut [F], m: usize) {
@@ -292,7 +304,15 @@ impl Gru {
     /// One step for a batch: `h` becomes the next state from `h_prev` (B×H). `gi` holds
     /// the input projections (B×3H); `gh` is scratch (B×3H); r, z, n and Wₕₙh + bₕₙ are
     /// recorded into `rec` (each B×H).
-    fn cell(&self, gi: &[F], h_prev: &[F], h: &mut [F], gh: &mut [F], b: usize, rec: [&mut [F]; 4]) {
+    fn cell(
+        &self,
+        gi: &[F],
+        h_prev: &[F],
+        h: &mut [F],
+        gh: &mut [F],
+        b: usize,
+        rec: [&mut [F]; 4],
+    ) {
         let hd = self.hidden;
         matmul(h_prev, &self.wh.w, gh, b, hd, 3 * hd, false);
         add_bias(gh, &self.bh.w, b, 3 * hd);
@@ -302,7 +322,12 @@ impl Gru {
             let q = &gh[i * 3 * hd..(i + 1) * 3 * hd];
             let s = i * hd..(i + 1) * hd;
             let (hp, ho) = (&h_prev[s.clone()], &mut h[s.clone()]);
-            let (rr, zz, nn, gg) = (&mut rr[s.clone()], &mut zz[s.clone()], &mut nn[s.clone()], &mut gg[s]);
+            let (rr, zz, nn, gg) = (
+                &mut rr[s.clone()],
+                &mut zz[s.clone()],
+                &mut nn[s.clone()],
+                &mut gg[s],
+            );
             for j in 0..hd {
                 let r = sigmoid(g[j] + q[j]);
                 let z = sigmoid(g[hd + j] + q[hd + j]);
@@ -322,7 +347,15 @@ impl Gru {
         let rows = steps * batch;
         let mut gi = std::mem::take(&mut tr.gi);
         gi.resize(rows * 3 * self.hidden, 0.0);
-        matmul(x, &self.wi.w, &mut gi, rows, self.input, 3 * self.hidden, false);
+        matmul(
+            x,
+            &self.wi.w,
+            &mut gi,
+            rows,
+            self.input,
+            3 * self.hidden,
+            false,
+        );
         add_bias(&mut gi, &self.bi.w, rows, 3 * self.hidden);
         self.forward_projected(gi, steps, batch, tr);
     }
@@ -352,7 +385,12 @@ impl Gru {
                 h,
                 &mut gh,
                 batch,
-                [&mut tr.r[s.clone()], &mut tr.z[s.clone()], &mut tr.n[s.clone()], &mut tr.ghn[s]],
+                [
+                    &mut tr.r[s.clone()],
+                    &mut tr.z[s.clone()],
+                    &mut tr.n[s.clone()],
+                    &mut tr.ghn[s],
+                ],
             );
         }
     }
@@ -472,7 +510,15 @@ impl Lstm {
         tr.steps = steps;
         tr.batch = batch;
         tr.gates.resize(rows * 4 * hd, 0.0);
-        matmul(x, &self.wi.w, &mut tr.gates, rows, self.input, 4 * hd, false);
+        matmul(
+            x,
+            &self.wi.w,
+            &mut tr.gates,
+            rows,
+            self.input,
+            4 * hd,
+            false,
+        );
         add_bias(&mut tr.gates, &self.b.w, rows, 4 * hd);
         tr.hs.clear();
         tr.hs.resize((steps + 1) * bh, 0.0);
@@ -480,7 +526,15 @@ impl Lstm {
         tr.cs.resize((steps + 1) * bh, 0.0);
         for t in 0..steps {
             let g = &mut tr.gates[t * batch * 4 * hd..(t + 1) * batch * 4 * hd];
-            matmul(&tr.hs[t * bh..(t + 1) * bh], &self.wh.w, g, batch, hd, 4 * hd, true);
+            matmul(
+                &tr.hs[t * bh..(t + 1) * bh],
+                &self.wh.w,
+                g,
+                batch,
+                hd,
+                4 * hd,
+                true,
+            );
             let (hb, ha) = tr.hs.split_at_mut((t + 1) * bh);
             let (cb, ca) = tr.cs.split_at_mut((t + 1) * bh);
             let _ = hb;
@@ -524,7 +578,12 @@ impl Lstm {
                 for j in 0..hd {
                     let k = i * hd + j;
                     let o4 = i * 4 * hd;
-                    let (ig, fg, gg, og) = (g[o4 + j], g[o4 + hd + j], g[o4 + 2 * hd + j], g[o4 + 3 * hd + j]);
+                    let (ig, fg, gg, og) = (
+                        g[o4 + j],
+                        g[o4 + hd + j],
+                        g[o4 + 2 * hd + j],
+                        g[o4 + 3 * hd + j],
+                    );
                     let tc = tanh(c_now[k]);
                     let d_o = dh[k] * tc;
                     let dcc = dc[k] + dh[k] * og * (1.0 - tc * tc);
@@ -535,7 +594,14 @@ impl Lstm {
                     dc[k] = dcc * fg;
                 }
             }
-            matmul_at(&tr.hs[t * bh..(t + 1) * bh], dg, &mut self.wh.g, batch, hd, 4 * hd);
+            matmul_at(
+                &tr.hs[t * bh..(t + 1) * bh],
+                dg,
+                &mut self.wh.g,
+                batch,
+                hd,
+                4 * hd,
+            );
             matmul(dg, &wht, &mut dh, batch, 4 * hd, hd, false);
         }
         let rows = steps * batch;
@@ -559,7 +625,11 @@ mod tests {
         let loss = |l: &Lstm| {
             let mut tr = LstmTrace::default();
             l.forward(&x, steps, batch, &mut tr);
-            tr.hs[batch * hd..].iter().zip(&v).map(|(a, b)| a * b).sum::<F>()
+            tr.hs[batch * hd..]
+                .iter()
+                .zip(&v)
+                .map(|(a, b)| a * b)
+                .sum::<F>()
         };
         let mut tr = LstmTrace::default();
         l.forward(&x, steps, batch, &mut tr);
@@ -574,7 +644,10 @@ mod tests {
                 let lm = loss(&l);
                 l.params()[pi].w[k] = o;
                 let num = (lp - lm) / 2e-6;
-                assert!((num - g).abs() < 1e-6 * (1.0 + num.abs()), "lstm param {pi}[{k}]: {num} vs {g}");
+                assert!(
+                    (num - g).abs() < 1e-6 * (1.0 + num.abs()),
+                    "lstm param {pi}[{k}]: {num} vs {g}"
+                );
             }
         }
     }
@@ -604,7 +677,11 @@ mod tests {
             let lm = loss(&gru, &x);
             x[k] = o;
             let num = (lp - lm) / 2e-6;
-            assert!((num - dx[k]).abs() < 1e-6 * (1.0 + num.abs()), "dx[{k}]: {num} vs {}", dx[k]);
+            assert!(
+                (num - dx[k]).abs() < 1e-6 * (1.0 + num.abs()),
+                "dx[{k}]: {num} vs {}",
+                dx[k]
+            );
         }
         for pi in 0..4 {
             for k in 0..gru.params()[pi].w.len() {
@@ -616,7 +693,10 @@ mod tests {
                 let lm = loss(&gru, &x);
                 gru.params()[pi].w[k] = o;
                 let num = (lp - lm) / 2e-6;
-                assert!((num - g).abs() < 1e-6 * (1.0 + num.abs()), "gru param {pi}[{k}]: {num} vs {g}");
+                assert!(
+                    (num - g).abs() < 1e-6 * (1.0 + num.abs()),
+                    "gru param {pi}[{k}]: {num} vs {g}"
+                );
             }
         }
     }

@@ -9,7 +9,10 @@
 //! state.
 
 use super::Model;
-use super::nn::{Adam, F, Gru, GruTrace, Linear, Param, add_bias, col_sum, matmul, matmul_at, matmul_bt, sigmoid, softplus};
+use super::nn::{
+    Adam, F, Gru, GruTrace, Linear, Param, add_bias, col_sum, matmul, matmul_at, matmul_bt,
+    sigmoid, softplus,
+};
 use crate::data::{Column, Dataset, Kind, Sequence};
 use crate::rng::Rng;
 use guest_sdk::{Result, bail};
@@ -39,7 +42,10 @@ impl Enc {
                 if lo > hi {
                     (lo, hi) = (0.0, 0.0);
                 }
-                Enc::Num { min: lo, range: hi - lo }
+                Enc::Num {
+                    min: lo,
+                    range: hi - lo,
+                }
             }
         }
     }
@@ -68,7 +74,11 @@ impl Enc {
                 }
             }
             Enc::Cat { k } => {
-                if v.is_nan() || v < 0.0 || v as usize >= k - 1 { (k - 1) as F } else { v as usize as F }
+                if v.is_nan() || v < 0.0 || v as usize >= k - 1 {
+                    (k - 1) as F
+                } else {
+                    v as usize as F
+                }
             }
         }
     }
@@ -88,10 +98,18 @@ impl Enc {
     fn decode(&self, target: F) -> f64 {
         match self {
             Enc::Num { min, range } => {
-                if target.is_nan() { f64::NAN } else { min + f64::from(target) * range }
+                if target.is_nan() {
+                    f64::NAN
+                } else {
+                    min + f64::from(target) * range
+                }
             }
             Enc::Cat { k } => {
-                if target as usize >= k - 1 { f64::NAN } else { f64::from(target) }
+                if target as usize >= k - 1 {
+                    f64::NAN
+                } else {
+                    f64::from(target)
+                }
             }
         }
     }
@@ -114,14 +132,31 @@ impl Layout {
             .data_cols
             .iter()
             .enumerate()
-            .map(|(j, c)| Enc::fit(c, ds.seqs.iter().flat_map(|s| s.data.iter().skip(j).step_by(d).copied())))
+            .map(|(j, c)| {
+                Enc::fit(
+                    c,
+                    ds.seqs
+                        .iter()
+                        .flat_map(|s| s.data.iter().skip(j).step_by(d).copied()),
+                )
+            })
             .collect();
-        let ctx: Vec<Enc> =
-            ds.context_cols.iter().enumerate().map(|(j, c)| Enc::fit(c, ds.seqs.iter().map(|s| s.context[j]))).collect();
+        let ctx: Vec<Enc> = ds
+            .context_cols
+            .iter()
+            .enumerate()
+            .map(|(j, c)| Enc::fit(c, ds.seqs.iter().map(|s| s.context[j])))
+            .collect();
         let data_in: usize = data.iter().map(Enc::n_in).sum();
         let n_in = data_in + 1 + ctx.iter().map(Enc::n_in).sum::<usize>();
         let n_out = data.iter().map(Enc::n_out).sum::<usize>() + 1;
-        Layout { data, ctx, n_in, n_out, data_in }
+        Layout {
+            data,
+            ctx,
+            n_in,
+            n_out,
+            data_in,
+        }
     }
 
     fn write_context(&self, context: &[f64], row: &mut [F]) {
@@ -189,7 +224,14 @@ impl Batch {
             }
         }
         let n_valid = kind.iter().filter(|&&k| k < 2).count();
-        Batch { steps, batch, x, targets, kind, n_valid }
+        Batch {
+            steps,
+            batch,
+            x,
+            targets,
+            kind,
+            n_valid,
+        }
     }
 }
 
@@ -217,7 +259,12 @@ impl Net {
         let down = Linear::new(layout.n_in, HIDDEN, rng);
         let gru = Gru::new(HIDDEN, HIDDEN, rng);
         let up = Linear::new(HIDDEN, layout.n_out, rng);
-        Net { layout, down, gru, up }
+        Net {
+            layout,
+            down,
+            gru,
+            up,
+        }
     }
 
     pub fn params(&mut self) -> Vec<&mut Param> {
@@ -236,7 +283,15 @@ impl Net {
         // Linear → GRU input projection folded into one product: GI = X·(W_d·W_i) + (b_d·W_i + b_i).
         let h3 = 3 * HIDDEN;
         let mut wc = vec![0.0; nin * h3];
-        matmul(&self.down.w.w, &self.gru.wi.w, &mut wc, nin, HIDDEN, h3, false);
+        matmul(
+            &self.down.w.w,
+            &self.gru.wi.w,
+            &mut wc,
+            nin,
+            HIDDEN,
+            h3,
+            false,
+        );
         let mut bc = self.gru.bi.w.clone();
         matmul(&self.down.b.w, &self.gru.wi.w, &mut bc, 1, HIDDEN, h3, true);
         let mut gi = std::mem::take(&mut w.tr.gi);
@@ -280,7 +335,8 @@ impl Net {
                             let inv = 1.0 / s;
                             total += HALF_LN_2PI + s.ln() + 0.5 * diff * diff * inv * inv;
                             dy[o] = -diff * inv * inv * scale;
-                            dy[o + 1] = (inv - diff * diff * inv * inv * inv) * sigmoid(y[o + 1]) * scale;
+                            dy[o + 1] =
+                                (inv - diff * diff * inv * inv * inv) * sigmoid(y[o + 1]) * scale;
                         }
                         o += 3;
                     }
@@ -301,7 +357,8 @@ impl Net {
         }
         if grad {
             w.dh.resize(rows * HIDDEN, 0.0);
-            self.up.backward(w.tr.outputs(HIDDEN), &w.dy, Some(&mut w.dh), rows);
+            self.up
+                .backward(w.tr.outputs(HIDDEN), &w.dy, Some(&mut w.dh), rows);
             let dgi = self.gru.backward_projected(&w.tr, &w.dh);
             // P = Xᵀ·dGI, s = Σ dGI; then dW_i += W_dᵀ·P + b_dᵀ·s, db_i += s,
             // dW_d += P·W_iᵀ, db_d += s·W_iᵀ.
@@ -312,7 +369,15 @@ impl Net {
             col_sum(&s, &mut self.gru.bi.g, 1, h3);
             matmul_at(&self.down.w.w, &p, &mut self.gru.wi.g, nin, HIDDEN, h3);
             matmul_at(&self.down.b.w, &s, &mut self.gru.wi.g, 1, HIDDEN, h3);
-            matmul_bt(&p, &self.gru.wi.w, &mut self.down.w.g, nin, h3, HIDDEN, true);
+            matmul_bt(
+                &p,
+                &self.gru.wi.w,
+                &mut self.down.w.g,
+                nin,
+                h3,
+                HIDDEN,
+                true,
+            );
             matmul_bt(&s, &self.gru.wi.w, &mut self.down.b.g, 1, h3, HIDDEN, true);
             w.tr.gi = dgi; // reuse the allocation next epoch
         }
@@ -320,7 +385,13 @@ impl Net {
     }
 
     /// Sample one sequence per context; returns (sequences, log-likelihoods).
-    pub fn sample(&self, contexts: &[Sequence], min_len: usize, max_len: usize, rng: &mut Rng) -> (Vec<Sequence>, Vec<f64>) {
+    pub fn sample(
+        &self,
+        contexts: &[Sequence],
+        min_len: usize,
+        max_len: usize,
+        rng: &mut Rng,
+    ) -> (Vec<Sequence>, Vec<f64>) {
         let bsz = contexts.len();
         let (nin, nout) = (self.layout.n_in, self.layout.n_out);
         let nc = self.layout.data.len();
@@ -371,7 +442,10 @@ impl Net {
                                 let s = f64::from(softplus(yr[o + 1]) + SIGMA_MIN);
                                 let z = rng.normal();
                                 step_t[j] = (f64::from(yr[o]) + s * z) as F;
-                                loglik[b] += (1.0 - pm).max(1e-12).ln() - f64::from(HALF_LN_2PI) - s.ln() - 0.5 * z * z;
+                                loglik[b] += (1.0 - pm).max(1e-12).ln()
+                                    - f64::from(HALF_LN_2PI)
+                                    - s.ln()
+                                    - 0.5 * z * z;
                             }
                             o += 3;
                         }
@@ -409,7 +483,12 @@ impl Net {
             .iter()
             .zip(out)
             .zip(lens)
-            .map(|((c, data), len)| Sequence { entity: c.entity.clone(), context: c.context.clone(), data, len })
+            .map(|((c, data), len)| Sequence {
+                entity: c.entity.clone(),
+                context: c.context.clone(),
+                data,
+                len,
+            })
             .collect();
         (seqs, loglik)
     }
@@ -437,7 +516,14 @@ pub struct Par {
 
 impl Par {
     pub fn new(epochs: usize, sample_size: usize) -> Self {
-        Par { epochs, sample_size, net: None, min_len: 0, max_len: 0, losses: Vec::new() }
+        Par {
+            epochs,
+            sample_size,
+            net: None,
+            min_len: 0,
+            max_len: 0,
+            losses: Vec::new(),
+        }
     }
 }
 
@@ -468,14 +554,25 @@ impl Model for Par {
             }
         }
         if let (Some(first), Some(last)) = (self.losses.first(), self.losses.last()) {
-            guest_sdk::info!("PARModel on {}: loss {first:.3} → {last:.3} in {} epochs", ds.name, self.epochs);
+            guest_sdk::info!(
+                "PARModel on {}: loss {first:.3} → {last:.3} in {} epochs",
+                ds.name,
+                self.epochs
+            );
         }
         self.net = Some(net);
         Ok(())
     }
 
-    fn sample(&mut self, _ds: &Dataset, contexts: &[Sequence], rng: &mut Rng) -> Result<Vec<Sequence>> {
-        let Some(net) = &self.net else { bail!("sample before fit") };
+    fn sample(
+        &mut self,
+        _ds: &Dataset,
+        contexts: &[Sequence],
+        rng: &mut Rng,
+    ) -> Result<Vec<Sequence>> {
+        let Some(net) = &self.net else {
+            bail!("sample before fit")
+        };
         let (mut best, mut best_ll) = net.sample(contexts, self.min_len, self.max_len, rng);
         for _ in 1..self.sample_size {
             let (cand, ll) = net.sample(contexts, self.min_len, self.max_len, rng);
@@ -497,22 +594,50 @@ mod tests {
 
     fn toy(rng: &mut Rng) -> Dataset {
         let data_cols = vec![
-            Column { name: "a".into(), kind: Kind::Numeric },
-            Column { name: "b".into(), kind: Kind::Categorical(vec!["x".into(), "y".into()]) },
+            Column {
+                name: "a".into(),
+                kind: Kind::Numeric,
+            },
+            Column {
+                name: "b".into(),
+                kind: Kind::Categorical(vec!["x".into(), "y".into()]),
+            },
         ];
-        let context_cols = vec![Column { name: "c".into(), kind: Kind::Categorical(vec!["p".into(), "q".into()]) }];
+        let context_cols = vec![Column {
+            name: "c".into(),
+            kind: Kind::Categorical(vec!["p".into(), "q".into()]),
+        }];
         let seqs = (0..5)
             .map(|i| {
                 let len = 2 + i % 3;
                 let mut data = Vec::new();
                 for t in 0..len {
-                    data.push(if (i + t) % 4 == 0 { f64::NAN } else { rng.normal() });
-                    data.push(if t % 3 == 2 { f64::NAN } else { (rng.below(2)) as f64 });
+                    data.push(if (i + t) % 4 == 0 {
+                        f64::NAN
+                    } else {
+                        rng.normal()
+                    });
+                    data.push(if t % 3 == 2 {
+                        f64::NAN
+                    } else {
+                        (rng.below(2)) as f64
+                    });
                 }
-                Sequence { entity: i.to_string(), context: vec![(i % 2) as f64], data, len }
+                Sequence {
+                    entity: i.to_string(),
+                    context: vec![(i % 2) as f64],
+                    data,
+                    len,
+                }
             })
             .collect();
-        Dataset { name: "toy".into(), entity_col: "e".into(), context_cols, data_cols, seqs }
+        Dataset {
+            name: "toy".into(),
+            entity_col: "e".into(),
+            context_cols,
+            data_cols,
+            seqs,
+        }
     }
 
     #[test]
@@ -540,8 +665,13 @@ mod tests {
                 let lm = net.loss(&batch, &mut work, false);
                 net.params()[pi].w[k] = orig;
                 let numeric = (lp - lm) / (2.0 * eps);
-                let err = (numeric - analytic[pi][k]).abs() / (numeric.abs() + analytic[pi][k].abs() + 1e-6);
-                assert!(err < 1e-4, "param {pi}[{k}]: numeric {numeric} vs analytic {}", analytic[pi][k]);
+                let err = (numeric - analytic[pi][k]).abs()
+                    / (numeric.abs() + analytic[pi][k].abs() + 1e-6);
+                assert!(
+                    err < 1e-4,
+                    "param {pi}[{k}]: numeric {numeric} vs analytic {}",
+                    analytic[pi][k]
+                );
                 worst = worst.max(err);
             }
         }
@@ -577,7 +707,12 @@ mod tests {
         let mut h = vec![0.0; batch * 5];
         let mut scratch = Vec::new();
         for t in 0..steps {
-            gru.step(&x[t * batch * 4..(t + 1) * batch * 4], &mut h, batch, &mut scratch);
+            gru.step(
+                &x[t * batch * 4..(t + 1) * batch * 4],
+                &mut h,
+                batch,
+                &mut scratch,
+            );
             let want = &tr.outputs(5)[t * batch * 5..(t + 1) * batch * 5];
             for (a, b) in h.iter().zip(want) {
                 assert!((a - b).abs() < 1e-12);

@@ -8,22 +8,37 @@ struct Faulty;
 impl Plugin for Faulty {
     fn describe() -> Vec<Function> {
         vec![
-            Function::new("faulty.misbehave", "Shard `bad` misbehaves as `how` says; the others square their index.")
-                .param(Param::new("shards", "int", "How many shards.").default(4))
-                .param(Param::new("bad", "int", "Which shard misbehaves (-1: none).").default(-1))
-                .param(Param::new("how", "string", "trap | error | spin | alloc | stack | rows | cell | log | badrow | random").default("trap")),
+            Function::new(
+                "faulty.misbehave",
+                "Shard `bad` misbehaves as `how` says; the others square their index.",
+            )
+            .param(Param::new("shards", "int", "How many shards.").default(4))
+            .param(Param::new("bad", "int", "Which shard misbehaves (-1: none).").default(-1))
+            .param(
+                Param::new(
+                    "how",
+                    "string",
+                    "trap | error | spin | alloc | stack | rows | cell | log | badrow",
+                )
+                .default("trap"),
+            )
+            .param(Param::new("sleep_ms", "int", "Every shard sleeps this long first.").default(0)),
         ]
     }
 
     fn plan(call: &Call) -> Result<Vec<Shard>> {
         let n: i64 = call.arg("shards")?;
-        (0..n).map(|i| Shard::new().key("shard", i).payload(i)).collect()
+        (0..n)
+            .map(|i| Shard::new().key("shard", i).payload(i))
+            .collect()
     }
 
     fn run(call: &Call, shard: &Shard, out: &mut Table) -> Result<()> {
         let i: i64 = shard.get()?;
         let bad: i64 = call.arg("bad")?;
         let how: String = call.arg("how")?;
+        let sleep_ms: u64 = call.arg("sleep_ms")?;
+        std::thread::sleep(std::time::Duration::from_millis(sleep_ms));
         if i == bad {
             misbehave(&how, out)?;
         }
@@ -63,13 +78,73 @@ fn misbehave(how: &str, out: &mut Table) -> Result<()> {
         "rows" => loop {
             out.push(Row::new().set("spam", "row"))?;
         },
-        "cell" => out.push(Row::new().set("huge", "x".repeat(512 << 20))),
+        "cell" => out.push(Row::new().set("huge", "x".repeat(4 << 20))),
         "log" => loop {
             guest_sdk::info!("{}", "spam ".repeat(1000));
         },
         "badrow" => out.push(Row::new().set("", 1)),
+        "probe" => out.push(probe_sandbox()),
         other => bail!("unknown misbehaviour `{other}`"),
     }
+}
+
+/// Try everything the sandbox must forbid; each cell says `denied: …` or `ALLOWED: …`.
+fn probe_sandbox() -> Row {
+    fn verdict<T: std::fmt::Debug, E: std::fmt::Display>(r: std::result::Result<T, E>) -> String {
+        match r {
+            Ok(v) => format!("ALLOWED: {v:?}").chars().take(200).collect(),
+            Err(e) => format!("denied: {e}"),
+        }
+    }
+    let data = guest_sdk::data_dir();
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    Row::new()
+        .set(
+            "read_data",
+            verdict(std::fs::read_to_string(data.join("inside.txt"))),
+        )
+        .set(
+            "read_parent",
+            verdict(std::fs::read_to_string(data.join("../secret.txt"))),
+        )
+        .set(
+            "read_absolute",
+            verdict(std::fs::read_to_string("/etc/passwd")),
+        )
+        .set(
+            "read_proc_environ",
+            verdict(std::fs::read("/proc/self/environ")),
+        )
+        .set(
+            "read_symlink",
+            verdict(std::fs::read_to_string(data.join("escape"))),
+        )
+        .set(
+            "write_data",
+            verdict(std::fs::write(data.join("new.txt"), "x")),
+        )
+        .set(
+            "overwrite_data",
+            verdict(std::fs::write(data.join("inside.txt"), "x")),
+        )
+        .set(
+            "delete_data",
+            verdict(std::fs::remove_file(data.join("inside.txt"))),
+        )
+        .set("mkdir_data", verdict(std::fs::create_dir(data.join("d"))))
+        .set(
+            "env",
+            if env.is_empty() {
+                "denied: empty".to_owned()
+            } else {
+                format!("ALLOWED: {env:?}")
+            },
+        )
+        .set("tcp", verdict(std::net::TcpStream::connect("127.0.0.1:9")))
+        .set(
+            "dns",
+            verdict(std::net::ToSocketAddrs::to_socket_addrs(&("localhost", 80))),
+        )
 }
 
 guest_sdk::export!(Faulty);

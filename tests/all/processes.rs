@@ -1,0 +1,266 @@
+//! The `processes` backend: `engine worker` processes coordinating through a
+//! local-directory store, with real SIGKILLs.
+
+use crate::util::*;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn processes_config(args: &str, workers: usize, lease: &str) -> tempfile::TempDir {
+    faulty_config(args, workers, "").tap_config(&format!(
+        "backend = \"processes\"\nlease = \"{lease}\"\nstore = \"store\"\n"
+    ))
+}
+
+trait TapConfig {
+    fn tap_config(self, cluster_lines: &str) -> Self;
+}
+
+impl TapConfig for tempfile::TempDir {
+    /// Add lines to the `[cluster]` table of the config in this directory.
+    fn tap_config(self, cluster_lines: &str) -> Self {
+        let path = self.path().join("config.toml");
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("[cluster]\n", &format!("[cluster]\n{cluster_lines}"));
+        std::fs::write(&path, text).unwrap();
+        self
+    }
+}
+
+/// Pids of `engine worker` processes using the store under `dir`.
+fn worker_pids(dir: &Path) -> Vec<i32> {
+    let store = dir.join("store").display().to_string();
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if args.iter().any(|a| a == "worker") && args.iter().any(|a| a.starts_with(&store)) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+fn sigkill(pid: i32) {
+    let ok = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -KILL {pid}");
+}
+
+/// `engine status` of the (only) run in the store under `dir`.
+fn status(dir: &Path) -> String {
+    let runs = dir.join("store/runs");
+    let run = std::fs::read_dir(runs)
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .into_owned();
+    let o = run_in(dir, &["status", &run, "--store", "store"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    stdout(&o)
+}
+
+fn field(status: &str, name: &str) -> usize {
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(name))
+        .unwrap_or_else(|| panic!("no `{name}` in {status}"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn three_worker_processes_give_the_same_table_as_threads() {
+    let threads = faulty_config("shards = 10", 3, "");
+    let o = run_in(
+        threads.path(),
+        &[
+            "run",
+            "config.toml",
+            "--plugins",
+            guests_dir().to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let procs = processes_config("shards = 10", 3, "5s");
+    let o = run_in(
+        procs.path(),
+        &[
+            "run",
+            "config.toml",
+            "--plugins",
+            guests_dir().to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let a = std::fs::read(threads.path().join("out/result.csv")).unwrap();
+    let b = std::fs::read(procs.path().join("out/result.csv")).unwrap();
+    assert_eq!(a, b);
+    let s = status(procs.path());
+    assert_eq!(field(&s, "finished"), 10, "{s}");
+    assert_eq!(field(&s, "attempts"), 10, "each shard ran once: {s}");
+    assert!(
+        worker_pids(procs.path()).is_empty(),
+        "workers exit when the run is done"
+    );
+}
+
+#[test]
+fn a_killed_worker_s_shard_is_run_again_and_counted_once() {
+    let dir = processes_config("shards = 8\nsleep_ms = 700", 2, "1s");
+    let child = engine()
+        .args([
+            "run",
+            "config.toml",
+            "--plugins",
+            guests_dir().to_str().unwrap(),
+        ])
+        .current_dir(dir.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let victim = loop {
+        let pids = worker_pids(dir.path());
+        if pids.len() == 2 {
+            break pids[0];
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "workers did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::thread::sleep(Duration::from_millis(400)); // mid-shard
+    sigkill(victim);
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (_, rows) = read_csv(&dir.path().join("out/result.csv"));
+    let shards: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(
+        shards,
+        ["0", "1", "2", "3", "4", "5", "6", "7"],
+        "one row per shard, none missing, none doubled"
+    );
+    assert!(rows.iter().all(|r| r[3].is_empty()));
+    let s = status(dir.path());
+    assert!(
+        field(&s, "attempts") > 8,
+        "the killed worker's shard was claimed again: {s}"
+    );
+}
+
+#[test]
+fn a_killed_orchestrator_resumes_without_rerunning_finished_shards() {
+    let dir = processes_config("shards = 12\nsleep_ms = 300", 2, "1s");
+    let mut child = engine()
+        .args([
+            "run",
+            "config.toml",
+            "--plugins",
+            guests_dir().to_str().unwrap(),
+        ])
+        .current_dir(dir.path())
+        .spawn()
+        .unwrap();
+    // Let some shards finish, then kill the orchestrator (its workers die with it).
+    let parts = || -> usize {
+        let runs = dir.path().join("store/runs");
+        std::fs::read_dir(&runs)
+            .ok()
+            .and_then(|mut r| r.next())
+            .and_then(|e| e.ok())
+            .and_then(|e| std::fs::read_dir(e.path().join("parts")).ok())
+            .map_or(0, |r| r.count())
+    };
+    let started = Instant::now();
+    while parts() < 4 {
+        assert!(started.elapsed() < Duration::from_secs(60), "no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let finished_before = parts();
+    assert!(finished_before < 12, "killed mid-run");
+    let s = status(dir.path());
+    let attempts_before = field(&s, "attempts");
+
+    let o = run_in(
+        dir.path(),
+        &[
+            "run",
+            "config.toml",
+            "--plugins",
+            guests_dir().to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("{finished_before} of 12 shards already finished")),
+        "{}",
+        stderr(&o)
+    );
+    let (_, rows) = read_csv(&dir.path().join("out/result.csv"));
+    assert_eq!(rows.len(), 12);
+    let s = status(dir.path());
+    // Every shard unfinished at the kill ran once more; no finished one ran again.
+    let unfinished = 12 - finished_before;
+    let attempts_after = field(&s, "attempts");
+    assert!(
+        attempts_after <= attempts_before + unfinished,
+        "finished shards were not executed again: {attempts_before} + {unfinished} >= {attempts_after}"
+    );
+    assert!(attempts_after >= 12);
+}
+
+#[test]
+fn an_unwritable_output_keeps_the_results_and_a_rerun_writes_them() {
+    let dir = processes_config("shards = 4", 2, "5s");
+    let blocker = dir.path().join("out");
+    std::fs::write(&blocker, "a file where the output folder should be").unwrap();
+    let o = run_in(
+        dir.path(),
+        &[
+            "run",
+            "config.toml",
+            "--plugins",
+            guests_dir().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("the results are kept in"),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::remove_file(&blocker).unwrap();
+    let o = run_in(
+        dir.path(),
+        &[
+            "run",
+            "config.toml",
+            "--plugins",
+            guests_dir().to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("4 of 4 shards already finished"),
+        "no recomputation: {}",
+        stderr(&o)
+    );
+    assert_eq!(read_csv(&dir.path().join("out/result.csv")).1.len(), 4);
+}

@@ -1,0 +1,191 @@
+//! S3 through object_store, against a real S3-protocol server on loopback
+//! (moto_server, installed by scripts/test), checked with an independent
+//! client (boto3).
+
+use crate::util::*;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+struct Moto {
+    port: u16,
+    _child: ChildGuard,
+}
+
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+    }
+}
+
+fn venv_bin(name: &str) -> PathBuf {
+    let venv = std::env::var_os("ENGINE_TEST_VENV")
+        .map_or_else(|| root().join("target/venv-test"), PathBuf::from);
+    let path = venv.join("bin").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with scripts/test, which installs moto and boto3",
+        path.display()
+    );
+    path
+}
+
+/// One moto server for the whole test binary; AWS_* point at it.
+fn moto() -> &'static Moto {
+    static MOTO: OnceLock<Moto> = OnceLock::new();
+    MOTO.get_or_init(|| {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(venv_bin("moto_server"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto_server");
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "moto_server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // SAFETY: set once, before any S3 test reads them; other tests ignore AWS_*.
+        unsafe {
+            std::env::set_var("AWS_ACCESS_KEY_ID", "test");
+            std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
+            std::env::set_var("AWS_REGION", "us-east-1");
+            std::env::set_var("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"));
+        }
+        Moto {
+            port,
+            _child: ChildGuard(child),
+        }
+    })
+}
+
+/// Run python with boto3 against moto; returns stdout.
+fn boto3(script: &str) -> String {
+    let moto = moto();
+    let o = Command::new(venv_bin("python"))
+        .args(["-c", &format!(
+            "import boto3\ns3 = boto3.client('s3', endpoint_url='http://127.0.0.1:{}', aws_access_key_id='test', \
+             aws_secret_access_key='test', region_name='us-east-1')\n{script}",
+            moto.port
+        )])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "boto3 failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn bucket(name: &str) -> String {
+    boto3(&format!("s3.create_bucket(Bucket='{name}')"));
+    name.to_owned()
+}
+
+#[test]
+fn csv_output_to_s3() {
+    let b = bucket("results-local");
+    let local = faulty_config("shards = 6", 2, "");
+    let o = run_in(
+        local.path(),
+        &[
+            "run",
+            "config.toml",
+            "--plugins",
+            guests_dir().to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let dir = faulty_config("shards = 6", 2, "");
+    let url = format!("s3://{b}/sweeps/result.csv");
+    let o = run_in(
+        dir.path(),
+        &[
+            "run",
+            "config.toml",
+            "--output",
+            &url,
+            "--plugins",
+            guests_dir().to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let body = boto3(&format!(
+        "import sys; sys.stdout.write(s3.get_object(Bucket='{b}', Key='sweeps/result.csv')['Body'].read().decode())"
+    ));
+    assert_eq!(
+        body,
+        std::fs::read_to_string(local.path().join("out/result.csv")).unwrap()
+    );
+}
+
+#[test]
+fn three_worker_processes_coordinate_through_s3() {
+    let b = bucket("engine-store");
+    let dir = faulty_config("shards = 9\nsleep_ms = 50", 3, "");
+    let path = dir.path().join("config.toml");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "[cluster]\n",
+        &format!(
+            "[cluster]\nbackend = \"processes\"\nstore = \"s3://{b}/runs-prefix\"\nlease = \"5s\"\n"
+        ),
+    );
+    // The reference runner's output form: path + bucket.
+    let text = text.replace(
+        "path = \"out/result.csv\"",
+        &format!("path = \"out/result.csv\"\nbucket = \"{b}\""),
+    );
+    std::fs::write(&path, text).unwrap();
+    let o = run_in(
+        dir.path(),
+        &[
+            "run",
+            "config.toml",
+            "--plugins",
+            guests_dir().to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let listing = boto3(&format!(
+        "r = s3.list_objects_v2(Bucket='{b}', Prefix='runs-prefix/')\nprint('\\n'.join(o['Key'] for o in r.get('Contents', [])))"
+    ));
+    let parts = listing.lines().filter(|k| k.contains("/parts/")).count();
+    let claims = listing.lines().filter(|k| k.contains("/claims/")).count();
+    assert_eq!(parts, 9, "one part per shard: {listing}");
+    assert_eq!(claims, 9, "one claim per shard: {listing}");
+    let csv = boto3(&format!(
+        "import sys; sys.stdout.write(s3.get_object(Bucket='{b}', Key='out/result.csv')['Body'].read().decode())"
+    ));
+    assert_eq!(csv.lines().count(), 10, "{csv}");
+}
+
+#[test]
+fn create_if_absent_is_honoured_by_the_server() {
+    let b = bucket("conditional");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let base = engine::store::Location::parse(&format!("s3://{b}/x")).unwrap();
+        let store = engine::store::RunStore::new(&base, None, "run");
+        assert!(store.create("claims/00000000/0", "first").await.unwrap());
+        assert!(
+            !store.create("claims/00000000/0", "second").await.unwrap(),
+            "second create must lose"
+        );
+        assert_eq!(
+            store.get("claims/00000000/0").await.unwrap().unwrap(),
+            "first"
+        );
+    });
+}
