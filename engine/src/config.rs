@@ -234,6 +234,8 @@ pub struct Limits {
     /// Log bytes (stdout, stderr and `log`) one shard may produce.
     #[serde(with = "bytes_text")]
     pub log_size: u64,
+    /// Most shards one call may plan.
+    pub max_shards: usize,
 }
 
 impl Default for Limits {
@@ -244,6 +246,7 @@ impl Default for Limits {
             retries: 0,
             output_size: 256 << 20,
             log_size: 1 << 20,
+            max_shards: 1_000_000,
         }
     }
 }

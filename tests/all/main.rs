@@ -10,4 +10,5 @@ mod local_run;
 mod processes;
 mod s3;
 mod sandbox;
+mod tenancy;
 mod ui;

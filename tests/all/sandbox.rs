@@ -156,3 +156,38 @@ fn the_sandbox_denies_everything_but_reading_the_data_dir() {
     );
     assert!(!data.join("new.txt").exists() && !data.join("d").exists());
 }
+
+fn plan_error(args: &str, limits: &str) -> String {
+    let dir = faulty_config(args, 1, limits);
+    let o = run_in(dir.path(), &["run", "config.toml", "--plugins", guests_dir().to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(!dir.path().join("out/result.csv").exists(), "no output");
+    stderr(&o)
+}
+
+#[test]
+fn a_panicking_plan_is_reported() {
+    let e = plan_error("plan = \"panic\"", "");
+    assert!(e.contains("planning `faulty.misbehave` failed: trap:") && e.contains("plan asked to panic"), "{e}");
+}
+
+#[test]
+fn an_empty_plan_is_reported() {
+    let e = plan_error("plan = \"empty\"", "");
+    assert!(e.contains("planned no shards"), "{e}");
+}
+
+#[test]
+fn ten_million_shards_are_refused_without_hurting_the_host() {
+    // Ten million: refused at the boundary (the guest's memory, or wasmtime's cap
+    // on data copied out of a guest).
+    let e = plan_error("shards = 10000000", "");
+    assert!(
+        e.contains("planning `faulty.misbehave` failed: out-of-memory")
+            || e.contains("planning `faulty.misbehave` failed: limit-exceeded"),
+        "{e}"
+    );
+    // A plan that fits but is larger than the run allows.
+    let e = plan_error("shards = 200000", "memory = \"1G\"\nmax_shards = 100000");
+    assert!(e.contains("planned 200000 shards, more than `limits.max_shards` (100000)"), "{e}");
+}

@@ -236,6 +236,14 @@ pub fn plan(runtime: &Runtime, p: &Prepared) -> Result<Vec<Shard>> {
             p.config.run.function
         );
     }
+    if shards.len() > p.config.limits.max_shards {
+        bail!(
+            "`{}` planned {} shards, more than `limits.max_shards` ({}); raise the limit if that is intended",
+            p.config.run.function,
+            shards.len(),
+            p.config.limits.max_shards
+        );
+    }
     Ok(shards)
 }
 

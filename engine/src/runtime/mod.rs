@@ -292,7 +292,7 @@ impl Runtime {
         args: &str,
         sandbox: &Sandbox,
     ) -> Result<Vec<Shard>, GuestFailure> {
-        let (mut store, bindings, _) =
+        let (mut store, bindings, pipes) =
             self.instantiate(plugin, sandbox)
                 .map_err(|e| GuestFailure {
                     kind: ErrorKind::Denied,
@@ -314,7 +314,7 @@ impl Runtime {
                 kind: ErrorKind::GuestError,
                 message,
             }),
-            Err(e) => Err(classify(&e, store.data())),
+            Err(e) => Err(with_stderr_tail(classify(&e, store.data()), &pipes[1])),
         }
     }
 
@@ -358,20 +358,7 @@ impl Runtime {
             }),
             Err(e) => Some(classify(&e, store.data())),
         };
-        // A Rust guest's panic message goes to stderr just before its trap.
-        let failure = failure.map(|mut f| {
-            if f.kind == ErrorKind::Trap {
-                let stderr = pipes[1].contents();
-                let text = String::from_utf8_lossy(&stderr);
-                let tail: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-                if !tail.is_empty() {
-                    let tail = tail[tail.len().saturating_sub(2)..].join(" / ");
-                    let tail: String = tail.chars().take(400).collect();
-                    f.message = format!("{}; stderr: {tail}", f.message);
-                }
-            }
-            f
-        });
+        let failure = failure.map(|f| with_stderr_tail(f, &pipes[1]));
         let mut log = std::mem::take(&mut store.data_mut().log);
         for (name, pipe) in ["stdout", "stderr"].iter().zip(&pipes) {
             let text = pipe.contents();
@@ -392,6 +379,22 @@ impl Runtime {
             },
         }
     }
+}
+
+/// A Rust guest's panic message goes to stderr just before its trap: add the
+/// last lines of stderr to a trap's message.
+fn with_stderr_tail(mut f: GuestFailure, stderr: &MemoryOutputPipe) -> GuestFailure {
+    if f.kind == ErrorKind::Trap {
+        let bytes = stderr.contents();
+        let text = String::from_utf8_lossy(&bytes);
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        if !lines.is_empty() {
+            let tail = lines[lines.len().saturating_sub(2)..].join(" / ");
+            let tail: String = tail.chars().take(400).collect();
+            f.message = format!("{}; stderr: {tail}", f.message);
+        }
+    }
+    f
 }
 
 fn failed_output(
@@ -442,6 +445,9 @@ fn classify(e: &wasmtime::Error, state: &ShardState) -> GuestFailure {
             kind: ErrorKind::Trap,
             message: guest_trap_message(e, &message),
         };
+    }
+    if message.contains("too much data is being copied between the host and the guest") {
+        return GuestFailure { kind: ErrorKind::LimitExceeded, message };
     }
     if message.contains("write beyond capacity of MemoryOutputPipe") {
         return GuestFailure {

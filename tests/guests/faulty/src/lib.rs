@@ -18,16 +18,22 @@ impl Plugin for Faulty {
                 Param::new(
                     "how",
                     "string",
-                    "trap | error | spin | alloc | stack | rows | cell | log | badrow",
+                    "trap | error | spin | alloc | stack | rows | cell | log | badrow | probe",
                 )
                 .default("trap"),
             )
-            .param(Param::new("sleep_ms", "int", "Every shard sleeps this long first.").default(0)),
+            .param(Param::new("sleep_ms", "int", "Every shard sleeps this long first.").default(0))
+            .param(Param::new("plan", "string", "ok | panic | empty: how `plan` behaves.").default("ok")),
         ]
     }
 
     fn plan(call: &Call) -> Result<Vec<Shard>> {
         let n: i64 = call.arg("shards")?;
+        match call.arg::<String>("plan")?.as_str() {
+            "panic" => panic!("plan asked to panic"),
+            "empty" => return Ok(Vec::new()),
+            _ => {}
+        }
         (0..n)
             .map(|i| Shard::new().key("shard", i).payload(i))
             .collect()
