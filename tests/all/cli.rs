@@ -82,3 +82,22 @@ fn a_core_module_is_refused_with_its_name() {
         "{err}"
     );
 }
+
+#[test]
+fn a_plugin_built_for_another_wit_version_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        guests_dir().join("oldwit.wasm"),
+        dir.path().join("oldwit.wasm"),
+    )
+    .unwrap();
+    let o = run_in(
+        &root(),
+        &["functions", "--plugins", dir.path().to_str().unwrap()],
+    );
+    let err = stderr(&o);
+    assert!(
+        err.contains("oldwit.wasm` was built against `engine:plugin/host@0.0.9`, but this engine speaks `engine:plugin@0.1.0`"),
+        "{err}"
+    );
+}

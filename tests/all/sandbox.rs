@@ -159,7 +159,15 @@ fn the_sandbox_denies_everything_but_reading_the_data_dir() {
 
 fn plan_error(args: &str, limits: &str) -> String {
     let dir = faulty_config(args, 1, limits);
-    let o = run_in(dir.path(), &["run", "config.toml", "--plugins", guests_dir().to_str().unwrap()]);
+    let o = run_in(
+        dir.path(),
+        &[
+            "run",
+            "config.toml",
+            "--plugins",
+            guests_dir().to_str().unwrap(),
+        ],
+    );
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(!dir.path().join("out/result.csv").exists(), "no output");
     stderr(&o)
@@ -168,7 +176,11 @@ fn plan_error(args: &str, limits: &str) -> String {
 #[test]
 fn a_panicking_plan_is_reported() {
     let e = plan_error("plan = \"panic\"", "");
-    assert!(e.contains("planning `faulty.misbehave` failed: trap:") && e.contains("plan asked to panic"), "{e}");
+    assert!(
+        e.contains("planning `faulty.misbehave` failed: trap:")
+            && e.contains("plan asked to panic"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -189,5 +201,8 @@ fn ten_million_shards_are_refused_without_hurting_the_host() {
     );
     // A plan that fits but is larger than the run allows.
     let e = plan_error("shards = 200000", "memory = \"1G\"\nmax_shards = 100000");
-    assert!(e.contains("planned 200000 shards, more than `limits.max_shards` (100000)"), "{e}");
+    assert!(
+        e.contains("planned 200000 shards, more than `limits.max_shards` (100000)"),
+        "{e}"
+    );
 }

@@ -197,7 +197,23 @@ impl Runtime {
         let component = cache::compile(&self.engine, self.cache_dir.as_deref(), &sha256, bytes)
             .with_context(|| format!("cannot compile `{origin}`"))?;
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
-            anyhow::anyhow!("`{origin}` cannot run in the sandbox: {}", root_message(&e))
+            let why = root_message(&e);
+            let wit = component
+                .component_type()
+                .imports(&self.engine)
+                .map(|(name, _)| name.to_owned())
+                .find(|name| name.starts_with("engine:plugin/") && !name.ends_with(&format!("@{}", crate::WIT_VERSION)));
+            match wit {
+                Some(name) => anyhow::anyhow!(
+                    "`{origin}` was built against `{name}`, but this engine speaks `engine:plugin@{}`; \
+                     rebuild it with the matching guest-sdk",
+                    crate::WIT_VERSION
+                ),
+                None => anyhow::anyhow!(
+                    "`{origin}` cannot run in the sandbox: {why}; a plugin may import only \
+                     `engine:plugin/host` and WASI (filesystem, clocks, random, cli)"
+                ),
+            }
         })?;
         let pre = BindingsPre::new(pre).map_err(|e| {
             anyhow::anyhow!(
@@ -447,7 +463,10 @@ fn classify(e: &wasmtime::Error, state: &ShardState) -> GuestFailure {
         };
     }
     if message.contains("too much data is being copied between the host and the guest") {
-        return GuestFailure { kind: ErrorKind::LimitExceeded, message };
+        return GuestFailure {
+            kind: ErrorKind::LimitExceeded,
+            message,
+        };
     }
     if message.contains("write beyond capacity of MemoryOutputPipe") {
         return GuestFailure {

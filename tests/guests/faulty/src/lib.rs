@@ -23,7 +23,10 @@ impl Plugin for Faulty {
                 .default("trap"),
             )
             .param(Param::new("sleep_ms", "int", "Every shard sleeps this long first.").default(0))
-            .param(Param::new("plan", "string", "ok | panic | empty: how `plan` behaves.").default("ok")),
+            .param(
+                Param::new("plan", "string", "ok | panic | empty: how `plan` behaves.")
+                    .default("ok"),
+            ),
         ]
     }
 
