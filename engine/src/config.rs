@@ -741,3 +741,51 @@ mod tests {
         assert_eq!(did_you_mean("zzz", ["datasets", "models"]), None);
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    const VALID: &str = "[run]\nfunction = \"hello.greet\"\nseed = 1\n[run.args]\nnames = [\"a\"]\n\
+                         [cluster]\nworkers = { minimum = 1, maximum = 3 }\n[limits]\nmemory = \"64M\"\n\
+                         timeout = \"5s\"\n[output]\npath = \"out.csv\"\n";
+
+    fn check(name: &str, text: String) {
+        let source = Source::from_text(Path::new(name), text);
+        if let Err(e) = source.parse() {
+            // Every rejection names the file, and says something.
+            assert!(e.location.starts_with(name), "{e:?}");
+            assert!(!e.message.trim().is_empty(), "{e:?}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn arbitrary_text_never_panics(text in ".{0,400}") {
+            check("c.toml", text.clone());
+            check("c.json", text);
+        }
+
+        #[test]
+        fn mutated_valid_configs_never_panic(cuts in proptest::collection::vec((0usize..400, ".{0,8}"), 1..4)) {
+            let mut text = VALID.to_owned();
+            for (at, insert) in cuts {
+                let mut at = at.min(text.len());
+                while !text.is_char_boundary(at) {
+                    at -= 1;
+                }
+                text.insert_str(at, &insert);
+            }
+            check("c.toml", text);
+        }
+
+        #[test]
+        fn sizes_and_types_never_panic(size in ".{0,20}", ty in ".{0,30}") {
+            let _ = parse_bytes(&size);
+            let _ = type_check(&ty, &serde_json::json!([1, "a", {"b": null}]));
+        }
+    }
+}

@@ -7,7 +7,8 @@
 //! | `run.json`             | orchestrator | overwrite                 |
 //! | `component.wasm`       | orchestrator | overwrite                 |
 //! | `shards.json`          | orchestrator | create-if-absent          |
-//! | `claims/<shard>`       | workers      | create-if-absent          |
+//! | `claims/<shard>/<attempt>` | workers  | create-if-absent          |
+//! | `heartbeats/<process>` | workers      | overwrite                 |
 //! | `parts/<shard>.csv`    | workers      | create-if-absent (1 only) |
 //! | `failed/<shard>`       | workers      | overwrite                 |
 //! | `log/<shard>.log`      | workers      | overwrite                 |

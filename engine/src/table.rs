@@ -255,3 +255,57 @@ mod tests {
         assert_eq!(p.push([("a", &big)]), Err(RowError::TooLarge { limit: 10 }));
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// A part is written by the host, but the store could hand back anything:
+        /// merging garbage must fail cleanly or copy rows, never panic.
+        #[test]
+        fn merging_arbitrary_parts_never_panics(part in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let columns = match parse_header(&part) {
+                Ok(h) => merged_columns([h.as_slice()]),
+                Err(_) => vec![ERROR_COLUMN.to_owned()],
+            };
+            let mut out = csv::Writer::from_writer(Vec::new());
+            let _ = append_part(&part, &columns, &mut out);
+        }
+
+        /// Rows of arbitrary cells round-trip through a part and the merge.
+        #[test]
+        fn rows_survive_the_merge(rows in proptest::collection::vec(proptest::collection::vec(("[a-c]", ".{0,6}"), 1..4), 1..6)) {
+            let mut part = PartBuilder::new(u64::MAX);
+            let mut expected = Vec::new();
+            for row in &rows {
+                let mut seen = std::collections::HashSet::new();
+                let cells: Vec<(String, Cell)> = row
+                    .iter()
+                    .filter(|(k, _)| seen.insert(k.clone()))
+                    .map(|(k, v)| (k.clone(), Cell::Text(v.clone())))
+                    .collect();
+                part.push(cells.iter().map(|(k, v)| (k.as_str(), v))).unwrap();
+                expected.push(cells);
+            }
+            let bytes = part.finish();
+            let columns = merged_columns([parse_header(&bytes).unwrap().as_slice()]);
+            let mut out = csv::Writer::from_writer(Vec::new());
+            out.write_record(&columns).unwrap();
+            prop_assert_eq!(append_part(&bytes, &columns, &mut out).unwrap(), rows.len() as u64);
+            let text = out.into_inner().unwrap();
+            let mut reader = csv::Reader::from_reader(text.as_slice());
+            for (record, cells) in reader.records().zip(&expected) {
+                let record = record.unwrap();
+                for (k, v) in cells {
+                    let i = columns.iter().position(|c| c == k).unwrap();
+                    let Cell::Text(v) = v else { unreachable!() };
+                    prop_assert_eq!(&record[i], v.as_str());
+                }
+            }
+        }
+    }
+}
