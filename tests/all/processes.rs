@@ -49,6 +49,29 @@ fn worker_pids(dir: &Path) -> Vec<i32> {
     pids
 }
 
+/// The pid of a worker process that holds the claim of an unfinished shard.
+fn busy_worker(dir: &Path) -> Option<i32> {
+    let run = std::fs::read_dir(dir.join("store/runs")).ok()?.flatten().next()?.path();
+    for pid in worker_pids(dir) {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        let id = args.iter().position(|a| a == "--id").and_then(|i| args.get(i + 1))?;
+        for shard in std::fs::read_dir(run.join("claims")).ok()?.flatten() {
+            let name = shard.file_name().to_string_lossy().into_owned();
+            if run.join(format!("parts/{name}.csv")).exists() {
+                continue;
+            }
+            for claim in std::fs::read_dir(shard.path()).ok()?.flatten() {
+                let text = std::fs::read_to_string(claim.path()).unwrap_or_default();
+                if text.contains(&format!("\"process\":\"{id}\"")) {
+                    return Some(pid);
+                }
+            }
+        }
+    }
+    None
+}
+
 fn sigkill(pid: i32) {
     let ok = std::process::Command::new("kill")
         .args(["-KILL", &pid.to_string()])
@@ -132,19 +155,15 @@ fn a_killed_worker_s_shard_is_run_again_and_counted_once() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // Kill a worker while it holds a claim on an unfinished shard.
     let started = Instant::now();
     let victim = loop {
-        let pids = worker_pids(dir.path());
-        if pids.len() == 2 {
-            break pids[0];
+        if let Some(pid) = busy_worker(dir.path()) {
+            break pid;
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "workers did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
+        assert!(started.elapsed() < Duration::from_secs(60), "no worker ever held a shard");
+        std::thread::sleep(Duration::from_millis(20));
     };
-    std::thread::sleep(Duration::from_millis(400)); // mid-shard
     sigkill(victim);
     let o = child.wait_with_output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
