@@ -98,6 +98,28 @@ pub enum Command {
         #[arg(long)]
         tenant: Option<String>,
     },
+    /// Create a plugin crate NAME that builds for wasm32-wasip2 as it is.
+    New {
+        /// The crate name: lowercase letters, digits, `-`, `_` (the function is `NAME.run`).
+        name: String,
+        /// Create it here (default `./NAME`); must not exist or be empty.
+        #[arg(long, value_name = "DIR")]
+        path: Option<PathBuf>,
+        /// The engine's `guest-sdk` folder (default: beside this executable, else `ENGINE_GUEST_SDK`).
+        #[arg(long, value_name = "PATH")]
+        sdk: Option<PathBuf>,
+    },
+    /// Summarise a result table: a leaderboard per metric, optionally an HTML report.
+    Report {
+        /// The result CSV (what `engine run` wrote).
+        results: PathBuf,
+        /// Also write a self-contained HTML report with charts here.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
+        /// Rank by this column (repeatable; default: the numeric columns ending in `_score`).
+        #[arg(long = "metric", value_name = "M")]
+        metrics: Vec<String>,
+    },
     /// List the functions on the plugin search path, with their parameters.
     Functions {
         #[arg(long = "plugins", value_name = "DIR")]
@@ -238,6 +260,47 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { run, store, tenant } => status(&run, &store, tenant.as_deref()).await,
+        Command::New { name, path, sdk } => {
+            let made = crate::scaffold::scaffold(&crate::scaffold::NewOptions { name, path, sdk })?;
+            use std::io::Write;
+            let dir = made.dir.display();
+            let mut out = std::io::stdout().lock();
+            writeln!(
+                out,
+                "created `{dir}`: the function `{}` (guest SDK: `{}`)",
+                made.function,
+                made.sdk.display()
+            )?;
+            writeln!(out, "next:")?;
+            writeln!(out, "  cd {dir}")?;
+            writeln!(
+                out,
+                "  cargo test                                   # natively, no wasm"
+            )?;
+            writeln!(out, "  cargo build --target wasm32-wasip2 --release")?;
+            writeln!(
+                out,
+                "  engine run config.toml --plugins target/wasm32-wasip2/release"
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Report {
+            results,
+            html,
+            metrics,
+        } => {
+            let data = crate::report::load(&results)?;
+            let report = crate::report::analyse(&data, &results.display().to_string(), &metrics)?;
+            use std::io::Write;
+            write!(std::io::stdout(), "{}", crate::report::render_text(&report))?;
+            if let Some(html) = html {
+                std::fs::write(&html, crate::report::render_html(&report)).map_err(|e| {
+                    anyhow::anyhow!("cannot write the report `{}`: {e}", html.display())
+                })?;
+                eprintln!("wrote {}", html.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Functions { plugins, json } => {
             let search = SearchPath::new(&plugins);
             let catalog = tokio::task::block_in_place(|| -> Result<_> {

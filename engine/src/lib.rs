@@ -7,7 +7,9 @@ pub mod cli;
 pub mod config;
 pub mod orchestrator;
 pub mod plugins;
+pub mod report;
 pub mod runtime;
+pub mod scaffold;
 pub mod store;
 pub mod table;
 

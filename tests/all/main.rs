@@ -2,6 +2,7 @@
 
 mod util;
 
+mod authoring;
 mod cli;
 mod deepecho;
 mod deploy;
