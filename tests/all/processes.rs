@@ -51,11 +51,21 @@ fn worker_pids(dir: &Path) -> Vec<i32> {
 
 /// The pid of a worker process that holds the claim of an unfinished shard.
 fn busy_worker(dir: &Path) -> Option<i32> {
-    let run = std::fs::read_dir(dir.join("store/runs")).ok()?.flatten().next()?.path();
+    let run = std::fs::read_dir(dir.join("store/runs"))
+        .ok()?
+        .flatten()
+        .next()?
+        .path();
     for pid in worker_pids(dir) {
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-        let id = args.iter().position(|a| a == "--id").and_then(|i| args.get(i + 1))?;
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let id = args
+            .iter()
+            .position(|a| a == "--id")
+            .and_then(|i| args.get(i + 1))?;
         for shard in std::fs::read_dir(run.join("claims")).ok()?.flatten() {
             let name = shard.file_name().to_string_lossy().into_owned();
             if run.join(format!("parts/{name}.csv")).exists() {
@@ -161,7 +171,10 @@ fn a_killed_worker_s_shard_is_run_again_and_counted_once() {
         if let Some(pid) = busy_worker(dir.path()) {
             break pid;
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "no worker ever held a shard");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no worker ever held a shard"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     sigkill(victim);
