@@ -180,14 +180,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
         Command::Validate { config, plugins } => {
-            let opts = RunOptions {
-                config: config.clone(),
-                output: None,
-                data: None,
-                workers: None,
-                plugins,
-                progress,
-            };
+            let opts = RunOptions::validate_only(config.clone(), plugins);
             let (p, shards) = tokio::task::block_in_place(|| -> Result<_> {
                 let runtime = Runtime::new(1)?;
                 let p = orchestrator::prepare(&runtime, &opts)?;
@@ -231,14 +224,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             image,
             plugins,
         } => {
-            let opts = RunOptions {
-                config: config.clone(),
-                output: None,
-                data: None,
-                workers: None,
-                plugins,
-                progress,
-            };
+            let opts = RunOptions::validate_only(config.clone(), plugins);
             let (p, run_id) = tokio::task::block_in_place(|| -> Result<_> {
                 let runtime = Runtime::new(1)?;
                 let p = orchestrator::prepare(&runtime, &opts)?;

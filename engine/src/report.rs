@@ -463,20 +463,7 @@ pub fn render_text(r: &Report) -> String {
     }
     if !r.times.is_empty() {
         let _ = writeln!(out, "\ntimes (mean over successful rows)");
-        let mut header: Vec<&str> = vec![&r.entity_column];
-        header.extend(r.times.iter().map(|t| t.name.as_str()));
-        let mut right = vec![false];
-        right.extend(r.times.iter().map(|_| true));
-        let rows: Vec<Vec<String>> = r
-            .entities
-            .iter()
-            .enumerate()
-            .map(|(e, name)| {
-                let mut row = vec![name.clone()];
-                row.extend(r.times.iter().map(|t| opt(t.means[e], fmt_secs)));
-                row
-            })
-            .collect();
+        let (header, rows, right) = times_table(r);
         out.push_str(&aligned(&header, &rows, &right, "  "));
     }
     out
@@ -826,20 +813,7 @@ svg {{ max-width: 100%; height: auto; display: block; }}
     }
     if !r.times.is_empty() {
         let _ = writeln!(s, "<h2>Times</h2>");
-        let mut header: Vec<&str> = vec![&r.entity_column];
-        header.extend(r.times.iter().map(|t| t.name.as_str()));
-        let mut right = vec![false];
-        right.extend(r.times.iter().map(|_| true));
-        let rows: Vec<Vec<String>> = r
-            .entities
-            .iter()
-            .enumerate()
-            .map(|(e, name)| {
-                let mut row = vec![name.clone()];
-                row.extend(r.times.iter().map(|t| opt(t.means[e], fmt_secs)));
-                row
-            })
-            .collect();
+        let (header, rows, right) = times_table(r);
         s.push_str(&html_table(&header, &rows, &right, "times"));
         s.push('\n');
         let values: Vec<Vec<Option<f64>>> = (0..r.entities.len())
@@ -874,6 +848,25 @@ svg {{ max-width: 100%; height: auto; display: block; }}
     }
     s.push_str("</body></html>\n");
     s
+}
+
+/// The times table: one row per entity, one column per time (mean seconds).
+fn times_table(r: &Report) -> (Vec<&str>, Vec<Vec<String>>, Vec<bool>) {
+    let mut header: Vec<&str> = vec![&r.entity_column];
+    header.extend(r.times.iter().map(|t| t.name.as_str()));
+    let mut right = vec![false];
+    right.extend(r.times.iter().map(|_| true));
+    let rows = r
+        .entities
+        .iter()
+        .enumerate()
+        .map(|(e, name)| {
+            let mut row = vec![name.clone()];
+            row.extend(r.times.iter().map(|t| opt(t.means[e], fmt_secs)));
+            row
+        })
+        .collect();
+    (header, rows, right)
 }
 
 #[cfg(test)]

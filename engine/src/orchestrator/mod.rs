@@ -37,6 +37,20 @@ pub struct RunOptions {
     pub progress: ProgressMode,
 }
 
+impl RunOptions {
+    /// Options that only validate a config (no overrides), as `validate` and `submit` use.
+    pub fn validate_only(config: PathBuf, plugins: Vec<PathBuf>) -> RunOptions {
+        RunOptions {
+            config,
+            output: None,
+            data: None,
+            workers: None,
+            plugins,
+            progress: ProgressMode::Quiet,
+        }
+    }
+}
+
 /// The run as published in the store (`run.json`): everything a worker needs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunSpec {
