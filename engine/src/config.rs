@@ -544,7 +544,8 @@ pub fn did_you_mean<'a>(
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
+    // Offsets from parsers may fall inside a multi-byte character.
+    let before = &text[..text.floor_char_boundary(offset)];
     let line = before.matches('\n').count() + 1;
     let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, col)
@@ -758,6 +759,15 @@ mod fuzz {
             assert!(e.location.starts_with(name), "{e:?}");
             assert!(!e.message.trim().is_empty(), "{e:?}");
         }
+    }
+
+    /// Found by `arbitrary_text_never_panics` in CI: serde_json reports a
+    /// column that falls inside a multi-byte character.
+    #[test]
+    fn error_columns_inside_multibyte_characters() {
+        check("c.json", "\"'\u{3b26b}\u{23a}=6?\u{fffd}".to_owned());
+        check("c.json", "{\"run\": \"\u{1f600}\u{1f600}\n".to_owned());
+        check("c.toml", "x = \"\u{1f600}\u{1f600}\n".to_owned());
     }
 
     proptest! {
