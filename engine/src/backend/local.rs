@@ -2,7 +2,7 @@
 //! heartbeat. `engine run` uses it directly; `engine worker` uses it too.
 
 use crate::orchestrator::RunSpec;
-use crate::orchestrator::worker::{WorkerCtx, spawn_heartbeat, work};
+use crate::orchestrator::worker::{Finished, WorkerCtx, spawn_heartbeat, work};
 use crate::runtime::{Plugin, Runtime, Shard};
 use crate::store::RunStore;
 use anyhow::{Result, anyhow};
@@ -15,6 +15,8 @@ pub struct LocalPool {
     threads: Vec<JoinHandle<Result<u64>>>,
     stop: Arc<AtomicBool>,
     heartbeat: tokio::task::JoinHandle<()>,
+    /// Parts stored by these threads.
+    pub finished: Arc<Finished>,
 }
 
 impl LocalPool {
@@ -29,6 +31,7 @@ impl LocalPool {
     ) -> Result<LocalPool> {
         let stop = Arc::new(AtomicBool::new(false));
         let busy = Arc::new(AtomicUsize::new(0));
+        let finished = Arc::new(Finished::default());
         let handle = tokio::runtime::Handle::current();
         let lease = Duration::from_millis(spec.lease_ms);
         let heartbeat = spawn_heartbeat(store.clone(), process.to_owned(), busy.clone(), lease);
@@ -44,6 +47,7 @@ impl LocalPool {
                     worker_id: format!("{process}/{i}"),
                     stop: stop.clone(),
                     busy: busy.clone(),
+                    finished: finished.clone(),
                     handle: handle.clone(),
                 };
                 std::thread::Builder::new()
@@ -55,6 +59,7 @@ impl LocalPool {
             threads,
             stop,
             heartbeat,
+            finished,
         })
     }
 

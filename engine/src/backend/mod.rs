@@ -7,7 +7,9 @@ pub mod local;
 mod processes;
 
 use crate::orchestrator::RunSpec;
+use crate::orchestrator::worker::Finished;
 use anyhow::Result;
+use std::sync::Arc;
 
 /// The running workers of one run.
 pub enum Workers {
@@ -47,6 +49,15 @@ impl Workers {
             Workers::Processes(p) => p.all_stopped(),
             Workers::Kubernetes(p) => p.all_stopped().await?,
         })
+    }
+
+    /// Parts stored by workers in this process, if they all run here: then
+    /// the watcher counts instead of listing the store.
+    pub fn finished(&self) -> Option<Arc<Finished>> {
+        match self {
+            Workers::Local(p) => Some(p.finished.clone()),
+            Workers::Processes(_) | Workers::Kubernetes(_) => None,
+        }
     }
 
     /// Ask workers to stop after their current shard.

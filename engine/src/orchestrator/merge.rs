@@ -7,6 +7,7 @@ use crate::table::{append_part, merged_columns, parse_header};
 use anyhow::{Context, Result};
 use futures::{StreamExt, TryStreamExt};
 use object_store::buffered::BufWriter;
+use std::collections::HashSet;
 use tokio::io::AsyncWriteExt;
 
 /// How many bytes of a part are read to find its header.
@@ -16,11 +17,18 @@ const CHUNK: usize = 4 << 20;
 
 /// Write the merged table; returns the number of data rows.
 pub async fn merge(store: &RunStore, shards: usize, output: &Location) -> Result<u64> {
-    let headers: Vec<Vec<String>> = futures::stream::iter(0..shards)
+    // Most parts share a header: keep each distinct one once, in first-seen
+    // order, so memory does not grow with the number of shards.
+    let mut headers: Vec<Vec<String>> = Vec::new();
+    let mut seen = HashSet::new();
+    let mut probes = futures::stream::iter(0..shards)
         .map(|i| async move { read_header(store, i).await })
-        .buffered(16)
-        .try_collect()
-        .await?;
+        .buffered(16);
+    while let Some(header) = probes.try_next().await? {
+        if seen.insert(header.clone()) {
+            headers.push(header);
+        }
+    }
     let columns = merged_columns(headers.iter().map(Vec::as_slice));
 
     let mut sink = BufWriter::new(output.store.clone(), output.path.clone());

@@ -20,6 +20,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// What `engine run` was asked to do.
@@ -348,6 +349,7 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
     pool.join().await?;
 
     let output = Location::parse_with(&prepared.output, credentials.as_ref())?;
+    let merging = Instant::now();
     let rows = merge::merge(&store, n, &output).await.with_context(|| {
         format!(
             "every shard finished but the output could not be written to `{}`; the results are kept in `{}`: \
@@ -355,6 +357,12 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
             output.display, prepared.store
         )
     })?;
+    tracing::info!(
+        rows,
+        parts = n,
+        seconds = merging.elapsed().as_secs_f64(),
+        "merged"
+    );
     merge::copy_side_outputs(&store, &output).await?;
     Ok(Summary {
         run_id,
@@ -404,7 +412,8 @@ async fn publish(
     Ok(())
 }
 
-/// Poll the store until every shard has a part; returns how many failed.
+/// Wait until every shard has a part; returns how many failed. Workers in
+/// this process are counted as they finish; others are seen by listing the store.
 async fn watch(
     store: &RunStore,
     n: usize,
@@ -412,31 +421,59 @@ async fn watch(
     progress: &mut Progress,
 ) -> Result<usize> {
     let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+    let finished = pool.finished();
+    // Parts and failures from an earlier, interrupted run of the same config.
+    let (before_done, before_failed) = match finished {
+        Some(_) => (
+            store.list("parts").await?.len(),
+            store.list("failed").await?.len(),
+        ),
+        None => (0, 0),
+    };
     loop {
-        let done = store.list("parts").await?.len();
-        let failed = store.list("failed").await?.len();
+        let (done, failed) = match &finished {
+            Some(f) => (
+                before_done + f.done.load(Ordering::Relaxed),
+                before_failed + f.failed.load(Ordering::Relaxed),
+            ),
+            None => (
+                store.list("parts").await?.len(),
+                store.list("failed").await?.len(),
+            ),
+        };
         progress.update(done as u64, failed as u64);
         if done >= n {
+            if before_done > 0 {
+                // A resumed run: count failures exactly, once.
+                return Ok(store.list("failed").await?.len());
+            }
             return Ok(failed);
         }
         if let Some(e) = pool.all_stopped().await? {
             let done = store.list("parts").await?.len();
             if done >= n {
-                continue;
+                return Ok(store.list("failed").await?.len());
             }
             bail!(
                 "every worker stopped with {} of {n} shards unfinished: {e}",
                 n - done
             );
         }
-        // An in-memory store is cheap to poll; a directory or a bucket less so.
-        let every = if store.root.display.starts_with("memory://") {
-            50
-        } else {
-            400
+        // Listing an in-memory store is cheap; a directory or a bucket less so.
+        let every = match (&finished, store.root.display.starts_with("memory://")) {
+            (Some(_), _) => 250,
+            (None, true) => 50,
+            (None, false) => 400,
+        };
+        let woken = async {
+            match &finished {
+                Some(f) => f.notify.notified().await,
+                None => std::future::pending().await,
+            }
         };
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(every)) => {}
+            _ = woken => {}
             _ = &mut ctrl_c => bail!("interrupted with {done} of {n} shards finished"),
         }
     }

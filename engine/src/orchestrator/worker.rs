@@ -27,7 +27,19 @@ pub struct WorkerCtx {
     pub stop: Arc<AtomicBool>,
     /// Shards running in this process now.
     pub busy: Arc<AtomicUsize>,
+    /// Parts this process stored.
+    pub finished: Arc<Finished>,
     pub handle: tokio::runtime::Handle,
+}
+
+/// Parts stored by the workers of this process, for a watcher in the same
+/// process (the local backend): counting them is cheaper than listing the store.
+#[derive(Debug, Default)]
+pub struct Finished {
+    pub done: AtomicUsize,
+    pub failed: AtomicUsize,
+    /// Notified after each stored part.
+    pub notify: tokio::sync::Notify,
 }
 
 /// Run shards until every shard has a part (or `stop` is set). Returns how
@@ -80,7 +92,8 @@ fn run_one(ctx: &WorkerCtx, queue: &Queue, args: &str, i: usize, claim: u32) -> 
     };
     tracing::debug!(shard = i, claim, elapsed = ?output.elapsed, failed = output.failure.is_some(), "shard finished");
     let name = shard_name(i);
-    ctx.handle.block_on(async {
+    let failed = output.failure.is_some();
+    let stored = ctx.handle.block_on(async {
         if !output.log.is_empty() {
             ctx.store
                 .put(&format!("log/{name}.log"), output.log)
@@ -98,6 +111,13 @@ fn run_one(ctx: &WorkerCtx, queue: &Queue, args: &str, i: usize, claim: u32) -> 
         }
         queue.complete(i, output.part).await
     })?;
+    if stored {
+        ctx.finished.done.fetch_add(1, Ordering::Relaxed);
+        if failed {
+            ctx.finished.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        ctx.finished.notify.notify_one();
+    }
     Ok(())
 }
 

@@ -1,0 +1,80 @@
+//! The engine side of `bench/compare.sh`. Each function's Dask twin is in
+//! `bench/dask_peer.py`; keep the two doing the same work.
+
+use guest_sdk::{Call, Function, Param, Plugin, Result, Row, Shard, Table};
+
+struct Bench;
+
+impl Plugin for Bench {
+    fn describe() -> Vec<Function> {
+        vec![
+            Function::new("bench.noop", "One row per shard and nothing else: the engine's own cost per shard.")
+                .param(Param::new("shards", "int", "How many shards.")),
+            Function::new("bench.spin", "CPU-bound shards: a dependent float loop of `work` steps each.")
+                .param(Param::new("shards", "int", "How many shards."))
+                .param(Param::new("work", "int", "Loop steps per shard.")),
+            Function::new("bench.rows", "Row-heavy shards: `rows` rows of four columns each.")
+                .param(Param::new("shards", "int", "How many shards."))
+                .param(Param::new("rows", "int", "Rows per shard.")),
+        ]
+    }
+
+    fn plan(call: &Call) -> Result<Vec<Shard>> {
+        let shards: i64 = call.arg("shards")?;
+        (0..shards).map(|i| Shard::new().payload(i)).collect()
+    }
+
+    fn run(call: &Call, shard: &Shard, out: &mut Table) -> Result<()> {
+        let i: i64 = shard.get()?;
+        match call.function() {
+            "bench.spin" => {
+                let x = spin(call.arg("work")?, i);
+                out.push(Row::new().set("shard", i).set("x", x))
+            }
+            "bench.rows" => {
+                let rows: i64 = call.arg("rows")?;
+                for r in 0..rows {
+                    out.push(
+                        Row::new()
+                            .set("shard", i)
+                            .set("row", r)
+                            .set("value", (i * rows + r) as f64 * 0.5)
+                            .set("label", if r % 2 == 0 { "even" } else { "odd" }),
+                    )?;
+                }
+                Ok(())
+            }
+            _ => out.push(Row::new().set("shard", i)),
+        }
+    }
+}
+
+/// A chain of dependent multiply-adds the compiler cannot fold or vectorise.
+pub fn spin(work: i64, seed: i64) -> f64 {
+    let mut x = 1.0 + seed as f64 * 1e-9;
+    for _ in 0..work {
+        x = x * 1.000_000_1 + 1e-7;
+        if x > 2.0 {
+            x -= 1.0;
+        }
+    }
+    x
+}
+
+guest_sdk::export!(Bench);
+
+#[cfg(test)]
+mod tests {
+    use super::Bench;
+    use guest_sdk::testing;
+
+    #[test]
+    fn each_function_yields_its_rows() {
+        let rows = testing::call::<Bench>("bench.noop", r#"{"shards": 3}"#).unwrap();
+        assert_eq!(rows.len(), 3);
+        let rows = testing::call::<Bench>("bench.rows", r#"{"shards": 2, "rows": 5}"#).unwrap();
+        assert_eq!(rows.len(), 10);
+        let rows = testing::call::<Bench>("bench.spin", r#"{"shards": 1, "work": 1000}"#).unwrap();
+        assert!(rows[0].get("x").is_some());
+    }
+}
