@@ -45,6 +45,17 @@ pub enum Command {
         /// Look for plugins here first (repeatable).
         #[arg(long = "plugins", value_name = "DIR")]
         plugins: Vec<PathBuf>,
+        /// End with a summary of the results table: `auto` when stderr is a
+        /// terminal and not `--quiet`; `--summary` alone means `always`.
+        #[arg(
+            long,
+            value_name = "WHEN",
+            default_value = "auto",
+            num_args = 0..=1,
+            require_equals = true,
+            default_missing_value = "always"
+        )]
+        summary: When,
     },
     /// Check a config (and its function and arguments) without running it.
     Validate {
@@ -130,6 +141,38 @@ pub enum Command {
     },
 }
 
+/// When to do something meant for a person at a terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum When {
+    Auto,
+    Always,
+    Never,
+}
+
+/// Result tables larger than this are not read back for the run's summary.
+const SUMMARY_MAX_BYTES: u64 = 16 << 20;
+
+/// The results table written to `output`, summed up in a few lines.
+async fn results_summary(output: &str) -> Result<String> {
+    use object_store::ObjectStore as _;
+    let location = crate::store::Location::parse(output)?;
+    let size = location.store.head(&location.path).await?.size;
+    if size > SUMMARY_MAX_BYTES {
+        return Ok(format!(
+            "{output}: {} MB, too large for a summary here; see `engine report`\n",
+            size >> 20
+        ));
+    }
+    let bytes = location.store.get(&location.path).await?.bytes().await?;
+    let data = crate::report::parse(&String::from_utf8_lossy(&bytes))?;
+    // `COLUMNS` if the shell exports it; most terminals are at least this wide.
+    let width = std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(100);
+    Ok(crate::report::render_summary(&data, output, width))
+}
+
 /// Run a parsed command line; errors are printed by `main`.
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     let progress = if cli.quiet {
@@ -144,7 +187,13 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             data,
             workers,
             plugins,
+            summary,
         } => {
+            let summary = match summary {
+                When::Always => true,
+                When::Never => false,
+                When::Auto => !cli.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            };
             let opts = RunOptions {
                 config,
                 output,
@@ -173,6 +222,12 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 s.elapsed.as_secs_f64(),
                 s.output
             );
+            if summary {
+                match results_summary(&s.output).await {
+                    Ok(text) => eprint!("\n{text}"),
+                    Err(e) => tracing::warn!("no summary: cannot read `{}` back: {e:#}", s.output),
+                }
+            }
             Ok(if s.failed == 0 {
                 ExitCode::SUCCESS
             } else {

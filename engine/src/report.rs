@@ -436,20 +436,7 @@ fn leaderboard_rows(m: &Metric) -> (Vec<&'static str>, Vec<Vec<String>>, Vec<boo
 
 /// The terminal leaderboard.
 pub fn render_text(r: &Report) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{}: {} rows, {} {}s{}, {} failed rows",
-        r.source,
-        r.rows,
-        r.entities.len(),
-        r.entity_column,
-        r.dataset_column
-            .as_ref()
-            .map(|d| format!(", {} {d}s", r.datasets.len()))
-            .unwrap_or_default(),
-        r.failed_rows
-    );
+    let mut out = headline(r);
     for m in &r.metrics {
         let _ = writeln!(
             out,
@@ -467,6 +454,185 @@ pub fn render_text(r: &Report) -> String {
         out.push_str(&aligned(&header, &rows, &right, "  "));
     }
     out
+}
+
+/// `SOURCE: 12 rows, 4 models, 3 datasets, 0 failed rows`.
+fn headline(r: &Report) -> String {
+    format!(
+        "{}: {} {}, {} {}{}, {} failed {}\n",
+        r.source,
+        r.rows,
+        plural(r.rows, "row"),
+        r.entities.len(),
+        plural(r.entities.len(), &r.entity_column),
+        r.dataset_column
+            .as_ref()
+            .map(|d| format!(", {} {}", r.datasets.len(), plural(r.datasets.len(), d)))
+            .unwrap_or_default(),
+        r.failed_rows,
+        plural(r.failed_rows, "row")
+    )
+}
+
+// ---------------------------------------------------------------- run summary
+
+/// Rows (or models) a run summary shows at most.
+const SUMMARY_ROWS: usize = 5;
+/// Characters a run summary's cell shows at most.
+const SUMMARY_CELL: usize = 24;
+
+/// A few lines summing up a result table, for the end of `engine run`: with
+/// metric columns, the leaderboards in one table (a row per model, in the
+/// first metric's order: its mean over datasets and rank per metric); else
+/// the table's first rows. `width` bounds the lines (terminal columns).
+pub fn render_summary(data: &Data, source: &str, width: usize) -> String {
+    match analyse(data, source, &[]) {
+        Ok(r) => leaderboard_summary(&r),
+        Err(_) => first_rows(data, source, width),
+    }
+}
+
+fn leaderboard_summary(r: &Report) -> String {
+    let mut header: Vec<&str> = vec![&r.entity_column];
+    header.extend(
+        r.metrics
+            .iter()
+            .map(|m| m.name.strip_suffix("_score").unwrap_or(&m.name)),
+    );
+    header.push("failed");
+    let right: Vec<bool> = (0..header.len()).map(|i| i > 0).collect();
+    let Some(first) = r.metrics.first() else {
+        return headline(r);
+    };
+    let rows: Vec<Vec<String>> = first
+        .ranking
+        .iter()
+        .take(SUMMARY_ROWS)
+        .map(|entity| {
+            let mut row = vec![entity.entity.clone()];
+            let mut failed = 0;
+            for m in &r.metrics {
+                let found = m
+                    .ranking
+                    .iter()
+                    .enumerate()
+                    .find(|(_, s)| s.entity == entity.entity);
+                row.push(match found {
+                    Some((rank, s)) => {
+                        failed = failed.max(s.failed);
+                        s.mean
+                            .map_or("-".into(), |v| format!("{} ({})", fmt_value(v), rank + 1))
+                    }
+                    None => "-".into(),
+                });
+            }
+            row.push(failed.to_string());
+            row
+        })
+        .collect();
+    let mut out = headline(r);
+    let _ = writeln!(
+        out,
+        "mean over {}s (rank), higher is better:",
+        r.dataset_column.as_deref().unwrap_or("row")
+    );
+    out.push_str(&aligned(&header, &rows, &right, "  "));
+    let more = r.entities.len().saturating_sub(SUMMARY_ROWS);
+    if more > 0 {
+        let _ = writeln!(out, "  … {more} more {}", plural(more, &r.entity_column));
+    }
+    out
+}
+
+fn first_rows(data: &Data, source: &str, width: usize) -> String {
+    let error_col = data.col("error");
+    let failed: Vec<usize> = (0..data.rows.len())
+        .filter(|&r| error_col.is_some_and(|c| !data.cell(r, c).is_empty()))
+        .collect();
+    let shown = data.rows.len().min(SUMMARY_ROWS);
+    // Floats as in the leaderboards (`0.8333`, not `0.8333333333333335`).
+    let show = |r: usize, c: usize, cap: usize| {
+        let text = data.cell(r, c);
+        match text.parse::<f64>() {
+            Ok(v) if text.contains(['.', 'e', 'E']) && v.is_finite() => fmt_value(v),
+            _ => cut(text, cap),
+        }
+    };
+    // Columns while they fit, each cut to `SUMMARY_CELL` characters but the
+    // `error` column (the last), which gets the rest of the line if some row failed.
+    let mut cols: Vec<(usize, usize)> = Vec::new();
+    let mut used = 2;
+    for c in 0..data.header.len() {
+        if Some(c) == error_col && failed.is_empty() {
+            continue;
+        }
+        let cap = if Some(c) == error_col {
+            width.saturating_sub(used).max(SUMMARY_CELL)
+        } else {
+            SUMMARY_CELL
+        };
+        let w = (0..shown)
+            .map(|r| show(r, c, cap).chars().count())
+            .chain([cut(&data.header[c], cap).chars().count()])
+            .max()
+            .unwrap_or(0);
+        if used + w > width && !cols.is_empty() {
+            break;
+        }
+        used += w + 2;
+        cols.push((c, cap));
+    }
+    let hidden =
+        data.header.len() - cols.len() - usize::from(error_col.is_some() && failed.is_empty());
+    let header: Vec<String> = cols
+        .iter()
+        .map(|&(c, cap)| cut(&data.header[c], cap))
+        .collect();
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    let right: Vec<bool> = cols.iter().map(|&(c, _)| data.is_numeric(c)).collect();
+    let rows: Vec<Vec<String>> = (0..shown)
+        .map(|r| cols.iter().map(|&(c, cap)| show(r, c, cap)).collect())
+        .collect();
+    let mut out = format!(
+        "{source}: {} {}, {} failed {}{}\n",
+        data.rows.len(),
+        plural(data.rows.len(), "row"),
+        failed.len(),
+        plural(failed.len(), "row"),
+        if hidden > 0 {
+            format!(" ({hidden} columns not shown)")
+        } else {
+            String::new()
+        }
+    );
+    if shown > 0 {
+        out.push_str(&aligned(&header, &rows, &right, "  "));
+    }
+    if data.rows.len() > shown {
+        let more = data.rows.len() - shown;
+        let _ = writeln!(out, "  … {more} more {}", plural(more, "row"));
+    }
+    if let (Some(&r), Some(c)) = (failed.iter().find(|&&r| r >= shown), error_col) {
+        let line = format!("  first failure (row {}): {}", r + 1, data.cell(r, c));
+        let _ = writeln!(out, "{}", cut(&line, width));
+    }
+    out
+}
+
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        word.to_owned()
+    } else {
+        format!("{word}s")
+    }
+}
+
+/// `s` in at most `n` characters, `…` marking a cut.
+fn cut(s: &str, n: usize) -> String {
+    match s.char_indices().nth(n.saturating_sub(1)) {
+        Some((i, _)) if s[i..].chars().nth(1).is_some() => format!("{}…", &s[..i]),
+        _ => s.to_owned(),
+    }
 }
 
 // ---------------------------------------------------------------- HTML + SVG
@@ -916,7 +1082,7 @@ mod tests {
     fn text_is_aligned() {
         let t = render_text(&report());
         assert!(
-            t.contains("t.csv: 6 rows, 3 models, 2 datasets, 1 failed rows"),
+            t.contains("t.csv: 6 rows, 3 models, 2 datasets, 1 failed row"),
             "{t}"
         );
         let lines: Vec<&str> = t
@@ -955,6 +1121,57 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("no column `nope`"), "{e}");
+    }
+
+    #[test]
+    fn run_summary_is_one_leaderboard_table() {
+        let s = render_summary(&parse(CSV).unwrap(), "t.csv", 100);
+        assert_eq!(
+            s,
+            "t.csv: 6 rows, 3 models, 2 datasets, 1 failed row\n\
+             mean over datasets (rank), higher is better:\n\
+             \x20 model           a           b  failed\n\
+             \x20 Good   0.8000 (1)  1.5000 (2)       0\n\
+             \x20 Mid    0.5500 (2)  3.5000 (1)       0\n\
+             \x20 Bad    0.1000 (3)           -       2\n"
+        );
+    }
+
+    #[test]
+    fn run_summary_of_a_generic_table_shows_its_first_rows() {
+        let mut csv = String::from("name,ratio,note,error\n");
+        for i in 0..7 {
+            let error = if i == 6 {
+                "timeout: the shard ran past `limits.timeout`"
+            } else {
+                ""
+            };
+            csv.push_str(&format!(
+                "n{i},{:?},{},{error}\n",
+                1.0 / 3.0 * f64::from(i),
+                "x".repeat(30)
+            ));
+        }
+        let s = render_summary(&parse(&csv).unwrap(), "out.csv", 100);
+        assert_eq!(
+            s,
+            "out.csv: 7 rows, 1 failed row\n\
+             \x20 name   ratio  note                      error\n\
+             \x20 n0    0.0000  xxxxxxxxxxxxxxxxxxxxxxx…\n\
+             \x20 n1    0.3333  xxxxxxxxxxxxxxxxxxxxxxx…\n\
+             \x20 n2    0.6667  xxxxxxxxxxxxxxxxxxxxxxx…\n\
+             \x20 n3    1.0000  xxxxxxxxxxxxxxxxxxxxxxx…\n\
+             \x20 n4    1.3333  xxxxxxxxxxxxxxxxxxxxxxx…\n\
+             \x20 … 2 more rows\n\
+             \x20 first failure (row 7): timeout: the shard ran past `limits.timeout`\n"
+        );
+        // Narrow: the columns that do not fit are left out, and said so.
+        let s = render_summary(&parse(&csv).unwrap(), "out.csv", 20);
+        assert!(
+            s.starts_with("out.csv: 7 rows, 1 failed row (2 columns not shown)\n  name   ratio\n"),
+            "{s}"
+        );
+        assert!(s.lines().skip(1).all(|l| l.chars().count() <= 20), "{s}");
     }
 
     #[test]

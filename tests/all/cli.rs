@@ -1,4 +1,5 @@
-//! The CLI's other jobs: `functions`, `validate`, `--version`, exit codes.
+//! The CLI's other jobs: `functions`, `validate`, `--version`, exit codes, the
+//! summary at the end of `engine run`.
 
 use crate::util::*;
 
@@ -100,4 +101,50 @@ fn a_plugin_built_for_another_wit_version_is_refused_by_name() {
         err.contains("oldwit.wasm` was built against `engine:plugin/host@0.0.9`, but this engine speaks `engine:plugin@0.1.0`"),
         "{err}"
     );
+}
+
+#[test]
+fn run_ends_with_a_summary_of_the_table_when_asked() {
+    let out = tempfile::tempdir().unwrap();
+    let csv = out.path().join("hello.csv");
+    let csv = csv.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["run", "examples/hello/config.toml", "--output", csv];
+        args.extend(extra);
+        let o = run_in(&root(), &args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        stderr(&o)
+    };
+    let text = run(&["--summary"]);
+    let (done, summary) = text.split_once("\n\n").unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        done.lines().last().unwrap().starts_with("done: 6 shards"),
+        "{text}"
+    );
+    assert_eq!(
+        summary,
+        format!(
+            "{csv}: 6 rows, 0 failed rows\n\
+             \x20 name     round  message          letters\n\
+             \x20 Ada          0  Hello, Ada!            3\n\
+             \x20 Grace        0  Hello, Grace!          5\n\
+             \x20 Alan         0  Hello, Alan!           4\n\
+             \x20 Edsger       0  Hello, Edsger!         6\n\
+             \x20 Barbara      0  Hello, Barbara!        7\n\
+             \x20 … 1 more row\n"
+        )
+    );
+    // `--summary` beats `--quiet`; `--summary=never` and a stderr that is not
+    // a terminal (as here) end with the `done:` line.
+    assert!(
+        run(&["-q", "--summary"]).ends_with(summary),
+        "summary with -q"
+    );
+    for extra in [&[][..], &["--summary=never"]] {
+        let text = run(extra);
+        assert!(
+            text.lines().last().unwrap().starts_with("done: "),
+            "{extra:?}: {text}"
+        );
+    }
 }

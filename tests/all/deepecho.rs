@@ -16,7 +16,7 @@ fn deepecho_config(extra_args: &str) -> tempfile::TempDir {
 #[test]
 fn baselines_score_as_the_reference_says() {
     let dir = deepecho_config("save_samples = true");
-    let o = run_in(dir.path(), &["run", "config.toml"]);
+    let o = run_in(dir.path(), &["run", "config.toml", "--summary"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let (header, rows) = read_csv(&dir.path().join("out/results.csv"));
     assert_eq!(
@@ -57,6 +57,26 @@ fn baselines_score_as_the_reference_says() {
     assert!(
         score(real, 6) > score(uniform, 6),
         "{real:?} vs {uniform:?}"
+    );
+    // The run's summary is a leaderboard: the real data first on both metrics.
+    let text = stderr(&o);
+    let summary = text.split("2 models, 1 dataset, 0 failed rows\n").nth(1);
+    let lines: Vec<&str> = summary
+        .unwrap_or_else(|| panic!("{text}"))
+        .lines()
+        .collect();
+    assert_eq!(
+        lines[1].split_whitespace().collect::<Vec<_>>(),
+        ["model", "rf_detection", "sdmetrics", "failed"],
+        "{text}"
+    );
+    assert!(
+        lines[2].starts_with("  RealDataBaseline") && lines[2].matches("(1)").count() == 2,
+        "{text}"
+    );
+    assert!(
+        lines[3].starts_with("  UniformBaseline") && lines[3].matches("(2)").count() == 2,
+        "{text}"
     );
     // save_samples: each shard's synthetic sequences stored beside the output.
     let samples = dir

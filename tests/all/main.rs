@@ -9,6 +9,7 @@ mod deploy;
 mod kubernetes;
 mod local_run;
 mod processes;
+mod python_guest;
 mod s3;
 mod sandbox;
 mod tenancy;

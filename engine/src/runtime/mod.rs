@@ -142,6 +142,9 @@ impl Runtime {
     pub fn new(slots: u32) -> Result<Runtime> {
         let slots = slots.max(1) + 2;
         let mut pool = PoolingAllocationConfig::default();
+        // Per slot: up to 16 core instances and 4 memories. A Rust guest uses a
+        // few; a Python guest built by componentize-py 0.25 (18 MB) 14 core
+        // instances (libc, libpython, its runtime, adapters) and one memory.
         pool.total_component_instances(slots)
             .total_core_instances(slots * 16)
             .total_memories(slots * 4)
@@ -238,7 +241,11 @@ impl Runtime {
         &self,
         plugin: &Plugin,
         sandbox: &Sandbox,
-    ) -> Result<(Store<ShardState>, Bindings, [MemoryOutputPipe; 2])> {
+    ) -> Result<(Store<ShardState>, Bindings, [MemoryOutputPipe; 2]), GuestFailure> {
+        let denied = |e: anyhow::Error| GuestFailure {
+            kind: ErrorKind::Denied,
+            message: format!("{e:#}"),
+        };
         let pipes = [
             MemoryOutputPipe::new(sandbox.log_size as usize),
             MemoryOutputPipe::new(sandbox.log_size as usize),
@@ -248,7 +255,8 @@ impl Runtime {
         if let Some(dir) = &sandbox.data_dir {
             wasi.preopened_dir(dir, GUEST_DATA_DIR, FsPerms::ReadOnly)
                 .map_err(anyhow::Error::from)
-                .with_context(|| format!("cannot open the data directory `{}`", dir.display()))?;
+                .with_context(|| format!("cannot open the data directory `{}`", dir.display()))
+                .map_err(denied)?;
         }
         use rand::SeedableRng;
         wasi.secure_random(rand::rngs::StdRng::seed_from_u64(sandbox.seed))
@@ -267,7 +275,27 @@ impl Runtime {
         let ticks = (sandbox.timeout.as_millis() / TICK.as_millis()).max(1) as u64 + 1;
         store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
-        let bindings = plugin.pre.instantiate(&mut store)?;
+        let bindings = match plugin.pre.instantiate(&mut store) {
+            Ok(b) => b,
+            // A big guest (an interpreter) may need more memory than allowed just to start.
+            Err(e) if store.data().memory_denied => {
+                return Err(GuestFailure {
+                    kind: ErrorKind::OutOfMemory,
+                    message: format!(
+                        "the component needs more than `limits.memory` ({} bytes) just to start \
+                         ({}); raise `limits.memory`",
+                        sandbox.memory,
+                        root_message(&e)
+                    ),
+                });
+            }
+            Err(e) => {
+                return Err(GuestFailure {
+                    kind: ErrorKind::Denied,
+                    message: format!("{e:#}"),
+                });
+            }
+        };
         Ok((store, bindings, pipes))
     }
 
@@ -308,12 +336,7 @@ impl Runtime {
         args: &str,
         sandbox: &Sandbox,
     ) -> Result<Vec<Shard>, GuestFailure> {
-        let (mut store, bindings, pipes) =
-            self.instantiate(plugin, sandbox)
-                .map_err(|e| GuestFailure {
-                    kind: ErrorKind::Denied,
-                    message: format!("{e:#}"),
-                })?;
+        let (mut store, bindings, pipes) = self.instantiate(plugin, sandbox)?;
         match bindings.call_plan(&mut store, function, args) {
             Ok(Ok(shards)) => Ok(shards
                 .into_iter()
@@ -346,13 +369,7 @@ impl Runtime {
         let started = Instant::now();
         let (mut store, bindings, pipes) = match self.instantiate(plugin, sandbox) {
             Ok(x) => x,
-            Err(e) => {
-                let failure = GuestFailure {
-                    kind: ErrorKind::Denied,
-                    message: format!("{e:#}"),
-                };
-                return failed_output(shard, failure, Vec::new(), started);
-            }
+            Err(failure) => return failed_output(shard, failure, Vec::new(), started),
         };
         let wit_shard = host::wit::Shard {
             key: shard
@@ -397,20 +414,52 @@ impl Runtime {
     }
 }
 
-/// A Rust guest's panic message goes to stderr just before its trap: add the
-/// last lines of stderr to a trap's message.
+/// A guest says why it trapped on stderr just before the trap: add that to a
+/// trap's message.
 fn with_stderr_tail(mut f: GuestFailure, stderr: &MemoryOutputPipe) -> GuestFailure {
     if f.kind == ErrorKind::Trap {
         let bytes = stderr.contents();
-        let text = String::from_utf8_lossy(&bytes);
-        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-        if !lines.is_empty() {
-            let tail = lines[lines.len().saturating_sub(2)..].join(" / ");
+        if let Some(tail) = stderr_tail(&String::from_utf8_lossy(&bytes)) {
             let tail: String = tail.chars().take(400).collect();
             f.message = format!("{}; stderr: {tail}", f.message);
         }
     }
     f
+}
+
+/// The part of a guest's stderr that explains a trap: for a Python guest
+/// (componentize-py) the last traceback's exception and innermost frame, since
+/// what follows it is the Python runtime's own panic; otherwise the last two
+/// lines (a Rust panic's location and message). The `RUST_BACKTRACE` hint is
+/// dropped: nobody can set a guest's environment.
+fn stderr_tail(text: &str) -> Option<String> {
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE"))
+        .collect();
+    if let Some(start) = lines
+        .iter()
+        .rposition(|l| *l == "Traceback (most recent call last):")
+    {
+        let rest = &lines[start + 1..];
+        let frame = rest
+            .iter()
+            .rev()
+            .find(|l| l.trim_start().starts_with("File "));
+        if let Some(exception) = rest.iter().find(|l| !l.starts_with(' ')) {
+            let hint = if exception.starts_with("ModuleNotFoundError") {
+                "; componentize-py bundles only the modules imported at the top level \
+                 of the app: import it there"
+            } else {
+                ""
+            };
+            return Some(match frame {
+                Some(frame) => format!("{exception} ({}){hint}", frame.trim()),
+                None => format!("{exception}{hint}"),
+            });
+        }
+    }
+    (!lines.is_empty()).then(|| lines[lines.len().saturating_sub(2)..].join(" / "))
 }
 
 fn failed_output(
@@ -530,4 +579,34 @@ fn spawn_ticker(engine: &Engine) {
             }
         })
         .ok();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stderr_tail;
+
+    #[test]
+    fn stderr_tail_names_the_python_exception_or_the_rust_panic() {
+        let python = "[info] 6 words\nTraceback (most recent call last):\n  \
+            File \"/0/app.py\", line 66, in run\n  \
+            File \"/python/collections/__init__.py\", line 640, in most_common\n\
+            ModuleNotFoundError: No module named 'heapq'\n\n\
+            thread '<unnamed>' (1) panicked at runtime/src/lib.rs:1293:29:\n\
+            Python function threw an unexpected exception\n\
+            note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n";
+        assert_eq!(
+            stderr_tail(python).unwrap(),
+            "ModuleNotFoundError: No module named 'heapq' \
+             (File \"/python/collections/__init__.py\", line 640, in most_common); \
+             componentize-py bundles only the modules imported at the top level of the app: \
+             import it there"
+        );
+        let rust = "\nthread '<unnamed>' panicked at src/lib.rs:36:25:\nplan asked to panic\n\
+            note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n";
+        assert_eq!(
+            stderr_tail(rust).unwrap(),
+            "thread '<unnamed>' panicked at src/lib.rs:36:25: / plan asked to panic"
+        );
+        assert_eq!(stderr_tail("\n\n"), None);
+    }
 }
