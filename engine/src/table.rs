@@ -182,8 +182,28 @@ pub fn merged_columns<'a>(headers: impl IntoIterator<Item = &'a [String]>) -> Ve
     columns
 }
 
+/// The header of a part when it is plain (no quotes, no `\r`, not empty):
+/// its fields and where the body starts. Parsing it by hand matters: building
+/// a CSV parser costs about 30 µs, more than a small shard's whole run.
+fn plain_header(part: &[u8]) -> Option<(Vec<&[u8]>, &[u8])> {
+    let end = part.iter().position(|&b| b == b'\n')?;
+    let line = &part[..end];
+    if line.is_empty() || line.iter().any(|&b| b == b'"' || b == b'\r') {
+        return None;
+    }
+    Some((line.split(|&b| b == b',').collect(), &part[end + 1..]))
+}
+
 /// Parse the header line of a part.
 pub fn parse_header(bytes: &[u8]) -> Result<Vec<String>, csv::Error> {
+    if let Some((fields, _)) = plain_header(bytes)
+        && let Ok(fields) = fields
+            .into_iter()
+            .map(|f| std::str::from_utf8(f).map(str::to_owned))
+            .collect()
+    {
+        return Ok(fields);
+    }
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
@@ -193,12 +213,16 @@ pub fn parse_header(bytes: &[u8]) -> Result<Vec<String>, csv::Error> {
     Ok(record.iter().map(str::to_owned).collect())
 }
 
-/// Copy a part's rows into `out`, placed under the merged `columns`.
-pub fn append_part<W: std::io::Write>(
-    part: &[u8],
-    columns: &[String],
-    out: &mut csv::Writer<W>,
-) -> Result<u64, csv::Error> {
+/// Copy a part's rows to the end of `out`, placed under the merged `columns`;
+/// the number of rows.
+pub fn append_part(part: &[u8], columns: &[String], out: &mut Vec<u8>) -> Result<u64, csv::Error> {
+    match append_plain(part, columns, out) {
+        Some(n) => Ok(n),
+        None => append_parsed(part, columns, out),
+    }
+}
+
+fn append_parsed(part: &[u8], columns: &[String], out: &mut Vec<u8>) -> Result<u64, csv::Error> {
     let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(part);
     let header = reader.headers()?.clone();
     let source: HashMap<&str, usize> = header.iter().enumerate().map(|(i, h)| (h, i)).collect();
@@ -207,16 +231,89 @@ pub fn append_part<W: std::io::Write>(
         .iter()
         .map(|c| source.get(c.as_str()).copied())
         .collect();
+    let mut writer = csv::WriterBuilder::new()
+        .has_headers(false)
+        .from_writer(&mut *out);
     let mut record = csv::ByteRecord::new();
     let mut n = 0;
     while reader.read_byte_record(&mut record)? {
-        out.write_record(
+        writer.write_record(
             from.iter()
                 .map(|f| f.and_then(|j| record.get(j)).unwrap_or(b"")),
         )?;
         n += 1;
     }
+    writer.flush()?;
     Ok(n)
+}
+
+/// `append_part` without a CSV parser, for what the host itself writes: a
+/// plain header that begins `columns`, and records in the subset of CSV the
+/// `csv` writer produces (a field is quoted as a whole, `""` inside). Each
+/// record is copied as it is and padded with empty fields. Anything else
+/// (`None`, nothing written) takes the parser.
+fn append_plain(part: &[u8], columns: &[String], out: &mut Vec<u8>) -> Option<u64> {
+    let (header, body) = plain_header(part)?;
+    if header.len() > columns.len()
+        || header
+            .iter()
+            .zip(columns)
+            .any(|(h, c)| *h != c.as_bytes())
+    {
+        return None;
+    }
+    let start = out.len();
+    let give_up = |out: &mut Vec<u8>| {
+        out.truncate(start);
+        None
+    };
+    let (mut i, mut record, mut fields, mut n) = (0, 0, 1, 0);
+    let mut field_start = true;
+    while i < body.len() {
+        match body[i] {
+            b'"' if field_start => {
+                // A quoted field runs to the quote not followed by another.
+                i += 1;
+                loop {
+                    match (body.get(i), body.get(i + 1)) {
+                        (None, _) => return give_up(out),
+                        (Some(b'"'), Some(b'"')) => i += 2,
+                        (Some(b'"'), _) => break,
+                        _ => i += 1,
+                    }
+                }
+                i += 1;
+                if !matches!(body.get(i), Some(b',' | b'\n')) {
+                    return give_up(out);
+                }
+                field_start = false;
+                continue;
+            }
+            b'"' | b'\r' => return give_up(out),
+            b',' => {
+                fields += 1;
+                field_start = true;
+            }
+            b'\n' => {
+                if i == record || fields > header.len() {
+                    return give_up(out);
+                }
+                out.extend_from_slice(&body[record..i]);
+                out.extend(std::iter::repeat_n(b',', columns.len() - fields));
+                out.push(b'\n');
+                n += 1;
+                record = i + 1;
+                fields = 1;
+                field_start = true;
+            }
+            _ => field_start = false,
+        }
+        i += 1;
+    }
+    if record != body.len() {
+        return give_up(out);
+    }
+    Some(n)
 }
 
 #[cfg(test)]
@@ -236,12 +333,55 @@ mod tests {
         let hb = parse_header(&b).unwrap();
         let cols = merged_columns([ha.as_slice(), hb.as_slice()]);
         assert_eq!(cols, ["x", "y", "error"]);
-        let mut out = csv::Writer::from_writer(Vec::new());
-        out.write_record(&cols).unwrap();
+        let mut out = b"x,y,error\n".to_vec();
         append_part(&a, &cols, &mut out).unwrap();
         append_part(&b, &cols, &mut out).unwrap();
-        let text = String::from_utf8(out.into_inner().unwrap()).unwrap();
+        let text = String::from_utf8(out).unwrap();
         assert_eq!(text, "x,y,error\n1,,\n2,2.0,\n3,,trap: boom\n");
+    }
+
+    /// Compared as data: `""` and an empty field are the same cell.
+    pub fn records(bytes: &[u8]) -> Vec<csv::StringRecord> {
+        csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(bytes)
+            .records()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    #[test]
+    fn plain_and_parsed_merges_agree() {
+        let cols: Vec<String> = ["a", "b", "c", "error"].map(String::from).to_vec();
+        let parts: [&[u8]; 7] = [
+            b"a,b\n1,2\n3\n",
+            b"a,b\n\"x,\"\"y\"\"\n\",2\n",
+            b"a,b\n\"\"\n",
+            b"b,a\n1,2\n",
+            b"a\n1\n\n2\n",
+            b"a,b\n1,2",
+            b"a,b\nx\"y,2\n",
+        ];
+        for part in parts {
+            let mut plain = Vec::new();
+            let fast = append_plain(part, &cols, &mut plain);
+            let mut parsed = Vec::new();
+            append_parsed(part, &cols, &mut parsed).unwrap();
+            match fast {
+                Some(n) => {
+                    assert_eq!(records(&plain), records(&parsed), "{part:?}");
+                    assert_eq!(n as usize, records(&parsed).len());
+                }
+                None => assert!(plain.is_empty(), "{part:?}"),
+            }
+            let mut out = Vec::new();
+            append_part(part, &cols, &mut out).unwrap();
+            assert_eq!(records(&out), records(&parsed), "{part:?}");
+        }
+        // Which of them took the plain path.
+        let took: Vec<bool> = parts.iter().map(|p| append_plain(p, &cols, &mut Vec::new()).is_some()).collect();
+        assert_eq!(took, [true, true, true, false, false, false, false]);
     }
 
     #[test]
@@ -272,8 +412,22 @@ mod fuzz {
                 Ok(h) => merged_columns([h.as_slice()]),
                 Err(_) => vec![ERROR_COLUMN.to_owned()],
             };
-            let mut out = csv::Writer::from_writer(Vec::new());
-            let _ = append_part(&part, &columns, &mut out);
+            let _ = append_part(&part, &columns, &mut Vec::new());
+        }
+
+        /// Where the hand-written path takes a part, it agrees with the parser.
+        #[test]
+        fn plain_merge_agrees_with_the_parser(body in "[ab,\"\\n\\r]{0,40}") {
+            let cols: Vec<String> = ["a", "b", "c", "error"].map(String::from).to_vec();
+            let part = format!("a,b\n{body}");
+            let mut plain = Vec::new();
+            if append_plain(part.as_bytes(), &cols, &mut plain).is_some() {
+                let mut parsed = Vec::new();
+                append_parsed(part.as_bytes(), &cols, &mut parsed).unwrap();
+                prop_assert_eq!(tests::records(&plain), tests::records(&parsed));
+            } else {
+                prop_assert!(plain.is_empty());
+            }
         }
 
         /// Rows of arbitrary cells round-trip through a part and the merge.
@@ -293,10 +447,10 @@ mod fuzz {
             }
             let bytes = part.finish();
             let columns = merged_columns([parse_header(&bytes).unwrap().as_slice()]);
-            let mut out = csv::Writer::from_writer(Vec::new());
-            out.write_record(&columns).unwrap();
-            prop_assert_eq!(append_part(&bytes, &columns, &mut out).unwrap(), rows.len() as u64);
-            let text = out.into_inner().unwrap();
+            let mut header = csv::Writer::from_writer(Vec::new());
+            header.write_record(&columns).unwrap();
+            let mut text = header.into_inner().unwrap();
+            prop_assert_eq!(append_part(&bytes, &columns, &mut text).unwrap(), rows.len() as u64);
             let mut reader = csv::Reader::from_reader(text.as_slice());
             for (record, cells) in reader.records().zip(&expected) {
                 let record = record.unwrap();

@@ -47,11 +47,7 @@ pub async fn merge(store: &RunStore, shards: usize, output: &Location) -> Result
         })
         .buffered(4);
     while let Some(part) = parts.next().await {
-        let mut csv = csv::WriterBuilder::new()
-            .has_headers(false)
-            .from_writer(chunk);
-        rows += append_part(&part?, &columns, &mut csv)?;
-        chunk = csv.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
+        rows += append_part(&part?, &columns, &mut chunk)?;
         if chunk.len() >= CHUNK {
             sink.write_all(&chunk).await.with_context(write_err)?;
             chunk.clear();
