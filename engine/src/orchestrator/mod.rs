@@ -297,6 +297,10 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
     };
     let n = shards.len();
     let resumed = store.list("parts").await?.len();
+    let failed_before = match resumed {
+        0 => 0,
+        _ => store.list("failed").await?.len(),
+    };
     if resumed > 0 {
         eprintln!("resuming run {run_id}: {resumed} of {n} shards already finished");
     }
@@ -333,7 +337,8 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
     };
 
     let mut progress = Progress::new(opts.progress, n as u64);
-    let watched = watch(&store, n, &mut pool, &mut progress).await;
+    let before = (resumed, failed_before);
+    let watched = watch(&store, n, before, &mut pool, &mut progress).await;
     progress.finish();
     pool.stop();
     let failed = match watched {
@@ -413,23 +418,17 @@ async fn publish(
 }
 
 /// Wait until every shard has a part; returns how many failed. Workers in
-/// this process are counted as they finish; others are seen by listing the store.
+/// this process are counted as they finish, on top of the parts and failures
+/// `before` they started; others are seen by listing the store.
 async fn watch(
     store: &RunStore,
     n: usize,
+    (before_done, before_failed): (usize, usize),
     pool: &mut Workers,
     progress: &mut Progress,
 ) -> Result<usize> {
     let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
     let finished = pool.finished();
-    // Parts and failures from an earlier, interrupted run of the same config.
-    let (before_done, before_failed) = match finished {
-        Some(_) => (
-            store.list("parts").await?.len(),
-            store.list("failed").await?.len(),
-        ),
-        None => (0, 0),
-    };
     loop {
         let (done, failed) = match &finished {
             Some(f) => (
