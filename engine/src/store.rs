@@ -41,6 +41,14 @@ impl std::fmt::Debug for Location {
 }
 
 impl Location {
+    /// Whether the store is on this machine (a directory or memory), so its
+    /// operations need no async runtime.
+    pub fn is_local(&self) -> bool {
+        !self.display.contains("://")
+            || self.display.starts_with("file://")
+            || self.display.starts_with("memory://")
+    }
+
     /// Parse a local path, `file://…`, `s3://bucket/key` or `memory://`.
     /// S3 credentials, region and endpoint come from the standard `AWS_*`
     /// environment variables.

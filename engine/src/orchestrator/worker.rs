@@ -32,6 +32,20 @@ pub struct WorkerCtx {
     pub handle: tokio::runtime::Handle,
 }
 
+impl WorkerCtx {
+    /// Wait for a store operation on this worker thread. A local store is
+    /// driven right here: inside the tokio runtime, object_store hands each
+    /// file operation to the blocking pool and back (dozens of futex calls a
+    /// shard). A remote store needs the runtime's reactor.
+    fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        if self.store.root.is_local() {
+            futures::executor::block_on(f)
+        } else {
+            self.handle.block_on(f)
+        }
+    }
+}
+
 /// Parts stored by the workers of this process, for a watcher in the same
 /// process (the local backend): counting them is cheaper than listing the store.
 #[derive(Debug, Default)]
@@ -57,7 +71,7 @@ pub fn work(ctx: &WorkerCtx) -> Result<u64> {
     let poll = (lease / 4).clamp(Duration::from_millis(50), Duration::from_secs(2));
     let mut ran = 0;
     while !ctx.stop.load(Ordering::Relaxed) {
-        let (i, attempt) = match ctx.handle.block_on(queue.next())? {
+        let (i, attempt) = match ctx.block_on(queue.next())? {
             Next::Done => break,
             Next::Wait => {
                 std::thread::sleep(poll);
@@ -93,7 +107,7 @@ fn run_one(ctx: &WorkerCtx, queue: &Queue, args: &str, i: usize, claim: u32) -> 
     tracing::debug!(shard = i, claim, elapsed = ?output.elapsed, failed = output.failure.is_some(), "shard finished");
     let name = shard_name(i);
     let failed = output.failure.is_some();
-    let stored = ctx.handle.block_on(async {
+    let stored = ctx.block_on(async {
         if !output.log.is_empty() {
             ctx.store
                 .put(&format!("log/{name}.log"), output.log)
