@@ -8,6 +8,9 @@ Environment:
   BENCH_RUNS     runs per side of the cheap workloads (default 5)
   BENCH_QUICK=1  smaller sizes and one run of the slow ones (a smoke test, not for BENCHMARKS.md)
   BENCH_ONLY     comma-separated workload groups: overhead,parallel,kernels,start,scale,processes,deepecho
+  BENCH_PROFILE  the engine's cargo profile: dev (default: the binary the demo and the tests
+                 build, dependencies at opt-level 3, the engine crate at 1) or release (thin LTO,
+                 a 20-minute build on 2 cores; only makes the engine side faster)
 """
 
 import json
@@ -22,7 +25,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
-ENGINE = Path(os.environ.get("BENCH_ENGINE", TARGET / "release" / "engine"))
+PROFILE = os.environ.get("BENCH_PROFILE", "dev")
+ENGINE = Path(os.environ.get("BENCH_ENGINE", TARGET / ("debug" if PROFILE == "dev" else PROFILE) / "engine"))
 WORK = ROOT / "target" / "bench"
 PLUGINS = WORK / "plugins"
 PYTHON = sys.executable
@@ -69,7 +73,7 @@ def engine_env(cache=None):
     return env
 
 
-def write_config(name, function, args, workers=2, store=None, backend="local", extra=""):
+def write_config(name, function, args, workers=2, store=None, backend="local", memory="64M"):
     """A config for the bench plugin; returns its path. The output goes beside it."""
     folder = WORK / "runs" / name
     if folder.exists():
@@ -87,11 +91,10 @@ backend = "{backend}"
 workers = {workers}
 {store_line}
 [limits]
-memory = "64M"
+memory = "{memory}"
 timeout = "60s"
 retries = 0
 max_shards = 2000000
-{extra}
 [output]
 path = "out.csv"
 """
@@ -107,7 +110,7 @@ def engine_run(config, *extra, cache=None):
             shutil.rmtree(old)
         elif old.exists():
             old.unlink()
-    cmd = [ENGINE, "-v", "--quiet", "run", config, "--plugins", PLUGINS, *extra]
+    cmd = [ENGINE, "-v", "run", config, "--plugins", PLUGINS, *extra]
     return run_process(cmd, env=engine_env(cache))
 
 
@@ -211,7 +214,7 @@ def scale():
     for _ in range(runs):
         # The in-memory store (the local default): a directory store costs
         # ~0.5 ms a shard in file operations (see `processes`).
-        config = write_config("scale-shards", "bench.noop", {"shards": shards})
+        config = write_config("scale-shards", "bench.noop", {"shards": shards}, memory="1G")
         wall, rss, _, err = engine_run(config)
         record("scale/1M-shards", "engine", wall, "s")
         record("scale/1M-shards-rss", "engine", rss, "MB")

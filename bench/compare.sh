@@ -5,13 +5,16 @@
 #   bench/compare.sh                          everything (~30 min; see BENCHMARKS.md)
 #   BENCH_QUICK=1 bench/compare.sh            smaller sizes, a smoke test
 #   BENCH_ONLY=overhead,start bench/compare.sh some workload groups
+#   BENCH_PROFILE=release bench/compare.sh    a release engine (see bench/compare.py)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 bash scripts/build-plugins
 CARGO_TARGET_DIR="$root/target/guests" cargo build --quiet --release --target wasm32-wasip2 -p benchfn
-cargo build --quiet --release -p engine
+profile="${BENCH_PROFILE:-dev}"
+cargo build --quiet --profile "$profile" -p engine
+engine="target/$([ "$profile" = dev ] && echo debug || echo "$profile")/engine"
 mkdir -p target/bench/plugins
 cp -f target/guests/wasm32-wasip2/release/benchfn.wasm target/bench/plugins/bench.wasm
 
@@ -25,6 +28,6 @@ fi
 
 {
   echo "# $(date -u +%Y-%m-%dT%H:%MZ) on $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/ {print $2}') GiB; load before: $(cut -d' ' -f1-3 /proc/loadavg)"
-  echo "# engine $(target/release/engine --version | cut -d' ' -f2), rustc $(rustc --version | cut -d' ' -f2), $("$venv/bin/python" -c 'import dask, deepecho, torch, sys; print(f"python {sys.version.split()[0]}, dask {dask.__version__}, deepecho {deepecho.__version__}, torch {torch.__version__}")')"
+  echo "# engine $("$engine" --version | cut -d' ' -f2) ($profile profile), rustc $(rustc --version | cut -d' ' -f2), $("$venv/bin/python" -c 'import dask, deepecho, torch, sys; print(f"python {sys.version.split()[0]}, dask {dask.__version__}, deepecho {deepecho.__version__}, torch {torch.__version__}")')"
   "$venv/bin/python" bench/compare.py
 } | tee target/bench/table.md
