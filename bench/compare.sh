@@ -11,12 +11,13 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 bash scripts/build-plugins
-CARGO_TARGET_DIR="$root/target/guests" cargo build --quiet --release --target wasm32-wasip2 -p benchfn
+# Its own target dir: a component in target/guests would show up in the tests' plugin path.
+CARGO_TARGET_DIR="$root/target/bench/guests" cargo build --quiet --release --target wasm32-wasip2 -p benchfn
 profile="${BENCH_PROFILE:-dev}"
 cargo build --quiet --profile "$profile" -p engine
 engine="target/$([ "$profile" = dev ] && echo debug || echo "$profile")/engine"
 mkdir -p target/bench/plugins
-cp -f target/guests/wasm32-wasip2/release/benchfn.wasm target/bench/plugins/bench.wasm
+cp -f target/bench/guests/wasm32-wasip2/release/benchfn.wasm target/bench/plugins/bench.wasm
 
 venv="$root/target/venv-bench"
 if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import dask.distributed, deepecho' 2>/dev/null; then
