@@ -68,13 +68,18 @@ pub fn work(ctx: &WorkerCtx) -> Result<u64> {
         lease,
     );
     let args = serde_json::Value::Object(ctx.spec.args.clone()).to_string();
-    let poll = (lease / 4).clamp(Duration::from_millis(50), Duration::from_secs(2));
+    // Near the end of a run, idle workers ask again this often (the slow path
+    // lists the store) and leave within a few ms once the run is stopped.
+    let poll = (lease / 4).clamp(Duration::from_millis(50), Duration::from_millis(250));
     let mut ran = 0;
     while !ctx.stop.load(Ordering::Relaxed) {
         let (i, attempt) = match ctx.block_on(queue.next())? {
             Next::Done => break,
             Next::Wait => {
-                std::thread::sleep(poll);
+                let until = std::time::Instant::now() + poll;
+                while !ctx.stop.load(Ordering::Relaxed) && std::time::Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
                 continue;
             }
             Next::Run(i, attempt) => (i, attempt),
