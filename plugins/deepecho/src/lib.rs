@@ -396,4 +396,5 @@ impl Plugin for DeepEcho {
     }
 }
 
+#[cfg(feature = "plugin")]
 guest_sdk::export!(DeepEcho);

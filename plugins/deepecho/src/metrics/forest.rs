@@ -48,19 +48,12 @@ fn interval_features(s: &[f64], a: f64, b: f64, out: &mut Vec<f64>) {
         end = (start + MIN_INTERVAL).min(l);
         start = end.saturating_sub(MIN_INTERVAL);
     }
-    let (mut n, mut sx, mut sy, mut sxx, mut sxy, mut syy) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
-    for (i, &v) in s[start..end].iter().enumerate() {
-        if v.is_nan() {
-            continue;
-        }
-        let x = i as f64;
-        n += 1.0;
-        sx += x;
-        sy += v;
-        sxx += x * x;
-        sxy += x * v;
-        syy += v * v;
-    }
+    let seg = &s[start..end];
+    let (n, sx, sy, sxx, sxy, syy) = if seg.len() < 1 << 16 && !seg.iter().any(|v| v.is_nan()) {
+        complete_sums(seg)
+    } else {
+        sums_skipping_missing(seg)
+    };
     if n == 0.0 {
         out.extend_from_slice(&[0.0, 0.0, 0.0]);
         return;
@@ -74,6 +67,55 @@ fn interval_features(s: &[f64], a: f64, b: f64, out: &mut Vec<f64>) {
         0.0
     };
     out.extend_from_slice(&[mean, var.sqrt(), slope]);
+}
+
+/// (n, Σx, Σy, Σx², Σxy, Σy²) over the values `y` at positions `x` = 0, 1, 2, …, missing
+/// values skipped, each sum accumulated in order.
+fn sums_skipping_missing(seg: &[f64]) -> (f64, f64, f64, f64, f64, f64) {
+    let (mut n, mut sx, mut sy, mut sxx, mut sxy, mut syy) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+    for (i, &v) in seg.iter().enumerate() {
+        if v.is_nan() {
+            continue;
+        }
+        let x = i as f64;
+        n += 1.0;
+        sx += x;
+        sy += v;
+        sxx += x * x;
+        sxy += x * v;
+        syy += v * v;
+    }
+    (n, sx, sy, sxx, sxy, syy)
+}
+
+/// [`sums_skipping_missing`] of a segment with no missing value, bit for bit: n, Σx and
+/// Σx² are sums of integers below 2⁵³, which `f64` adds exactly, so they come from
+/// closed forms; the other three are accumulated in the same order, four values per
+/// iteration (fewer loop back-edges: each costs an epoch check in WebAssembly, across
+/// which Cranelift keeps the sums on the stack; see bench/KERNELS.md).
+fn complete_sums(seg: &[f64]) -> (f64, f64, f64, f64, f64, f64) {
+    let len = seg.len() as u64;
+    let (sx, sxx) = match len {
+        0 => (0, 0),
+        l => (l * (l - 1) / 2, (l - 1) * l * (2 * l - 1) / 6),
+    };
+    let (mut sy, mut sxy, mut syy) = (0.0, 0.0, 0.0);
+    let (chunks, rest) = seg.as_chunks::<4>();
+    for (c, vs) in chunks.iter().enumerate() {
+        for (u, &v) in vs.iter().enumerate() {
+            let x = (4 * c + u) as f64;
+            sy += v;
+            sxy += x * v;
+            syy += v * v;
+        }
+    }
+    for (u, &v) in rest.iter().enumerate() {
+        let x = (4 * chunks.len() + u) as f64;
+        sy += v;
+        sxy += x * v;
+        syy += v * v;
+    }
+    (len as f64, sx as f64, sy, sxx as f64, sxy, syy)
 }
 
 fn entropy(counts: &[f64], total: f64) -> f64 {
@@ -90,6 +132,15 @@ fn entropy(counts: &[f64], total: f64) -> f64 {
     h
 }
 
+/// Scratch buffers of [`grow`], allocated once per tree.
+#[derive(Default)]
+struct Scratch {
+    /// (feature value, class) of the node's samples, sorted by value.
+    pairs: Vec<(f64, usize)>,
+    left: Vec<f64>,
+    right: Vec<f64>,
+}
+
 fn grow(
     x: &[Vec<f64>],
     y: &[usize],
@@ -97,6 +148,7 @@ fn grow(
     n_classes: usize,
     nodes: &mut Vec<Node>,
     depth: usize,
+    scratch: &mut Scratch,
 ) -> usize {
     let mut counts = vec![0.0; n_classes];
     for &i in idx.iter() {
@@ -112,21 +164,29 @@ fn grow(
     }
     let n_features = x[idx[0]].len();
     let mut best: Option<(f64, usize, f64)> = None; // (impurity, feature, threshold)
-    let mut order: Vec<usize> = idx.to_vec();
-    let mut left = vec![0.0; n_classes];
+    let Scratch { pairs, left, right } = scratch;
+    left.resize(n_classes, 0.0);
+    right.resize(n_classes, 0.0);
     for f in 0..n_features {
-        order.sort_by(|&a, &b| x[a][f].total_cmp(&x[b][f]));
+        // Candidate thresholds lie between distinct consecutive values, and the class
+        // counts left of one do not depend on the order of equal values: an unstable
+        // sort of (value, class) pairs gives exactly the splits of a stable index sort.
+        pairs.clear();
+        pairs.extend(idx.iter().map(|&i| (x[i][f], y[i])));
+        pairs.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
         left.iter_mut().for_each(|c| *c = 0.0);
-        for k in 0..order.len() - 1 {
-            left[y[order[k]]] += 1.0;
-            let (v, w) = (x[order[k]][f], x[order[k + 1]][f]);
+        for k in 0..pairs.len() - 1 {
+            left[pairs[k].1] += 1.0;
+            let (v, w) = (pairs[k].0, pairs[k + 1].0);
             if v >= w {
                 continue;
             }
             let nl = (k + 1) as f64;
             let nr = n - nl;
-            let right: Vec<f64> = counts.iter().zip(&left).map(|(c, l)| c - l).collect();
-            let imp = (nl * entropy(&left, nl) + nr * entropy(&right, nr)) / n;
+            for ((r, c), l) in right.iter_mut().zip(&counts).zip(left.iter()) {
+                *r = c - l;
+            }
+            let imp = (nl * entropy(left, nl) + nr * entropy(right, nr)) / n;
             if best.is_none_or(|b| imp < b.0 - 1e-12) {
                 best = Some((imp, f, 0.5 * (v + w)));
             }
@@ -150,8 +210,8 @@ fn grow(
         }
     }
     let (l, r) = idx.split_at_mut(split);
-    let li = grow(x, y, l, n_classes, nodes, depth + 1);
-    let ri = grow(x, y, r, n_classes, nodes, depth + 1);
+    let li = grow(x, y, l, n_classes, nodes, depth + 1, scratch);
+    let ri = grow(x, y, r, n_classes, nodes, depth + 1, scratch);
     nodes[me] = Node::Split {
         feature,
         threshold,
@@ -227,7 +287,15 @@ impl Forest {
             let x: Vec<Vec<f64>> = series.iter().map(|s| tree.features(s)).collect();
             let mut idx: Vec<usize> = (0..series.len()).collect();
             if !idx.is_empty() {
-                grow(&x, y, &mut idx, n_classes, &mut tree.nodes, 0);
+                grow(
+                    &x,
+                    y,
+                    &mut idx,
+                    n_classes,
+                    &mut tree.nodes,
+                    0,
+                    &mut Scratch::default(),
+                );
             } else {
                 tree.nodes
                     .push(Node::Leaf(vec![1.0 / n_classes as f64; n_classes]));
@@ -263,5 +331,24 @@ impl Forest {
             .filter(|(s, c)| self.predict(s) == **c)
             .count();
         ok as f64 / series.len() as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn complete_sums_equal_the_plain_loop_bit_for_bit() {
+        let mut rng = Rng::new(1);
+        for len in (0..40).chain([255, 1000, 4099]) {
+            let seg: Vec<f64> = (0..len).map(|_| 1e3 * rng.normal()).collect();
+            let a = complete_sums(&seg);
+            let b = sums_skipping_missing(&seg);
+            let bits = |t: (f64, f64, f64, f64, f64, f64)| {
+                [t.0, t.1, t.2, t.3, t.4, t.5].map(f64::to_bits)
+            };
+            assert_eq!(bits(a), bits(b), "length {len}");
+        }
     }
 }

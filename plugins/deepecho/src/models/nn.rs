@@ -110,55 +110,71 @@ impl Adam {
     }
 }
 
+/// Rows and columns of one register block of [`matmul`].
+const RB: usize = 4;
+const CB: usize = 8;
+/// Steps of `k` per iteration of [`matmul`]'s inner loop.
+const KU: usize = 4;
+
 /// `y[m×n] (+)= x[m×k] · w[k×n]`: 4×8 register blocks (the accumulators stay in
 /// SIMD registers, each loaded weight vector serves four rows).
+///
+/// `w` is first repacked into 8-column panels (`k × 8`, contiguous, the last one
+/// zero-padded) and each block of 4 rows of `x` into `k × 4` (interleaved), so the inner
+/// loop reads two sequential streams, has no bounds checks, and also covers the columns
+/// left over when `n` is not a multiple of 8. It takes `k` in steps of 4: in WebAssembly
+/// wasmtime checks its epoch counter on every loop back-edge and Cranelift keeps the
+/// accumulators on the stack across that check (bench/KERNELS.md), so fewer, longer
+/// iterations matter there. Every output is still the same sum in the same order
+/// (`y + x₀w₀ + x₁w₁ + …`): results are bit-identical to the plain triple loop.
 pub fn matmul(x: &[F], w: &[F], y: &mut [F], m: usize, k: usize, n: usize, accumulate: bool) {
-    const RB: usize = 4;
-    const CB: usize = 8;
     let x = &x[..m * k];
     let w = &w[..k * n];
     let y = &mut y[..m * n];
-    let mut i = 0;
-    while i + RB <= m {
-        let x0 = &x[i * k..(i + 1) * k];
-        let x1 = &x[(i + 1) * k..(i + 2) * k];
-        let x2 = &x[(i + 2) * k..(i + 3) * k];
-        let x3 = &x[(i + 3) * k..(i + 4) * k];
-        let mut j = 0;
-        while j + CB <= n {
-            let mut acc = [[0.0 as F; CB]; RB];
-            if accumulate {
-                for (r, a) in acc.iter_mut().enumerate() {
-                    a.copy_from_slice(&y[(i + r) * n + j..(i + r) * n + j + CB]);
+    if k == 0 {
+        if !accumulate {
+            y.fill(0.0);
+        }
+        return;
+    }
+    let m4 = m - m % RB;
+    if m4 > 0 {
+        let panels = n.div_ceil(CB);
+        let mut wp = vec![0.0 as F; panels * k * CB];
+        for (jb, panel) in wp.chunks_exact_mut(k * CB).enumerate() {
+            let j = jb * CB;
+            let cols = CB.min(n - j);
+            for (p, wr) in panel.chunks_exact_mut(CB).zip(w.chunks_exact(n)) {
+                copy_cols(&mut p[..cols], &wr[j..j + cols]);
+            }
+        }
+        let mut xp = vec![0.0 as F; k * RB];
+        for (xb, yb) in x[..m4 * k]
+            .chunks_exact(RB * k)
+            .zip(y[..m4 * n].chunks_exact_mut(RB * n))
+        {
+            for (r, xr) in xb.chunks_exact(k).enumerate() {
+                for (p, &v) in xp.chunks_exact_mut(RB).zip(xr) {
+                    p[r] = v;
                 }
             }
-            for kk in 0..k {
-                let mut wv = [0.0 as F; CB];
-                wv.copy_from_slice(&w[kk * n + j..kk * n + j + CB]);
-                let a = [x0[kk], x1[kk], x2[kk], x3[kk]];
-                for r in 0..RB {
-                    for c in 0..CB {
-                        acc[r][c] += a[r] * wv[c];
+            for (jb, panel) in wp.chunks_exact(k * CB).enumerate() {
+                let j = jb * CB;
+                let cols = CB.min(n - j);
+                let mut acc = [[0.0 as F; CB]; RB];
+                if accumulate {
+                    for (a, yr) in acc.iter_mut().zip(yb.chunks_exact(n)) {
+                        copy_cols(&mut a[..cols], &yr[j..j + cols]);
                     }
                 }
-            }
-            for (r, a) in acc.iter().enumerate() {
-                y[(i + r) * n + j..(i + r) * n + j + CB].copy_from_slice(a);
-            }
-            j += CB;
-        }
-        for jj in j..n {
-            for (r, xr) in [x0, x1, x2, x3].iter().enumerate() {
-                let mut s: F = if accumulate { y[(i + r) * n + jj] } else { 0.0 };
-                for kk in 0..k {
-                    s += xr[kk] * w[kk * n + jj];
+                block(&xp, panel, &mut acc);
+                for (a, yr) in acc.iter().zip(yb.chunks_exact_mut(n)) {
+                    copy_cols(&mut yr[j..j + cols], &a[..cols]);
                 }
-                y[(i + r) * n + jj] = s;
             }
         }
-        i += RB;
     }
-    for i in i..m {
+    for i in m4..m {
         let yr = &mut y[i * n..(i + 1) * n];
         if !accumulate {
             yr.iter_mut().for_each(|v| *v = 0.0);
@@ -168,6 +184,113 @@ pub fn matmul(x: &[F], w: &[F], y: &mut [F], m: usize, k: usize, n: usize, accum
                 *yv += a * wv;
             }
         }
+    }
+}
+
+/// Copy up to 8 values; a full 8 with a fixed length, so that it compiles to two
+/// vector moves rather than a `memcpy` (in WebAssembly a `memory.copy`, which wasmtime
+/// runs as a call into the host).
+#[inline(always)]
+fn copy_cols(dst: &mut [F], src: &[F]) {
+    if let (Ok(d), Ok(s)) = (
+        <&mut [F; CB]>::try_from(&mut *dst),
+        <&[F; CB]>::try_from(src),
+    ) {
+        *d = *s;
+    } else {
+        dst.copy_from_slice(src);
+    }
+}
+
+/// [`block`] in WebAssembly SIMD: the same products and sums (a multiply, then an add,
+/// per lane), written with intrinsics so that each row's scalar is broadcast from one
+/// 4-lane load by a lane shuffle (`pshufd` under Cranelift). From the portable code LLVM
+/// emits `v128.load32_splat`, which Cranelift turns into a scalar load into a general
+/// register plus a broadcast: 16 live general registers per unrolled step, most spilled.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128", not(test)))]
+#[inline(always)]
+fn block(xp: &[F], panel: &[F], acc: &mut [[F; CB]; RB]) {
+    use core::arch::wasm32::{
+        f32x4, f32x4_add, f32x4_extract_lane, f32x4_mul, i32x4_shuffle, v128,
+    };
+    #[inline(always)]
+    fn load(a: &[F; 4]) -> v128 {
+        f32x4(a[0], a[1], a[2], a[3])
+    }
+    let mut lo = [f32x4(0.0, 0.0, 0.0, 0.0); RB];
+    let mut hi = lo;
+    for r in 0..RB {
+        let (h, _) = acc[r].as_chunks::<4>();
+        (lo[r], hi[r]) = (load(&h[0]), load(&h[1]));
+    }
+    let mut step = |a: &[F; RB], v: &[F; CB]| {
+        let av = load(a);
+        let (v, _) = v.as_chunks::<4>();
+        let (w0, w1) = (load(&v[0]), load(&v[1]));
+        let s = [
+            i32x4_shuffle::<0, 0, 0, 0>(av, av),
+            i32x4_shuffle::<1, 1, 1, 1>(av, av),
+            i32x4_shuffle::<2, 2, 2, 2>(av, av),
+            i32x4_shuffle::<3, 3, 3, 3>(av, av),
+        ];
+        for r in 0..RB {
+            lo[r] = f32x4_add(lo[r], f32x4_mul(s[r], w0));
+            hi[r] = f32x4_add(hi[r], f32x4_mul(s[r], w1));
+        }
+    };
+    let (xs, _) = xp.as_chunks::<RB>();
+    let (ws, _) = panel.as_chunks::<CB>();
+    for (a, v) in xs.chunks_exact(KU).zip(ws.chunks_exact(KU)) {
+        for u in 0..KU {
+            step(&a[u], &v[u]);
+        }
+    }
+    let done = xs.len() - xs.len() % KU;
+    for (a, v) in xs[done..].iter().zip(&ws[done..]) {
+        step(a, v);
+    }
+    for r in 0..RB {
+        let (l, h) = (lo[r], hi[r]);
+        acc[r] = [
+            f32x4_extract_lane::<0>(l),
+            f32x4_extract_lane::<1>(l),
+            f32x4_extract_lane::<2>(l),
+            f32x4_extract_lane::<3>(l),
+            f32x4_extract_lane::<0>(h),
+            f32x4_extract_lane::<1>(h),
+            f32x4_extract_lane::<2>(h),
+            f32x4_extract_lane::<3>(h),
+        ];
+    }
+}
+
+/// `acc[r][c] += Σ_kk xp[kk·4 + r] · panel[kk·8 + c]` for one 4×8 block, `kk` in order.
+#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128", not(test))))]
+#[inline(always)]
+fn block(xp: &[F], panel: &[F], acc: &mut [[F; CB]; RB]) {
+    // `a` and `v` are arrays, so the loads need no bounds checks; natively each `a[r]`
+    // becomes a broadcast from memory.
+    #[inline(always)]
+    fn step(acc: &mut [[F; CB]; RB], a: &[F; RB], v: &[F; CB]) {
+        for r in 0..RB {
+            for c in 0..CB {
+                acc[r][c] += a[r] * v[c];
+            }
+        }
+    }
+    let (xs, xr) = xp.as_chunks::<{ RB * KU }>();
+    let (ws, wr) = panel.as_chunks::<{ CB * KU }>();
+    for (a, v) in xs.iter().zip(ws) {
+        let (a, _) = a.as_chunks::<RB>();
+        let (v, _) = v.as_chunks::<CB>();
+        for u in 0..KU {
+            step(acc, &a[u], &v[u]);
+        }
+    }
+    let (xr, _) = xr.as_chunks::<RB>();
+    let (wr, _) = wr.as_chunks::<CB>();
+    for (a, v) in xr.iter().zip(wr) {
+        step(acc, a, v);
     }
 }
 
@@ -613,6 +736,42 @@ impl Lstm {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The blocked product computes each output as the plain loop does (`y + x₀w₀ +
+    /// x₁w₁ + …`, in order), so the results are the same bits, whatever the shape.
+    #[test]
+    fn matmul_equals_the_plain_triple_loop() {
+        let mut rng = Rng::new(3);
+        for (m, k, n) in [
+            (1, 1, 1),
+            (4, 0, 3),
+            (5, 3, 7),
+            (8, 4, 8),
+            (9, 9, 19),
+            (33, 18, 96),
+        ] {
+            for accumulate in [false, true] {
+                let x: Vec<F> = (0..m * k).map(|_| rng.normal()).collect();
+                let w: Vec<F> = (0..k * n).map(|_| rng.normal()).collect();
+                let y0: Vec<F> = (0..m * n).map(|_| rng.normal()).collect();
+                let mut y = y0.clone();
+                matmul(&x, &w, &mut y, m, k, n, accumulate);
+                for i in 0..m {
+                    for j in 0..n {
+                        let mut s = if accumulate { y0[i * n + j] } else { 0.0 };
+                        for kk in 0..k {
+                            s += x[i * k + kk] * w[kk * n + j];
+                        }
+                        assert_eq!(
+                            s.to_bits(),
+                            y[i * n + j].to_bits(),
+                            "{m}×{k}×{n} ({i}, {j})"
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     /// Finite-difference check of the LSTM (loss = Σ h_T · v).
     #[test]
