@@ -8,6 +8,7 @@ Environment:
   BENCH_RUNS     runs per side of the cheap workloads (default 5)
   BENCH_QUICK=1  smaller sizes and one run of the slow ones (a smoke test, not for BENCHMARKS.md)
   BENCH_ONLY     comma-separated workload groups: overhead,parallel,kernels,start,scale,processes,deepecho
+  BENCH_EPOCHS   PARModel epochs to compare with PyTorch (default 128,1024; 1024 takes ~8 min)
   BENCH_PROFILE  the engine's cargo profile: dev (default: the binary the demo and the tests
                  build, dependencies at opt-level 3, the engine crate at 1) or release (thin LTO,
                  a 20-minute build on 2 cores; only makes the engine side faster)
@@ -257,7 +258,7 @@ def processes():
 def deepecho():
     """7. PARModel on BasicMotions beside DeepEcho 0.8.1's PyTorch PARModel; the example's wall time."""
     shutil.copy(TARGET / "plugins" / "deepecho.wasm", PLUGINS / "deepecho.wasm")
-    epochs_list = [128] if QUICK else [128, 1024]
+    epochs_list = [int(e) for e in os.environ.get("BENCH_EPOCHS", "128" if QUICK else "128,1024").split(",")]
     for epochs in epochs_list:
         folder = WORK / "runs" / f"par-{epochs}"
         folder.mkdir(parents=True, exist_ok=True)
