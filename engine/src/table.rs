@@ -254,12 +254,7 @@ fn append_parsed(part: &[u8], columns: &[String], out: &mut Vec<u8>) -> Result<u
 /// (`None`, nothing written) takes the parser.
 fn append_plain(part: &[u8], columns: &[String], out: &mut Vec<u8>) -> Option<u64> {
     let (header, body) = plain_header(part)?;
-    if header.len() > columns.len()
-        || header
-            .iter()
-            .zip(columns)
-            .any(|(h, c)| *h != c.as_bytes())
-    {
+    if header.len() > columns.len() || header.iter().zip(columns).any(|(h, c)| *h != c.as_bytes()) {
         return None;
     }
     let start = out.len();
@@ -380,7 +375,10 @@ mod tests {
             assert_eq!(records(&out), records(&parsed), "{part:?}");
         }
         // Which of them took the plain path.
-        let took: Vec<bool> = parts.iter().map(|p| append_plain(p, &cols, &mut Vec::new()).is_some()).collect();
+        let took: Vec<bool> = parts
+            .iter()
+            .map(|p| append_plain(p, &cols, &mut Vec::new()).is_some())
+            .collect();
         assert_eq!(took, [true, true, true, false, false, false, false]);
     }
 

@@ -8,14 +8,23 @@ struct Bench;
 impl Plugin for Bench {
     fn describe() -> Vec<Function> {
         vec![
-            Function::new("bench.noop", "One row per shard and nothing else: the engine's own cost per shard.")
-                .param(Param::new("shards", "int", "How many shards.")),
-            Function::new("bench.spin", "CPU-bound shards: a dependent float loop of `work` steps each.")
-                .param(Param::new("shards", "int", "How many shards."))
-                .param(Param::new("work", "int", "Loop steps per shard.")),
-            Function::new("bench.rows", "Row-heavy shards: `rows` rows of four columns each.")
-                .param(Param::new("shards", "int", "How many shards."))
-                .param(Param::new("rows", "int", "Rows per shard.")),
+            Function::new(
+                "bench.noop",
+                "One row per shard and nothing else: the engine's own cost per shard.",
+            )
+            .param(Param::new("shards", "int", "How many shards.")),
+            Function::new(
+                "bench.spin",
+                "CPU-bound shards: a dependent float loop of `work` steps each.",
+            )
+            .param(Param::new("shards", "int", "How many shards."))
+            .param(Param::new("work", "int", "Loop steps per shard.")),
+            Function::new(
+                "bench.rows",
+                "Row-heavy shards: `rows` rows of four columns each.",
+            )
+            .param(Param::new("shards", "int", "How many shards."))
+            .param(Param::new("rows", "int", "Rows per shard.")),
         ]
     }
 
