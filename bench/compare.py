@@ -14,6 +14,7 @@ Environment:
                  a 20-minute build on 2 cores; only makes the engine side faster)
 """
 
+import csv
 import json
 import os
 import shutil
@@ -285,8 +286,6 @@ path = "out.csv"
         runs = 1 if epochs > 128 or QUICK else 2
         for _ in range(runs):
             engine_run(config)
-            import csv
-
             with open(folder / "out.csv") as f:
                 row = next(csv.DictReader(f))
             if row["error"]:
@@ -300,7 +299,7 @@ path = "out.csv"
     example = ROOT / "examples" / "deepecho" / "config.toml"
     out = WORK / "runs" / "example.csv"
     for _ in range(1 if QUICK else 2):
-        wall, rss, _, _ = run_process(
+        wall, *_ = run_process(
             [ENGINE, "--quiet", "run", example, "--plugins", PLUGINS, "--output", out],
             env=engine_env(),
         )
