@@ -172,12 +172,14 @@ def parallel():
     log(f"  spin: {work} steps per shard for ~{ms} ms")
     one = write_config("spin-1", "bench.spin", {"shards": shards, "work": work}, workers=1)
     two = write_config("spin-2", "bench.spin", {"shards": shards, "work": work}, workers=2)
+    steps = int(dask("calibrate", ms))
+    log(f"  dask spin: {steps} steps per task for ~{ms} ms")
     for _ in range(RUNS):
         t1, *_ = engine_run(one)
         t2, *_ = engine_run(two)
         record("parallel", "engine", t1 / t2 / 2, "efficiency")
-        d1 = dask("spin", 1, shards, ms)
-        d2 = dask("spin", 2, shards, ms)
+        d1 = dask("spin", 1, shards, steps)
+        d2 = dask("spin", 2, shards, steps)
         record("parallel", "dask", d1 / d2 / 2, "efficiency")
 
 

@@ -4,7 +4,9 @@ Prints one JSON object per measurement on stdout, like every other part of
 the benchmark:  {"workload": ..., "side": "dask", "value": ..., "unit": ...}
 
   python dask_peer.py overhead TASKS         per-task cost of client.map on 2 workers
-  python dask_peer.py spin WORKERS TASKS MS  wall time of TASKS CPU-bound tasks of ~MS ms
+  python dask_peer.py calibrate MS           loop steps of `spin` that take ~MS ms here
+  python dask_peer.py spin WORKERS TASKS STEPS
+                                             wall time of TASKS CPU-bound tasks of STEPS steps
 
 The cluster is started before the clock starts: only the tasks are timed.
 """
@@ -57,9 +59,12 @@ def main():
             dt = time.perf_counter() - t
             assert len(results) == tasks
         emit("overhead", dt / tasks * 1e6, "us/shard")
+    elif what == "calibrate":
+        emit("spin/steps", calibrate(float(sys.argv[2])), "steps")
     elif what == "spin":
-        workers, tasks, ms = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
-        steps = calibrate(ms)
+        # The steps come from one `calibrate` for both worker counts: calibrating
+        # per run would compare different amounts of work.
+        workers, tasks, steps = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
         with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
             client.gather(client.map(noop, range(10), key=[f"warm-{i}" for i in range(10)]))
             t = time.perf_counter()
