@@ -7,7 +7,7 @@
 //! | `run.json`             | orchestrator | overwrite                 |
 //! | `component.wasm`       | orchestrator | overwrite                 |
 //! | `shards.json`          | orchestrator | create-if-absent          |
-//! | `claims/<shard>/<attempt>` | workers  | create-if-absent          |
+//! | `claims/<shard>/<attempt>` | workers  | create-if-absent (none in `memory://`) |
 //! | `heartbeats/<process>` | workers      | overwrite                 |
 //! | `parts/<shard>.csv`    | workers      | create-if-absent (1 only) |
 //! | `failed/<shard>`       | workers      | overwrite                 |
@@ -44,9 +44,13 @@ impl Location {
     /// Whether the store is on this machine (a directory or memory), so its
     /// operations need no async runtime.
     pub fn is_local(&self) -> bool {
-        !self.display.contains("://")
-            || self.display.starts_with("file://")
-            || self.display.starts_with("memory://")
+        !self.display.contains("://") || self.display.starts_with("file://") || self.is_memory()
+    }
+
+    /// Whether the store lives in this process's memory, so that no other
+    /// process can see it.
+    pub fn is_memory(&self) -> bool {
+        self.display.starts_with("memory://")
     }
 
     /// Parse a local path, `file://…`, `s3://bucket/key` or `memory://`.
@@ -129,7 +133,11 @@ impl Location {
         Location {
             store: self.store.clone(),
             path,
-            display: format!("{}/{rel}", self.display.trim_end_matches('/')),
+            display: match self.display.strip_suffix("://") {
+                // `memory://` + `runs/x` is `memory://runs/x`.
+                Some(_) => format!("{}{rel}", self.display),
+                None => format!("{}/{rel}", self.display.trim_end_matches('/')),
+            },
         }
     }
 }
@@ -234,20 +242,71 @@ impl RunStore {
             .with_context(|| format!("cannot read `{path}`"))
     }
 
+    /// Whether an object exists.
+    pub async fn exists(&self, rel: &str) -> Result<bool> {
+        let path = self.path(rel);
+        match self.root.store.head(&path).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e).with_context(|| format!("cannot read `{path}`")),
+        }
+    }
+
     /// The names directly or indirectly below `rel/`, relative to it.
     pub async fn list(&self, rel: &str) -> Result<Vec<String>> {
         let prefix = self.path(rel);
-        let metas: Vec<_> = self
-            .root
+        let strip = format!("{prefix}/");
+        self.root
             .store
             .list(Some(&prefix))
+            .try_filter_map(|m| {
+                let name = m.location.as_ref().strip_prefix(&strip).map(str::to_owned);
+                std::future::ready(Ok(name))
+            })
             .try_collect()
             .await
-            .with_context(|| format!("cannot list `{prefix}`"))?;
-        let strip = format!("{prefix}/");
-        Ok(metas
-            .into_iter()
-            .filter_map(|m| m.location.as_ref().strip_prefix(&strip).map(str::to_owned))
-            .collect())
+            .with_context(|| format!("cannot list `{prefix}`"))
+    }
+
+    /// How many objects are below `rel/`, without keeping their names.
+    pub async fn count(&self, rel: &str) -> Result<usize> {
+        let prefix = self.path(rel);
+        self.root
+            .store
+            .list(Some(&prefix))
+            .try_fold(0, |n, _| std::future::ready(Ok(n + 1)))
+            .await
+            .with_context(|| format!("cannot list `{prefix}`"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_folder_keeps_the_kind_of_its_store() {
+        let memory = RunStore::new(&Location::parse("memory://").unwrap(), None, "r1");
+        assert_eq!(memory.root.display, "memory://runs/r1");
+        assert!(memory.root.is_memory() && memory.root.is_local());
+        let tenant = RunStore::new(&Location::parse("/tmp/store/").unwrap(), Some("t"), "r1");
+        assert_eq!(tenant.root.display, "/tmp/store/tenants/t/runs/r1");
+        assert!(!tenant.root.is_memory() && tenant.root.is_local());
+    }
+
+    #[tokio::test]
+    async fn count_and_exists_see_what_list_sees() {
+        let store = RunStore::new(&Location::parse("memory://").unwrap(), None, "r1");
+        for i in 0..3 {
+            store
+                .put(&format!("parts/{}.csv", shard_name(i)), "a\n1\n")
+                .await
+                .unwrap();
+        }
+        store.put("partsx/other", "x").await.unwrap();
+        assert_eq!(store.list("parts").await.unwrap().len(), 3);
+        assert_eq!(store.count("parts").await.unwrap(), 3);
+        assert!(store.exists("parts/00000002.csv").await.unwrap());
+        assert!(!store.exists("parts/00000003.csv").await.unwrap());
     }
 }

@@ -148,6 +148,8 @@ impl PartBuilder {
         let _ = header.write_record(&self.columns);
         let mut out = header.into_inner().unwrap_or_default();
         out.extend_from_slice(&body);
+        // Parts wait in the store until the merge: no spare capacity.
+        out.shrink_to_fit();
         out
     }
 }

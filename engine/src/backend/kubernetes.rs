@@ -465,7 +465,7 @@ impl KubePool {
             }
         }
 
-        let done = self.store.list("parts").await?.len();
+        let done = self.store.count("parts").await?;
         let first = self.minimum.min(self.shards.saturating_sub(done)).max(1);
         for _ in 0..first {
             self.create_pod().await?;

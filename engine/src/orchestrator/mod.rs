@@ -173,6 +173,15 @@ pub fn prepare(runtime: &Runtime, opts: &RunOptions) -> Result<Prepared, InputEr
                 .into());
         }
     };
+    if store.starts_with("memory://") && config.cluster.backend != Backend::Local {
+        return Err(source
+            .error_at(
+                source.key_offset(&["cluster", "store"]),
+                "`cluster.store`: a `memory://` store lives inside one process; only `backend = \"local\"` can use it. \
+                 Give a directory or an `s3://bucket/prefix` that every worker can reach",
+            )
+            .into());
+    }
     let workers = config.cluster.workers;
     Ok(Prepared {
         config,
@@ -296,10 +305,10 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
         }
     };
     let n = shards.len();
-    let resumed = store.list("parts").await?.len();
+    let resumed = store.count("parts").await?;
     let failed_before = match resumed {
         0 => 0,
-        _ => store.list("failed").await?.len(),
+        _ => store.count("failed").await?,
     };
     if resumed > 0 {
         eprintln!("resuming run {run_id}: {resumed} of {n} shards already finished");
@@ -435,23 +444,20 @@ async fn watch(
                 before_done + f.done.load(Ordering::Relaxed),
                 before_failed + f.failed.load(Ordering::Relaxed),
             ),
-            None => (
-                store.list("parts").await?.len(),
-                store.list("failed").await?.len(),
-            ),
+            None => (store.count("parts").await?, store.count("failed").await?),
         };
         progress.update(done as u64, failed as u64);
         if done >= n {
             if before_done > 0 {
                 // A resumed run: count failures exactly, once.
-                return Ok(store.list("failed").await?.len());
+                return store.count("failed").await;
             }
             return Ok(failed);
         }
         if let Some(e) = pool.all_stopped().await? {
-            let done = store.list("parts").await?.len();
+            let done = store.count("parts").await?;
             if done >= n {
-                return Ok(store.list("failed").await?.len());
+                return store.count("failed").await;
             }
             bail!(
                 "every worker stopped with {} of {n} shards unfinished: {e}",
@@ -459,7 +465,7 @@ async fn watch(
             );
         }
         // Listing an in-memory store is cheap; a directory or a bucket less so.
-        let every = match (&finished, store.root.display.starts_with("memory://")) {
+        let every = match (&finished, store.root.is_memory()) {
             (Some(_), _) => 250,
             (None, true) => 50,
             (None, false) => 400,

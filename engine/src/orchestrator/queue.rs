@@ -8,12 +8,22 @@
 //!   one part survives whoever runs a shard twice.
 //!
 //! Only create-if-absent and overwrite are used: every object store has them.
+//!
+//! The workers of one process share one cursor over the shards, so they do not
+//! race each other for first claims. In a memory store (one process, its own
+//! threads) no claims are written at all.
 
 use crate::store::{RunStore, shard_name};
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Near the end of a run, when at most this many shards are unfinished, a
+/// waiting worker looks at those shards alone instead of listing the run.
+const FEW_OPEN: usize = 256;
 
 /// What a claim object says.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -57,8 +67,11 @@ pub struct Queue {
     process: String,
     worker: String,
     lease: Duration,
-    /// Next never-claimed shard to try (the fast path).
-    cursor: usize,
+    /// Next never-claimed shard to try (the fast path), shared by the
+    /// workers of one process so that they do not race for the same shards.
+    cursor: Arc<AtomicUsize>,
+    /// Once the fast path is done: the shards not yet seen finished.
+    open: Option<Vec<usize>>,
 }
 
 impl Queue {
@@ -68,6 +81,7 @@ impl Queue {
         process: &str,
         worker: &str,
         lease: Duration,
+        cursor: Arc<AtomicUsize>,
     ) -> Queue {
         Queue {
             store,
@@ -75,7 +89,8 @@ impl Queue {
             process: process.into(),
             worker: worker.into(),
             lease,
-            cursor: 0,
+            cursor,
+            open: None,
         }
     }
 
@@ -90,24 +105,54 @@ impl Queue {
 
     /// Claim the next shard to run.
     pub async fn next(&mut self) -> Result<Next> {
-        // Fast path: walk the shards once, creating first claims.
-        while self.cursor < self.shards {
-            let i = self.cursor;
-            self.cursor += 1;
-            if self
-                .store
-                .create(&format!("claims/{}/0", shard_name(i)), self.record())
-                .await?
+        // Fast path: walk the shards once, creating first claims. A memory
+        // store is seen by this process alone, whose workers share the
+        // cursor: a claim there would guard against no one (and would cost
+        // hundreds of bytes a shard), so none is written.
+        let private = self.store.root.is_memory();
+        while self.cursor.load(Ordering::Relaxed) < self.shards {
+            let i = self.cursor.fetch_add(1, Ordering::Relaxed);
+            if i >= self.shards {
+                break;
+            }
+            if private
+                || self
+                    .store
+                    .create(&format!("claims/{}/0", shard_name(i)), self.record())
+                    .await?
             {
                 return Ok(Next::Run(i, 0));
             }
         }
-        // Slow path: find shards whose claim died with its process.
-        let state = QueueState::read(&self.store, self.lease).await?;
-        if state.done.len() >= self.shards {
+        if private {
+            // Every shard is claimed by a live thread of this process.
             return Ok(Next::Done);
         }
-        for (i, attempt) in state.orphaned(self.shards) {
+        // Slow path: find shards whose claim died with its process. Parts
+        // are never removed, so once the unfinished shards are known (one
+        // listing of the parts) only they need looking at again.
+        let open = match self.open.take() {
+            Some(open) => open,
+            None => {
+                let done: HashSet<usize> = QueueState::list_done(&self.store).await?;
+                (0..self.shards).filter(|i| !done.contains(i)).collect()
+            }
+        };
+        let state = match open.len() {
+            0 => return Ok(Next::Done),
+            n if n <= FEW_OPEN => QueueState::read_shards(&self.store, self.lease, &open).await?,
+            _ => QueueState::read(&self.store, self.lease).await?,
+        };
+        let open: Vec<usize> = open
+            .into_iter()
+            .filter(|i| !state.done.contains(i))
+            .collect();
+        if open.is_empty() {
+            return Ok(Next::Done);
+        }
+        let orphaned = state.orphaned(&open);
+        self.open = Some(open);
+        for (i, attempt) in orphaned {
             let rel = format!("claims/{}/{}", shard_name(i), attempt + 1);
             if self.store.create(&rel, self.record()).await? {
                 tracing::info!(
@@ -156,13 +201,12 @@ pub struct QueueState {
 }
 
 impl QueueState {
+    /// The whole run: every part, failure and claim is listed.
     pub async fn read(store: &RunStore, lease: Duration) -> Result<QueueState> {
-        let mut s = QueueState::default();
-        for name in store.list("parts").await? {
-            if let Some(i) = name.strip_suffix(".csv").and_then(|n| n.parse().ok()) {
-                s.done.insert(i);
-            }
-        }
+        let mut s = QueueState {
+            done: QueueState::list_done(store).await?,
+            ..Default::default()
+        };
         for name in store.list("failed").await? {
             if let Ok(i) = name.parse() {
                 s.failed.insert(i);
@@ -175,10 +219,54 @@ impl QueueState {
             let (Ok(i), Ok(a)) = (i.parse::<usize>(), a.parse::<u32>()) else {
                 continue;
             };
-            s.attempts += 1;
-            let e = s.claims.entry(i).or_insert((a, None));
-            e.0 = e.0.max(a);
+            s.add_claim(i, a);
         }
+        s.read_holders(store, lease).await?;
+        Ok(s)
+    }
+
+    /// The shards with a part.
+    async fn list_done(store: &RunStore) -> Result<HashSet<usize>> {
+        Ok(store
+            .list("parts")
+            .await?
+            .iter()
+            .filter_map(|name| name.strip_suffix(".csv")?.parse().ok())
+            .collect())
+    }
+
+    /// Only the given shards: whether each has a part, and the claims of
+    /// those without one, in a few requests a shard. `failed` is left empty.
+    pub async fn read_shards(
+        store: &RunStore,
+        lease: Duration,
+        shards: &[usize],
+    ) -> Result<QueueState> {
+        let mut s = QueueState::default();
+        for &i in shards {
+            let name = shard_name(i);
+            if store.exists(&format!("parts/{name}.csv")).await? {
+                s.done.insert(i);
+                continue;
+            }
+            for a in store.list(&format!("claims/{name}")).await? {
+                if let Ok(a) = a.parse() {
+                    s.add_claim(i, a);
+                }
+            }
+        }
+        s.read_holders(store, lease).await?;
+        Ok(s)
+    }
+
+    fn add_claim(&mut self, i: usize, attempt: u32) {
+        self.attempts += 1;
+        let e = self.claims.entry(i).or_insert((attempt, None));
+        e.0 = e.0.max(attempt);
+    }
+
+    /// Which processes are alive, and who holds the claims of unfinished shards.
+    async fn read_holders(&mut self, store: &RunStore, lease: Duration) -> Result<()> {
         let now = now_ms();
         for name in store.list("heartbeats").await? {
             let Some(bytes) = store.get(&format!("heartbeats/{name}")).await? else {
@@ -187,14 +275,14 @@ impl QueueState {
             if let Ok(hb) = serde_json::from_slice::<Heartbeat>(&bytes)
                 && now.saturating_sub(hb.at_ms) < lease.as_millis() as u64
             {
-                s.alive.insert(name);
+                self.alive.insert(name);
             }
         }
         // Who holds the claims of unfinished shards.
-        let open: Vec<(usize, u32)> = s
+        let open: Vec<(usize, u32)> = self
             .claims
             .iter()
-            .filter(|(i, _)| !s.done.contains(i))
+            .filter(|(i, _)| !self.done.contains(i))
             .map(|(i, (a, _))| (*i, *a))
             .collect();
         for (i, a) in open {
@@ -203,18 +291,20 @@ impl QueueState {
                 .get(&rel)
                 .await?
                 .and_then(|b| serde_json::from_slice::<ClaimRecord>(&b).ok());
-            if let Some(e) = s.claims.get_mut(&i) {
+            if let Some(e) = self.claims.get_mut(&i) {
                 e.1 = record;
             }
         }
-        Ok(s)
+        Ok(())
     }
 
-    /// Unfinished shards whose claim is held by no live process, with the
-    /// attempt number of that claim. Unclaimed shards count as attempt -1 in
-    /// spirit: they are left to the fast path.
-    pub fn orphaned(&self, shards: usize) -> Vec<(usize, u32)> {
-        let mut v: Vec<(usize, u32)> = (0..shards)
+    /// Of the given shards, the unfinished ones whose claim is held by no
+    /// live process, with the attempt number of that claim. Unclaimed shards
+    /// count as attempt -1 in spirit: they are left to the fast path.
+    pub fn orphaned(&self, shards: &[usize]) -> Vec<(usize, u32)> {
+        let mut v: Vec<(usize, u32)> = shards
+            .iter()
+            .copied()
             .filter(|i| !self.done.contains(i))
             .filter_map(|i| {
                 let (a, rec) = self.claims.get(&i)?;
@@ -239,5 +329,87 @@ impl QueueState {
                         .is_some_and(|r| self.alive.contains(&r.process))
             })
             .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Location;
+
+    /// A directory store with shards 0..6: 0 and 1 finished, 2 claimed by a
+    /// live process, 3 by a dead one (attempts 0 and 1), 4 and 5 unclaimed.
+    async fn queue_store(dir: &std::path::Path) -> RunStore {
+        let store = RunStore::new(&Location::parse(dir.to_str().unwrap()).unwrap(), None, "r");
+        let claim = |process: &str| {
+            serde_json::to_vec(&ClaimRecord {
+                process: process.into(),
+                worker: format!("{process}/0"),
+                at_ms: now_ms(),
+            })
+            .unwrap()
+        };
+        for i in 0..2 {
+            store
+                .create(&format!("claims/{}/0", shard_name(i)), claim("live"))
+                .await
+                .unwrap();
+            store
+                .create(&format!("parts/{}.csv", shard_name(i)), "a\n1\n")
+                .await
+                .unwrap();
+        }
+        store
+            .create("claims/00000002/0", claim("live"))
+            .await
+            .unwrap();
+        store
+            .create("claims/00000003/0", claim("dead"))
+            .await
+            .unwrap();
+        store
+            .create("claims/00000003/1", claim("dead"))
+            .await
+            .unwrap();
+        beat(&store, "live", 1).await.unwrap();
+        store
+    }
+
+    #[tokio::test]
+    async fn a_read_of_the_open_shards_agrees_with_a_full_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = queue_store(dir.path()).await;
+        let lease = Duration::from_secs(60);
+        let all: Vec<usize> = (0..6).collect();
+        let full = QueueState::read(&store, lease).await.unwrap();
+        let some = QueueState::read_shards(&store, lease, &all).await.unwrap();
+        for s in [&full, &some] {
+            assert_eq!(s.done, HashSet::from([0, 1]));
+            assert_eq!(s.orphaned(&all), vec![(3, 1)]);
+            assert_eq!(s.running(), 1);
+        }
+        // Only a full read sees the claims of finished shards.
+        assert_eq!((full.attempts, some.attempts), (5, 3));
+    }
+
+    #[tokio::test]
+    async fn a_waiting_worker_takes_over_a_dead_claim_then_waits_then_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = queue_store(dir.path()).await;
+        let cursor = Arc::new(AtomicUsize::new(6)); // the fast path is over
+        let lease = Duration::from_secs(60);
+        let mut queue = Queue::new(store.clone(), 6, "me", "me/0", lease, cursor);
+        beat(&store, "me", 0).await.unwrap();
+        assert_eq!(queue.next().await.unwrap(), Next::Run(3, 2));
+        // 2 is held by a live process, 3 now by this one, 4 and 5 are left
+        // to the fast path of whoever claims them.
+        assert_eq!(queue.next().await.unwrap(), Next::Wait);
+        for i in 2..6 {
+            store
+                .create(&format!("parts/{}.csv", shard_name(i)), "a\n1\n")
+                .await
+                .unwrap();
+        }
+        assert_eq!(queue.next().await.unwrap(), Next::Done);
     }
 }

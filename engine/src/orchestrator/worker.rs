@@ -29,6 +29,8 @@ pub struct WorkerCtx {
     pub busy: Arc<AtomicUsize>,
     /// Parts this process stored.
     pub finished: Arc<Finished>,
+    /// The next shard this process's workers have not tried to claim.
+    pub cursor: Arc<AtomicUsize>,
     pub handle: tokio::runtime::Handle,
 }
 
@@ -66,6 +68,7 @@ pub fn work(ctx: &WorkerCtx) -> Result<u64> {
         &ctx.process,
         &ctx.worker_id,
         lease,
+        ctx.cursor.clone(),
     );
     let args = serde_json::Value::Object(ctx.spec.args.clone()).to_string();
     // Near the end of a run, idle workers ask again this often (the slow path
