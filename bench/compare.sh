@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmark: builds the engine (release) and the bench guests, sets up a
+# The benchmark: builds the engine (dev profile unless BENCH_PROFILE) and the bench guests, sets up a
 # Python venv with the peers (Dask; DeepEcho 0.8.1 with PyTorch), runs every
 # workload on both sides in alternation and prints one table.
 #   bench/compare.sh                          everything (~30 min; see BENCHMARKS.md)
