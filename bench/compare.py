@@ -343,9 +343,11 @@ def table():
         elif workload.endswith("-rss"):
             r = statistics.median(sides["engine"])
             target = ("met" if r <= 300 else "MISSED") + " (<= 300 MB)"
-        elif workload == "processes" and {"processes", "threads+memory"} <= sides.keys():
-            r = statistics.median(sides["processes"]) / statistics.median(sides["threads+memory"])
-            ratio = f"{r:.2f}x procs/threads"
+        elif workload == "processes" and {"processes", "threads+dir", "threads+memory"} <= sides.keys():
+            procs = statistics.median(sides["processes"])
+            dirs = statistics.median(sides["threads+dir"])
+            memory = statistics.median(sides["threads+memory"])
+            ratio = f"procs {procs / dirs:.2f}x threads+dir, {procs / memory:.0f}x threads+memory"
         for side, values in sides.items():
             med, lo, hi, n = describe(values)
             lines.append(
