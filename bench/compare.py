@@ -7,7 +7,7 @@ target/bench/measurements.jsonl, so a table can be re-derived later.
 Environment:
   BENCH_RUNS     runs per side of the cheap workloads (default 5)
   BENCH_QUICK=1  smaller sizes and one run of the slow ones (a smoke test, not for BENCHMARKS.md)
-  BENCH_ONLY     comma-separated workload groups: overhead,parallel,kernels,start,scale,processes,deepecho
+  BENCH_ONLY     comma-separated workload groups: overhead,micro,parallel,kernels,start,scale,processes,deepecho
   BENCH_EPOCHS   PARModel epochs to compare with PyTorch (default 128,1024; 1024 takes ~8 min)
   BENCH_PROFILE  the engine's cargo profile: dev (default: the binary the demo and the tests
                  build, dependencies at opt-level 3, the engine crate at 1) or release (thin LTO,
@@ -163,6 +163,23 @@ def calibrate_spin(ms):
         if per > 0.02:
             return int(work * ms / 1000 / per)
         work *= 4
+
+
+def micro():
+    """1b. Criterion micro-benchmarks of one shard's parts (bench/micro): the call, the part, the merge."""
+    results = TARGET / "criterion"
+    shutil.rmtree(results, ignore_errors=True)
+    subprocess.run(
+        ["cargo", "bench", "--quiet", "--profile", PROFILE, "-p", "micro", "--bench", "shard"],
+        cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
+        env=dict(os.environ, BENCH_PLUGIN=str(PLUGINS / "bench.wasm")),
+    )
+    for found in sorted(results.glob("**/new/benchmark.json")):
+        name = json.loads(found.read_text())["full_id"]
+        estimates = json.loads((found.parent / "estimates.json").read_text())
+        # What criterion prints as `time`: the slope of its linear sampling.
+        best = estimates.get("slope") or estimates["mean"]
+        record(f"micro/{name}", "engine", best["point_estimate"] / 1e3, "us")
 
 
 def parallel():
@@ -361,7 +378,7 @@ def main():
     WORK.mkdir(parents=True, exist_ok=True)
     (WORK / "measurements.jsonl").unlink(missing_ok=True)
     PLUGINS.mkdir(parents=True, exist_ok=True)
-    groups = [overhead, parallel, kernels, start, scale, processes, deepecho]
+    groups = [overhead, micro, parallel, kernels, start, scale, processes, deepecho]
     started = time.time()
     for group in groups:
         if wanted(group.__name__):
