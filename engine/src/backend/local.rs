@@ -2,7 +2,6 @@
 //! heartbeat. `engine run` uses it directly; `engine worker` uses it too.
 
 use crate::orchestrator::RunSpec;
-use crate::orchestrator::queue::beat;
 use crate::orchestrator::worker::{Finished, WorkerCtx, spawn_heartbeat, work};
 use crate::runtime::{Plugin, Runtime, Shard};
 use crate::store::RunStore;
@@ -36,10 +35,7 @@ impl LocalPool {
         let cursor = Arc::new(AtomicUsize::new(0));
         let handle = tokio::runtime::Handle::current();
         let lease = Duration::from_millis(spec.lease_ms);
-        // The first beat lands before the first claim: a claim whose process
-        // has never beaten looks dead to other processes and is re-offered.
-        tokio::task::block_in_place(|| handle.block_on(beat(store, process, 0)))?;
-        let heartbeat = spawn_heartbeat(store.clone(), process.to_owned(), busy.clone(), lease);
+        let heartbeat = spawn_heartbeat(store.clone(), process.to_owned(), busy.clone(), lease)?;
         let threads = (0..n)
             .map(|i| {
                 let ctx = WorkerCtx {

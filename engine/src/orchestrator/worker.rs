@@ -165,21 +165,26 @@ fn shard_seed(seed: u64, index: u64) -> u64 {
 }
 
 /// Keep this process's heartbeat fresh until the returned handle is aborted.
+/// The first beat is written before this returns, so it lands before the
+/// first claim: a claim whose process has never beaten looks dead to other
+/// processes and is re-offered.
 pub fn spawn_heartbeat(
     store: RunStore,
     process: String,
     busy: Arc<AtomicUsize>,
     lease: Duration,
-) -> tokio::task::JoinHandle<()> {
+) -> Result<tokio::task::JoinHandle<()>> {
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::block_in_place(|| handle.block_on(beat(&store, &process, 0)))?;
     let every = (lease / 4).max(Duration::from_millis(20));
-    tokio::spawn(async move {
+    Ok(tokio::spawn(async move {
         loop {
+            tokio::time::sleep(every).await;
             if let Err(e) = beat(&store, &process, busy.load(Ordering::Relaxed)).await {
                 tracing::warn!("heartbeat failed (will retry): {e:#}");
             }
-            tokio::time::sleep(every).await;
         }
-    })
+    }))
 }
 
 /// What `engine worker` was asked to do.
