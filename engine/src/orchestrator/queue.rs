@@ -349,28 +349,18 @@ mod tests {
             })
             .unwrap()
         };
-        for i in 0..2 {
-            store
-                .create(&format!("claims/{}/0", shard_name(i)), claim("live"))
-                .await
-                .unwrap();
-            store
-                .create(&format!("parts/{}.csv", shard_name(i)), "a\n1\n")
-                .await
-                .unwrap();
+        let objects = [
+            ("claims/00000000/0", claim("live")),
+            ("parts/00000000.csv", b"a\n1\n".to_vec()),
+            ("claims/00000001/0", claim("live")),
+            ("parts/00000001.csv", b"a\n1\n".to_vec()),
+            ("claims/00000002/0", claim("live")),
+            ("claims/00000003/0", claim("dead")),
+            ("claims/00000003/1", claim("dead")),
+        ];
+        for (rel, bytes) in objects {
+            assert!(store.create(rel, bytes).await.unwrap(), "{rel}");
         }
-        store
-            .create("claims/00000002/0", claim("live"))
-            .await
-            .unwrap();
-        store
-            .create("claims/00000003/0", claim("dead"))
-            .await
-            .unwrap();
-        store
-            .create("claims/00000003/1", claim("dead"))
-            .await
-            .unwrap();
         beat(&store, "live", 1).await.unwrap();
         store
     }
