@@ -4,6 +4,7 @@ use crate::orchestrator::progress::ProgressMode;
 use crate::orchestrator::{self, RunOptions};
 use crate::plugins::{self, SearchPath};
 use crate::runtime::Runtime;
+use crate::text::{escape_controls, one_line, truncate};
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -224,7 +225,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             );
             if summary {
                 match results_summary(&s.output).await {
-                    Ok(text) => eprint!("\n{text}"),
+                    Ok(text) => eprint!("\n{}", escape_controls(&text)),
                     Err(e) => tracing::warn!("no summary: cannot read `{}` back: {e:#}", s.output),
                 }
             }
@@ -333,7 +334,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let data = crate::report::load(&results)?;
             let report = crate::report::analyse(&data, &results.display().to_string(), &metrics)?;
             use std::io::Write;
-            write!(std::io::stdout(), "{}", crate::report::render_text(&report))?;
+            write!(
+                std::io::stdout(),
+                "{}",
+                escape_controls(&crate::report::render_text(&report))
+            )?;
             if let Some(html) = html {
                 std::fs::write(&html, crate::report::render_html(&report)).map_err(|e| {
                     anyhow::anyhow!("cannot write the report `{}`: {e}", html.display())
@@ -365,7 +370,7 @@ async fn status(run: &str, store_url: &str, tenant: Option<&str>) -> Result<Exit
     let state = QueueState::read(&store, std::time::Duration::from_millis(spec.lease_ms)).await?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "run        {run}")?;
-    writeln!(out, "function   {}", spec.function)?;
+    writeln!(out, "function   {}", one_line(&spec.function))?;
     writeln!(out, "shards     {}", spec.shards)?;
     writeln!(
         out,
@@ -382,7 +387,7 @@ async fn status(run: &str, store_url: &str, tenant: Option<&str>) -> Result<Exit
     )?;
     writeln!(out, "attempts   {}", state.attempts)?;
     let mut alive: Vec<_> = state.alive.iter().collect();
-    alive.sort();
+    alive.sort_by(|a, b| a.0.cmp(b.0));
     writeln!(
         out,
         "workers    {} alive{}",
@@ -394,7 +399,7 @@ async fn status(run: &str, store_url: &str, tenant: Option<&str>) -> Result<Exit
                 ": {}",
                 alive
                     .iter()
-                    .map(|s| s.as_str())
+                    .map(|(s, _)| one_line(s))
                     .collect::<Vec<_>>()
                     .join(", ")
             )
@@ -427,27 +432,17 @@ fn print_functions(
             Ok(functions) if !json => {
                 for f in functions {
                     any = true;
-                    writeln!(out, "{}  ({})", f.name, path.display())?;
-                    for line in f.doc.lines() {
-                        writeln!(out, "    {line}")?;
-                    }
-                    let width = f.params.iter().map(|p| p.name.len()).max().unwrap_or(0);
-                    let twidth = f.params.iter().map(|p| p.ty.len()).max().unwrap_or(0);
-                    for p in &f.params {
-                        let default = match &p.default {
-                            Some(d) => format!("default {d}"),
-                            None => "required".into(),
-                        };
-                        writeln!(out, "    {:width$}  {:twidth$}  {default}", p.name, p.ty)?;
-                        for line in p.doc.lines() {
-                            writeln!(out, "    {:width$}    {line}", "")?;
-                        }
-                    }
-                    writeln!(out)?;
+                    let mut text = Vec::new();
+                    write_function(&mut text, f, path)?;
+                    out.write_all(escape_controls(&String::from_utf8_lossy(&text)).as_bytes())?;
                 }
             }
             Ok(_) => any = true,
-            Err(e) => eprintln!("warning: skipped `{}`: {e:#}", path.display()),
+            Err(e) => eprintln!(
+                "warning: skipped `{}`: {}",
+                path.display(),
+                escape_controls(&format!("{e:#}"))
+            ),
         }
     }
     if !any {
@@ -460,6 +455,31 @@ fn print_functions(
         eprintln!("hint: build the plugins with `scripts/demo`, or pass `--plugins DIR`");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One function of `engine functions`: name, doc, parameters.
+fn write_function(
+    out: &mut impl std::io::Write,
+    f: &crate::runtime::FunctionInfo,
+    path: &std::path::Path,
+) -> std::io::Result<()> {
+    writeln!(out, "{}  ({})", f.name, path.display())?;
+    for line in f.doc.lines() {
+        writeln!(out, "    {line}")?;
+    }
+    let width = f.params.iter().map(|p| p.name.len()).max().unwrap_or(0);
+    let twidth = f.params.iter().map(|p| p.ty.len()).max().unwrap_or(0);
+    for p in &f.params {
+        let default = match &p.default {
+            Some(d) => format!("default {d}"),
+            None => "required".into(),
+        };
+        writeln!(out, "    {:width$}  {:twidth$}  {default}", p.name, p.ty)?;
+        for line in p.doc.lines() {
+            writeln!(out, "    {:width$}    {line}", "")?;
+        }
+    }
+    writeln!(out)
 }
 
 /// The whole program: parse arguments, set up logging, run, report errors.
@@ -504,9 +524,11 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            // Messages may quote guest text: cut long ones, no control characters.
+            let safe = |t: String| escape_controls(&truncate(&t, 16 << 10)).into_owned();
+            eprintln!("error: {}", safe(e.to_string()));
             for cause in e.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
+                eprintln!("  caused by: {}", safe(cause.to_string()));
             }
             if e.downcast_ref::<crate::InputError>().is_some() {
                 ExitCode::from(2)

@@ -236,6 +236,10 @@ pub struct Limits {
     pub log_size: u64,
     /// Most shards one call may plan.
     pub max_shards: usize,
+    /// Side-output files one shard may write.
+    pub outputs: u64,
+    /// Distinct columns one shard's rows may use.
+    pub columns: u64,
 }
 
 impl Default for Limits {
@@ -247,6 +251,8 @@ impl Default for Limits {
             output_size: 256 << 20,
             log_size: 1 << 20,
             max_shards: 1_000_000,
+            outputs: 1000,
+            columns: 1000,
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod runtime;
 pub mod scaffold;
 pub mod store;
 pub mod table;
+pub mod text;
 
 /// The version of the WIT contract (`engine:plugin`) this engine speaks.
 pub const WIT_VERSION: &str = "0.1.0";

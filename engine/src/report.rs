@@ -9,6 +9,7 @@
 
 use crate::InputError;
 use anyhow::Result;
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -130,16 +131,26 @@ fn mean(v: &[f64]) -> Option<f64> {
     (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
 }
 
-fn first_seen(data: &Data, col: usize) -> Vec<String> {
+/// The distinct values of a column in first-seen order, and each row's
+/// index into them: linear in the rows, however many distinct values.
+fn first_seen(data: &Data, col: usize) -> (Vec<String>, Vec<usize>) {
     let mut seen: Vec<String> = Vec::new();
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    let mut of_row = Vec::with_capacity(data.rows.len());
     for r in 0..data.rows.len() {
         let c = data.cell(r, col);
-        if !seen.iter().any(|s| s == c) {
+        let i = *index.entry(c).or_insert_with(|| {
             seen.push(c.to_owned());
-        }
+            seen.len() - 1
+        });
+        of_row.push(i);
     }
-    seen
+    (seen, of_row)
 }
+
+/// Most model × dataset cells a chart is drawn for; past it the chart of
+/// pairs is left out (the leaderboards are complete).
+const CHART_CELLS_MAX: usize = 100_000;
 
 /// Work out the columns and compute the leaderboards.
 pub fn analyse(data: &Data, source: &str, metrics: &[String]) -> Result<Report, InputError> {
@@ -202,25 +213,14 @@ pub fn analyse(data: &Data, source: &str, metrics: &[String]) -> Result<Report, 
         cols
     };
 
-    let entities = first_seen(data, entity_col);
-    let datasets = match dataset_col {
+    let (entities, entity_rows) = first_seen(data, entity_col);
+    let (datasets, dataset_rows) = match dataset_col {
         Some(c) => first_seen(data, c),
-        None => vec![String::new()],
+        None => (vec![String::new()], vec![0; data.rows.len()]),
     };
-    let entity_of = |r: usize| {
-        entities
-            .iter()
-            .position(|e| e == data.cell(r, entity_col))
-            .unwrap_or(0)
-    };
-    let dataset_of = |r: usize| {
-        dataset_col.map_or(0, |c| {
-            datasets
-                .iter()
-                .position(|d| d == data.cell(r, c))
-                .unwrap_or(0)
-        })
-    };
+    let entity_of = |r: usize| entity_rows[r];
+    let dataset_of = |r: usize| dataset_rows[r];
+    let chart = entities.len().saturating_mul(datasets.len()) <= CHART_CELLS_MAX;
     let failed_row = |r: usize| error_col.is_some_and(|c| !data.cell(r, c).is_empty());
 
     let mut out_metrics = Vec::new();
@@ -232,13 +232,15 @@ pub fn analyse(data: &Data, source: &str, metrics: &[String]) -> Result<Report, 
         let mut per_entity: Vec<Vec<f64>> = vec![Vec::new(); entities.len()];
         let mut times: Vec<Vec<f64>> = vec![Vec::new(); entities.len()];
         let mut failed = vec![0usize; entities.len()];
-        let mut pairs: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); datasets.len()]; entities.len()];
+        // (sum, count) per model × dataset pair that has values.
+        let mut pairs: HashMap<(usize, usize), (f64, usize)> = HashMap::new();
         for r in 0..data.rows.len() {
             let e = entity_of(r);
             match data.number(r, mc).filter(|_| !failed_row(r)) {
                 Some(v) => {
                     per_entity[e].push(v);
-                    pairs[e][dataset_of(r)].push(v);
+                    let p = pairs.entry((e, dataset_of(r))).or_default();
+                    *p = (p.0 + v, p.1 + 1);
                     if let Some(t) = time_column.and_then(|tc| data.number(r, tc)) {
                         times[e].push(t);
                     }
@@ -274,10 +276,17 @@ pub fn analyse(data: &Data, source: &str, metrics: &[String]) -> Result<Report, 
             (None, Some(_)) => std::cmp::Ordering::Greater,
             (None, None) => std::cmp::Ordering::Equal,
         });
-        let values = pairs
-            .iter()
-            .map(|ds| ds.iter().map(|v| mean(v)).collect())
-            .collect();
+        let values = if chart {
+            (0..entities.len())
+                .map(|e| {
+                    (0..datasets.len())
+                        .map(|d| pairs.get(&(e, d)).map(|(sum, n)| sum / *n as f64))
+                        .collect()
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         out_metrics.push(Metric {
             name,
             time_column: time_column.map(|c| data.header[c].clone()),

@@ -235,6 +235,9 @@ impl RunStore {
             .await
             .with_context(|| format!("cannot read `{path}`"))?;
         let end = meta.size.min(len);
+        if end == 0 {
+            return Ok(Bytes::new());
+        }
         self.root
             .store
             .get_range(&path, 0..end)

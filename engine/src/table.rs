@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::io::Write;
 
 /// The column every output has: empty on success, `kind: message` on failure.
 pub const ERROR_COLUMN: &str = "error";
@@ -41,6 +42,8 @@ pub enum RowError {
     Malformed { row: u64, why: String },
     #[error("the shard's output exceeds `limits.output_size` ({limit} bytes)")]
     TooLarge { limit: u64 },
+    #[error("the shard's rows use more than `limits.columns` ({limit}) columns")]
+    TooManyColumns { limit: usize },
 }
 
 /// Builds one shard's part as rows arrive.
@@ -49,18 +52,26 @@ pub struct PartBuilder {
     index: HashMap<String, usize>,
     body: csv::Writer<Vec<u8>>,
     rows: u64,
-    /// Bytes of cell text so far (the CSV writer buffers, so count ourselves).
+    /// Bytes of cell text and column names so far (the CSV writer buffers,
+    /// so count ourselves).
     bytes: u64,
     limit: u64,
+    max_columns: usize,
+    /// Whether the engine's own columns are refused (a guest's rows).
+    guest: bool,
     scratch: Vec<String>,
 }
 
-/// Most columns one row may have; guards the host against absurd rows.
-const MAX_COLUMNS: usize = 10_000;
+/// Columns the engine writes itself; a guest may not use their names.
+pub const RESERVED_COLUMNS: &[&str] = &[ERROR_COLUMN];
+
+/// Longest column name, in bytes.
+pub const COLUMN_NAME_MAX: usize = 256;
 
 impl PartBuilder {
-    /// A part that may grow to `limit` bytes.
-    pub fn new(limit: u64) -> Self {
+    /// A part for a guest's rows: at most `limit` bytes and `max_columns`
+    /// columns, none of them reserved.
+    pub fn new(limit: u64, max_columns: u64) -> Self {
         PartBuilder {
             columns: Vec::new(),
             index: HashMap::new(),
@@ -70,7 +81,17 @@ impl PartBuilder {
             rows: 0,
             bytes: 0,
             limit,
+            max_columns: usize::try_from(max_columns).unwrap_or(usize::MAX),
+            guest: true,
             scratch: Vec::new(),
+        }
+    }
+
+    /// A part the engine writes (an error row): no limits.
+    fn engine() -> Self {
+        PartBuilder {
+            guest: false,
+            ..PartBuilder::new(u64::MAX, u64::MAX)
         }
     }
 
@@ -97,12 +118,25 @@ impl PartBuilder {
             let i = match self.index.get(name) {
                 Some(&i) => i,
                 None => {
-                    if self.columns.len() >= MAX_COLUMNS {
-                        return Err(RowError::Malformed {
-                            row: n,
-                            why: format!("more than {MAX_COLUMNS} columns"),
+                    let malformed = |why: String| Err(RowError::Malformed { row: n, why });
+                    if self.guest && RESERVED_COLUMNS.contains(&name) {
+                        return malformed(format!(
+                            "the column name `{name}` is reserved for the engine (it says why a shard failed); \
+                             rename the column"
+                        ));
+                    }
+                    if name.len() > COLUMN_NAME_MAX {
+                        return malformed(format!(
+                            "a column name of {} bytes; at most {COLUMN_NAME_MAX}",
+                            name.len()
+                        ));
+                    }
+                    if self.columns.len() >= self.max_columns {
+                        return Err(RowError::TooManyColumns {
+                            limit: self.max_columns,
                         });
                     }
+                    self.bytes += name.len() as u64 + 1;
                     self.columns.push(name.to_owned());
                     self.index.insert(name.to_owned(), self.columns.len() - 1);
                     seen.push(false);
@@ -140,8 +174,13 @@ impl PartBuilder {
         Ok(())
     }
 
-    /// The finished part: header line, then the rows.
+    /// The finished part: header line, then the rows; nothing at all for a
+    /// shard that wrote no row (an empty header would read as one column
+    /// named ``).
     pub fn finish(self) -> Vec<u8> {
+        if self.columns.is_empty() {
+            return Vec::new();
+        }
         let body = self.body.into_inner().unwrap_or_default();
         let mut header = csv::Writer::from_writer(Vec::with_capacity(body.len() + 64));
         // Writing to a Vec cannot fail.
@@ -156,7 +195,7 @@ impl PartBuilder {
 
 /// The part of a failed shard: its key cells and the error.
 pub fn error_part(key: &[(String, Cell)], error: &str) -> Vec<u8> {
-    let mut part = PartBuilder::new(u64::MAX);
+    let mut part = PartBuilder::engine();
     let error = Cell::Text(error.to_owned());
     let cells = key
         .iter()
@@ -175,7 +214,7 @@ pub fn merged_columns<'a>(headers: impl IntoIterator<Item = &'a [String]>) -> Ve
     let mut columns: Vec<String> = Vec::new();
     for header in headers {
         for c in header {
-            if c != ERROR_COLUMN && seen.insert(c.clone()) {
+            if c != ERROR_COLUMN && !c.is_empty() && seen.insert(c.clone()) {
                 columns.push(c.clone());
             }
         }
@@ -215,16 +254,21 @@ pub fn parse_header(bytes: &[u8]) -> Result<Vec<String>, csv::Error> {
     Ok(record.iter().map(str::to_owned).collect())
 }
 
-/// Copy a part's rows to the end of `out`, placed under the merged `columns`;
-/// the number of rows.
-pub fn append_part(part: &[u8], columns: &[String], out: &mut Vec<u8>) -> Result<u64, csv::Error> {
-    match append_plain(part, columns, out) {
+/// Write a part's rows to `out`, placed under the merged `columns`; the
+/// number of rows. Rows are written as they are padded: memory does not grow
+/// with how much padding a narrow part needs under a wide table.
+pub fn append_part(
+    part: &[u8],
+    columns: &[String],
+    out: &mut impl Write,
+) -> Result<u64, csv::Error> {
+    match append_plain(part, columns, out)? {
         Some(n) => Ok(n),
         None => append_parsed(part, columns, out),
     }
 }
 
-fn append_parsed(part: &[u8], columns: &[String], out: &mut Vec<u8>) -> Result<u64, csv::Error> {
+fn append_parsed(part: &[u8], columns: &[String], out: &mut impl Write) -> Result<u64, csv::Error> {
     let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(part);
     let header = reader.headers()?.clone();
     let source: HashMap<&str, usize> = header.iter().enumerate().map(|(i, h)| (h, i)).collect();
@@ -235,7 +279,7 @@ fn append_parsed(part: &[u8], columns: &[String], out: &mut Vec<u8>) -> Result<u
         .collect();
     let mut writer = csv::WriterBuilder::new()
         .has_headers(false)
-        .from_writer(&mut *out);
+        .from_writer(out);
     let mut record = csv::ByteRecord::new();
     let mut n = 0;
     while reader.read_byte_record(&mut record)? {
@@ -251,19 +295,44 @@ fn append_parsed(part: &[u8], columns: &[String], out: &mut Vec<u8>) -> Result<u
 
 /// `append_part` without a CSV parser, for what the host itself writes: a
 /// plain header that begins `columns`, and records in the subset of CSV the
-/// `csv` writer produces (a field is quoted as a whole, `""` inside). Each
-/// record is copied as it is and padded with empty fields. Anything else
-/// (`None`, nothing written) takes the parser.
-fn append_plain(part: &[u8], columns: &[String], out: &mut Vec<u8>) -> Option<u64> {
-    let (header, body) = plain_header(part)?;
-    if header.len() > columns.len() || header.iter().zip(columns).any(|(h, c)| *h != c.as_bytes()) {
-        return None;
-    }
-    let start = out.len();
-    let give_up = |out: &mut Vec<u8>| {
-        out.truncate(start);
-        None
+/// `csv` writer produces (a field is quoted as a whole, `""` inside). The
+/// part is checked first; then each record is copied as it is and padded
+/// with empty fields. Anything else (`Ok(None)`, nothing written) takes
+/// the parser.
+fn append_plain(
+    part: &[u8],
+    columns: &[String],
+    out: &mut impl Write,
+) -> std::io::Result<Option<u64>> {
+    let Some((header, body)) = plain_header(part) else {
+        return Ok(None);
     };
+    if header.len() > columns.len() || header.iter().zip(columns).any(|(h, c)| *h != c.as_bytes()) {
+        return Ok(None);
+    }
+    let Some(n) = plain_records(body, header.len(), |_, _| Ok(()))? else {
+        return Ok(None);
+    };
+    if header.len() == columns.len() {
+        out.write_all(body)?;
+    } else {
+        let padding = vec![b','; columns.len()];
+        plain_records(body, header.len(), |record, fields| {
+            out.write_all(record)?;
+            out.write_all(&padding[..columns.len() - fields])?;
+            out.write_all(b"\n")
+        })?;
+    }
+    Ok(Some(n))
+}
+
+/// Walk the records of a plain part body, each without its newline and with
+/// its number of fields; `None` if the body is not plain.
+fn plain_records(
+    body: &[u8],
+    max_fields: usize,
+    mut each: impl FnMut(&[u8], usize) -> std::io::Result<()>,
+) -> std::io::Result<Option<u64>> {
     let (mut i, mut record, mut fields, mut n) = (0, 0, 1, 0);
     let mut field_start = true;
     while i < body.len() {
@@ -273,7 +342,7 @@ fn append_plain(part: &[u8], columns: &[String], out: &mut Vec<u8>) -> Option<u6
                 i += 1;
                 loop {
                     match (body.get(i), body.get(i + 1)) {
-                        (None, _) => return give_up(out),
+                        (None, _) => return Ok(None),
                         (Some(b'"'), Some(b'"')) => i += 2,
                         (Some(b'"'), _) => break,
                         _ => i += 1,
@@ -281,23 +350,21 @@ fn append_plain(part: &[u8], columns: &[String], out: &mut Vec<u8>) -> Option<u6
                 }
                 i += 1;
                 if !matches!(body.get(i), Some(b',' | b'\n')) {
-                    return give_up(out);
+                    return Ok(None);
                 }
                 field_start = false;
                 continue;
             }
-            b'"' | b'\r' => return give_up(out),
+            b'"' | b'\r' => return Ok(None),
             b',' => {
                 fields += 1;
                 field_start = true;
             }
             b'\n' => {
-                if i == record || fields > header.len() {
-                    return give_up(out);
+                if i == record || fields > max_fields {
+                    return Ok(None);
                 }
-                out.extend_from_slice(&body[record..i]);
-                out.extend(std::iter::repeat_n(b',', columns.len() - fields));
-                out.push(b'\n');
+                each(&body[record..i], fields)?;
                 n += 1;
                 record = i + 1;
                 fields = 1;
@@ -308,9 +375,9 @@ fn append_plain(part: &[u8], columns: &[String], out: &mut Vec<u8>) -> Option<u6
         i += 1;
     }
     if record != body.len() {
-        return give_up(out);
+        return Ok(None);
     }
-    Some(n)
+    Ok(Some(n))
 }
 
 #[cfg(test)]
@@ -319,7 +386,7 @@ mod tests {
 
     #[test]
     fn columns_grow_and_merge() {
-        let mut a = PartBuilder::new(1 << 20);
+        let mut a = PartBuilder::new(1 << 20, 100);
         a.push([("x", &Cell::Int(1))]).unwrap();
         a.push([("y", &Cell::Float(2.0)), ("x", &Cell::Int(2))])
             .unwrap();
@@ -330,6 +397,14 @@ mod tests {
         let hb = parse_header(&b).unwrap();
         let cols = merged_columns([ha.as_slice(), hb.as_slice()]);
         assert_eq!(cols, ["x", "y", "error"]);
+        // A shard without rows has an empty part, which adds no column.
+        let none = PartBuilder::new(1 << 20, 10).finish();
+        assert!(none.is_empty());
+        assert_eq!(
+            merged_columns([parse_header(&none).unwrap().as_slice(), ha.as_slice()]),
+            cols
+        );
+        assert_eq!(append_part(&none, &cols, &mut Vec::new()).unwrap(), 0);
         let mut out = b"x,y,error\n".to_vec();
         append_part(&a, &cols, &mut out).unwrap();
         append_part(&b, &cols, &mut out).unwrap();
@@ -362,7 +437,7 @@ mod tests {
         ];
         for part in parts {
             let mut plain = Vec::new();
-            let fast = append_plain(part, &cols, &mut plain);
+            let fast = append_plain(part, &cols, &mut plain).unwrap();
             let mut parsed = Vec::new();
             append_parsed(part, &cols, &mut parsed).unwrap();
             match fast {
@@ -379,20 +454,37 @@ mod tests {
         // Which of them took the plain path.
         let took: Vec<bool> = parts
             .iter()
-            .map(|p| append_plain(p, &cols, &mut Vec::new()).is_some())
+            .map(|p| append_plain(p, &cols, &mut Vec::new()).unwrap().is_some())
             .collect();
         assert_eq!(took, [true, true, true, false, false, false, false]);
     }
 
     #[test]
     fn refuses_duplicate_columns_and_oversize() {
-        let mut p = PartBuilder::new(10);
+        let mut p = PartBuilder::new(10, 2);
         let err = p
             .push([("a", &Cell::Int(1)), ("a", &Cell::Int(2))])
             .unwrap_err();
         assert!(err.to_string().contains("`a` appears twice"), "{err}");
         let big = Cell::Text("x".repeat(20));
         assert_eq!(p.push([("a", &big)]), Err(RowError::TooLarge { limit: 10 }));
+        let mut p = PartBuilder::new(1 << 20, 2);
+        let err = p.push([(ERROR_COLUMN, &Cell::Int(1))]).unwrap_err();
+        assert!(err.to_string().contains("reserved"), "{err}");
+        let long = "c".repeat(COLUMN_NAME_MAX + 1);
+        assert!(p.push([(long.as_str(), &Cell::Int(1))]).is_err());
+        p.push([("a", &Cell::Int(1)), ("b", &Cell::Int(1))])
+            .unwrap();
+        assert_eq!(
+            p.push([("c", &Cell::Int(1))]),
+            Err(RowError::TooManyColumns { limit: 2 })
+        );
+        // Column names count against the size.
+        let mut p = PartBuilder::new(8, 100);
+        assert_eq!(
+            p.push([("abcdefgh", &Cell::Null)]),
+            Err(RowError::TooLarge { limit: 8 })
+        );
     }
 }
 
@@ -421,7 +513,7 @@ mod fuzz {
             let cols: Vec<String> = ["a", "b", "c", "error"].map(String::from).to_vec();
             let part = format!("a,b\n{body}");
             let mut plain = Vec::new();
-            if append_plain(part.as_bytes(), &cols, &mut plain).is_some() {
+            if append_plain(part.as_bytes(), &cols, &mut plain).unwrap().is_some() {
                 let mut parsed = Vec::new();
                 append_parsed(part.as_bytes(), &cols, &mut parsed).unwrap();
                 prop_assert_eq!(tests::records(&plain), tests::records(&parsed));
@@ -433,7 +525,7 @@ mod fuzz {
         /// Rows of arbitrary cells round-trip through a part and the merge.
         #[test]
         fn rows_survive_the_merge(rows in proptest::collection::vec(proptest::collection::vec(("[a-c]", ".{0,6}"), 1..4), 1..6)) {
-            let mut part = PartBuilder::new(u64::MAX);
+            let mut part = PartBuilder::new(u64::MAX, u64::MAX);
             let mut expected = Vec::new();
             for row in &rows {
                 let mut seen = std::collections::HashSet::new();

@@ -26,6 +26,8 @@ fn sandbox() -> Sandbox {
         timeout: Duration::from_secs(60),
         output_size: 64 << 20,
         log_size: 1 << 20,
+        outputs: 1000,
+        columns: 1000,
         data_dir: None,
         seed: 0,
     }
@@ -68,7 +70,7 @@ fn shard_call(c: &mut Criterion) {
 
 /// A part of `n` rows shaped like `bench.rows` writes them.
 fn part(n: i64) -> Vec<u8> {
-    let mut part = PartBuilder::new(u64::MAX);
+    let mut part = PartBuilder::new(u64::MAX, u64::MAX);
     for r in 0..n {
         let cells = [
             ("shard", Cell::Int(7)),

@@ -1,15 +1,19 @@
 //! Worker threads in this process, sharing one wasmtime engine and one
 //! heartbeat. `engine run` uses it directly; `engine worker` uses it too.
 
-use crate::orchestrator::RunSpec;
-use crate::orchestrator::worker::{Finished, WorkerCtx, spawn_heartbeat, work};
-use crate::runtime::{Plugin, Runtime, Shard};
-use crate::store::RunStore;
+use crate::orchestrator::queue::ActiveClaims;
+use crate::orchestrator::worker::{
+    Finished, LoadedRun, WorkerCtx, spawn_heartbeat, stuck_after, work,
+};
 use anyhow::{Result, anyhow};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
+
+/// A worker thread's stack: guest code runs on wasmtime's own stacks, but
+/// the host's side of a call (the store client, the CSV writer) runs here.
+const THREAD_STACK: usize = 8 << 20;
 
 pub struct LocalPool {
     threads: Vec<JoinHandle<Result<u64>>>,
@@ -20,40 +24,48 @@ pub struct LocalPool {
 }
 
 impl LocalPool {
-    pub fn start(
-        n: usize,
-        runtime: &Arc<Runtime>,
-        plugin: &Arc<Plugin>,
-        spec: &Arc<RunSpec>,
-        shards: &Arc<Vec<Shard>>,
-        store: &RunStore,
-        process: &str,
-    ) -> Result<LocalPool> {
+    pub fn start(n: usize, run: &LoadedRun, process: &str) -> Result<LocalPool> {
+        let runtime = &run.runtime;
+        if n as u64 + 2 > u64::from(runtime.slots()) {
+            anyhow::bail!(
+                "{n} worker threads need {} sandboxes, but the engine was sized for {}",
+                n + 2,
+                runtime.slots()
+            );
+        }
         let stop = Arc::new(AtomicBool::new(false));
-        let busy = Arc::new(AtomicUsize::new(0));
+        let active = Arc::new(ActiveClaims::default());
         let finished = Arc::new(Finished::default());
         let cursor = Arc::new(AtomicUsize::new(0));
         let handle = tokio::runtime::Handle::current();
-        let lease = Duration::from_millis(spec.lease_ms);
-        let heartbeat = spawn_heartbeat(store.clone(), process.to_owned(), busy.clone(), lease)?;
+        let lease = Duration::from_millis(run.spec.lease_ms);
+        let heartbeat = spawn_heartbeat(
+            run.store.clone(),
+            process.to_owned(),
+            active.clone(),
+            lease,
+            stuck_after(&run.spec.limits),
+        )?;
         let threads = (0..n)
             .map(|i| {
                 let ctx = WorkerCtx {
-                    runtime: runtime.clone(),
-                    plugin: plugin.clone(),
-                    spec: spec.clone(),
-                    shards: shards.clone(),
-                    store: store.clone(),
+                    runtime: run.runtime.clone(),
+                    plugin: run.plugin.clone(),
+                    spec: run.spec.clone(),
+                    shards: run.shards.clone(),
+                    store: run.store.clone(),
+                    data_dir: run.data_dir.clone(),
                     process: process.to_owned(),
                     worker_id: format!("{process}/{i}"),
                     stop: stop.clone(),
-                    busy: busy.clone(),
+                    active: active.clone(),
                     finished: finished.clone(),
                     cursor: cursor.clone(),
                     handle: handle.clone(),
                 };
                 std::thread::Builder::new()
                     .name(format!("worker-{i}"))
+                    .stack_size(THREAD_STACK)
                     .spawn(move || work(&ctx))
             })
             .collect::<std::io::Result<Vec<_>>>()?;

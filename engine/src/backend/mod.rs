@@ -24,12 +24,14 @@ impl Workers {
         n: usize,
         store: &str,
         spec: &RunSpec,
+        data_dir: Option<&std::path::Path>,
         credentials: Option<&(String, String)>,
     ) -> Result<Workers> {
         Ok(Workers::Processes(processes::ProcessPool::start(
             n,
             store,
             spec,
+            data_dir,
             credentials,
         )?))
     }

@@ -1,16 +1,31 @@
 //! `engine worker` processes on this machine, coordinating through the store
-//! exactly as pods do. A worker that dies is restarted (a few times), and its
-//! shards are re-offered once its lease expires.
+//! exactly as pods do. A worker that dies is restarted, and its shards are
+//! re-offered once its lease expires; one that keeps dying soon after it
+//! starts (it cannot start at all) is given up after a few tries.
 
 use crate::orchestrator::RunSpec;
 use anyhow::{Context, Result};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Quick deaths in a row after which a worker slot is not restarted.
+const QUICK_DEATHS_MAX: u32 = 3;
+/// A worker that lived this long did work: its slot's count starts over.
+const QUICK: Duration = Duration::from_secs(10);
+
+struct Slot {
+    child: Option<Child>,
+    started: Instant,
+    quick_deaths: u32,
+    /// Starts so far, for unique process names.
+    starts: u32,
+}
 
 pub struct ProcessPool {
     command: Vec<String>,
     env: Vec<(String, String)>,
-    children: Vec<Option<Child>>,
-    restarts_left: usize,
+    slots: Vec<Slot>,
     exits: Vec<String>,
 }
 
@@ -19,6 +34,7 @@ impl ProcessPool {
         n: usize,
         store: &str,
         spec: &RunSpec,
+        data_dir: Option<&Path>,
         credentials: Option<&(String, String)>,
     ) -> Result<ProcessPool> {
         let exe = match std::env::var_os("ENGINE_WORKER_EXE") {
@@ -37,6 +53,9 @@ impl ProcessPool {
         if let Some(t) = &spec.tenant {
             command.extend(["--tenant".into(), t.clone()]);
         }
+        if let Some(d) = data_dir {
+            command.extend(["--data".into(), d.display().to_string()]);
+        }
         let env = credentials
             .map(|(k, s)| {
                 vec![
@@ -48,24 +67,25 @@ impl ProcessPool {
         let mut pool = ProcessPool {
             command,
             env,
-            children: Vec::new(),
-            restarts_left: 3 * n,
+            slots: Vec::new(),
             exits: Vec::new(),
         };
         for i in 0..n {
-            let child = pool.spawn(i)?;
-            pool.children.push(Some(child));
+            let child = pool.spawn(i, 0)?;
+            pool.slots.push(Slot {
+                child: Some(child),
+                started: Instant::now(),
+                quick_deaths: 0,
+                starts: 1,
+            });
         }
         Ok(pool)
     }
 
-    fn spawn(&self, i: usize) -> Result<Child> {
+    fn spawn(&self, i: usize, start: u32) -> Result<Child> {
         let mut cmd = Command::new(&self.command[0]);
         cmd.args(&self.command[1..])
-            .args([
-                "--id",
-                &format!("{}-proc-{i}-{}", std::process::id(), self.restarts_left),
-            ])
+            .args(["--id", &format!("{}-proc-{i}-{start}", std::process::id())])
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
         if std::env::var_os("RUST_LOG").is_none() {
@@ -89,28 +109,38 @@ impl ProcessPool {
 
     /// Restart workers that died while work remains; `Some` when none is left.
     pub fn all_stopped(&mut self) -> Option<String> {
-        for i in 0..self.children.len() {
-            let Some(child) = &mut self.children[i] else {
+        for i in 0..self.slots.len() {
+            let Some(child) = &mut self.slots[i].child else {
                 continue;
             };
             let Ok(Some(status)) = child.try_wait() else {
                 continue;
             };
-            self.children[i] = None;
+            let slot = &mut self.slots[i];
+            slot.child = None;
             if status.success() {
                 continue;
             }
             self.exits.push(format!("worker {i} exited with {status}"));
-            if self.restarts_left > 0 {
-                self.restarts_left -= 1;
+            if slot.started.elapsed() >= QUICK {
+                slot.quick_deaths = 0;
+            }
+            slot.quick_deaths += 1;
+            if slot.quick_deaths <= QUICK_DEATHS_MAX {
                 tracing::warn!("worker {i} exited with {status}; restarting it");
-                match self.spawn(i) {
-                    Ok(c) => self.children[i] = Some(c),
+                let start = slot.starts;
+                match self.spawn(i, start) {
+                    Ok(c) => {
+                        let slot = &mut self.slots[i];
+                        slot.child = Some(c);
+                        slot.started = Instant::now();
+                        slot.starts += 1;
+                    }
                     Err(e) => self.exits.push(format!("{e:#}")),
                 }
             }
         }
-        if self.children.iter().any(Option::is_some) {
+        if self.slots.iter().any(|s| s.child.is_some()) {
             return None;
         }
         Some(
@@ -122,19 +152,19 @@ impl ProcessPool {
     }
 
     pub fn kill(&mut self) {
-        for child in self.children.iter_mut().flatten() {
+        for child in self.slots.iter_mut().filter_map(|s| s.child.as_mut()) {
             let _ = child.kill();
             let _ = child.wait();
         }
-        self.children.clear();
+        self.slots.clear();
     }
 
     /// Wait for the workers, which exit once every shard has a part.
     pub fn join(mut self) -> Result<()> {
-        for child in self.children.iter_mut().flatten() {
+        for child in self.slots.iter_mut().filter_map(|s| s.child.as_mut()) {
             child.wait()?;
         }
-        self.children.clear();
+        self.slots.clear();
         Ok(())
     }
 }

@@ -2,8 +2,9 @@
 //! streaming: one part in memory at a time, the output uploaded in chunks and
 //! made visible only when complete.
 
+use crate::runtime::Shard;
 use crate::store::{Location, RunStore, shard_name};
-use crate::table::{append_part, merged_columns, parse_header};
+use crate::table::{Cell, append_part, merged_columns, parse_header};
 use anyhow::{Context, Result};
 use futures::{StreamExt, TryStreamExt};
 use object_store::buffered::BufWriter;
@@ -30,12 +31,37 @@ pub async fn merge(store: &RunStore, shards: usize, output: &Location) -> Result
         }
     }
     let columns = merged_columns(headers.iter().map(Vec::as_slice));
+    // Rows are padded to every column of the table, which can make the
+    // output far larger than the parts: it is written as it is made, from a
+    // thread of its own that waits for the store's writes.
+    let handle = tokio::runtime::Handle::current();
+    let (store, output) = (store.clone(), output.clone());
+    tokio::task::spawn_blocking(move || write_merged(&handle, &store, shards, &output, &columns))
+        .await
+        .context("the merge stopped")?
+}
 
-    let mut sink = BufWriter::new(output.store.clone(), output.path.clone());
+fn write_merged(
+    handle: &tokio::runtime::Handle,
+    store: &RunStore,
+    shards: usize,
+    output: &Location,
+    columns: &[String],
+) -> Result<u64> {
     let write_err = || format!("cannot write `{}`", output.display);
-    let mut header = csv::Writer::from_writer(Vec::new());
-    header.write_record(&columns)?;
-    let mut chunk = header.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut sink = ChunkedSink {
+        handle,
+        // Uploads of 8 MiB (S3 wants at least 5 MiB a part), two in flight:
+        // what the output holds in memory at once, whatever its size.
+        inner: BufWriter::with_capacity(output.store.clone(), output.path.clone(), 8 << 20)
+            .with_max_concurrency(2),
+        chunk: Vec::with_capacity(CHUNK),
+    };
+    {
+        let mut header = csv::Writer::from_writer(&mut sink);
+        header.write_record(columns).with_context(write_err)?;
+        header.flush().with_context(write_err)?;
+    }
     let mut rows = 0;
     let mut parts = futures::stream::iter(0..shards)
         .map(|i| async move {
@@ -46,16 +72,48 @@ pub async fn merge(store: &RunStore, shards: usize, output: &Location) -> Result
                 .with_context(|| format!("part `{rel}` is missing"))
         })
         .buffered(4);
-    while let Some(part) = parts.next().await {
-        rows += append_part(&part?, &columns, &mut chunk)?;
-        if chunk.len() >= CHUNK {
-            sink.write_all(&chunk).await.with_context(write_err)?;
-            chunk.clear();
-        }
+    while let Some(part) = handle.block_on(parts.next()) {
+        rows += append_part(&part?, columns, &mut sink).with_context(write_err)?;
     }
-    sink.write_all(&chunk).await.with_context(write_err)?;
-    sink.shutdown().await.with_context(write_err)?;
+    sink.finish().with_context(write_err)?;
     Ok(rows)
+}
+
+/// The output as a `std::io::Write`: bytes gather in a chunk, and a full
+/// chunk goes to the store before more is accepted.
+struct ChunkedSink<'a> {
+    handle: &'a tokio::runtime::Handle,
+    inner: BufWriter,
+    chunk: Vec<u8>,
+}
+
+impl ChunkedSink<'_> {
+    fn send(&mut self) -> std::io::Result<()> {
+        if !self.chunk.is_empty() {
+            self.handle.block_on(self.inner.write_all(&self.chunk))?;
+            self.chunk.clear();
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> std::io::Result<()> {
+        self.send()?;
+        self.handle.block_on(self.inner.shutdown())
+    }
+}
+
+impl std::io::Write for ChunkedSink<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.chunk.extend_from_slice(buf);
+        if self.chunk.len() >= CHUNK {
+            self.send()?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 async fn read_header(store: &RunStore, i: usize) -> Result<Vec<String>> {
@@ -67,9 +125,14 @@ async fn read_header(store: &RunStore, i: usize) -> Result<Vec<String>> {
     parse_header(&probe).with_context(|| format!("part `{rel}` has no readable header"))
 }
 
-/// Copy the shards' side outputs beside the output: `results.csv` and a side
-/// output `samples/a.csv` give `results.samples/a.csv`.
-pub async fn copy_side_outputs(store: &RunStore, output: &Location) -> Result<usize> {
+/// Copy the shards' side outputs beside the output, one folder per shard:
+/// `results.csv` and shard 3 (key `model=PAR`) writing `samples/a.csv` give
+/// `results.outputs/00000003-model=PAR/samples/a.csv`.
+pub async fn copy_side_outputs(
+    store: &RunStore,
+    shards: &[Shard],
+    output: &Location,
+) -> Result<usize> {
     let names = store.list("outputs").await?;
     let stem = output
         .path
@@ -79,14 +142,22 @@ pub async fn copy_side_outputs(store: &RunStore, output: &Location) -> Result<us
         .to_owned();
     for rel in &names {
         // `<shard>/<name>`
-        let Some((_, name)) = rel.split_once('/') else {
+        let Some((index, name)) = rel.split_once('/') else {
             continue;
         };
+        let key = index
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| shards.get(i))
+            .map(|s| &s.key[..]);
         let bytes = store
             .get(&format!("outputs/{rel}"))
             .await?
             .unwrap_or_default();
-        let dest = object_store::path::Path::from(format!("{stem}.{name}"));
+        let dest = object_store::path::Path::from(format!(
+            "{stem}.outputs/{}/{name}",
+            shard_folder(index, key.unwrap_or_default())
+        ));
         output
             .store
             .put(&dest, bytes.into())
@@ -94,4 +165,29 @@ pub async fn copy_side_outputs(store: &RunStore, output: &Location) -> Result<us
             .with_context(|| format!("cannot write side output `{dest}`"))?;
     }
     Ok(names.len())
+}
+
+/// `<index>-<key>`: the index keeps it unique, the key cells make it
+/// readable (`00000003-model=PAR,dataset=Libras`), cut and made file-safe.
+pub fn shard_folder(index: &str, key: &[(String, Cell)]) -> String {
+    let key: String = key
+        .iter()
+        .map(|(k, v)| format!("{k}={}", v.to_text()))
+        .collect::<Vec<_>>()
+        .join(",")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._=,-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(80)
+        .collect();
+    if key.is_empty() {
+        index.to_owned()
+    } else {
+        format!("{index}-{key}")
+    }
 }

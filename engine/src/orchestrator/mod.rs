@@ -11,7 +11,7 @@ use crate::InputError;
 use crate::backend::Workers;
 use crate::config::{self, Backend, Config, Limits, Source};
 use crate::plugins::{self, SearchPath};
-use crate::runtime::{Plugin, Runtime, Sandbox, Shard};
+use crate::runtime::{Plugin, Runtime, Shard};
 use crate::store::{Location, RunStore};
 use anyhow::{Context, Result, bail};
 use progress::{Progress, ProgressMode};
@@ -69,6 +69,64 @@ pub struct RunSpec {
     pub shards: usize,
     /// Claims whose process has not beaten for this long are re-offered.
     pub lease_ms: u64,
+    /// sha256 of `shards.json`, so a worker can tell it was not changed.
+    #[serde(default)]
+    pub shards_sha256: Option<String>,
+}
+
+impl RunSpec {
+    /// Refuse a spec that does not hash to the run id it is stored under:
+    /// the store was changed by something other than the engine.
+    pub fn check_id(&self, run_id: &str) -> Result<()> {
+        let id = identity(
+            &self.function,
+            &self.args,
+            &self.component_sha256,
+            self.data_dir.as_deref(),
+            self.seed,
+            self.tenant.as_deref(),
+            &self.limits,
+        );
+        if id != run_id || self.run_id != run_id {
+            bail!(
+                "the stored `run.json` of run `{run_id}` does not hash to its id (it hashes to `{id}`): \
+                 the store was modified; delete the run's folder and run again"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Read `shards.json` and check it against the spec's hash.
+pub async fn read_shards(store: &RunStore, spec: &RunSpec) -> Result<Vec<Shard>> {
+    let bytes = store
+        .get("shards.json")
+        .await?
+        .with_context(|| format!("run `{}` has no `shards.json`", spec.run_id))?;
+    if let Some(expected) = &spec.shards_sha256
+        && hex::encode(Sha256::digest(&bytes)) != *expected
+    {
+        bail!(
+            "the stored `shards.json` of run `{}` does not match the sha256 in its `run.json`: \
+             the store was modified; delete the run's folder and run again",
+            spec.run_id
+        );
+    }
+    let shards: Vec<Shard> = serde_json::from_slice(&bytes).with_context(|| {
+        format!(
+            "the stored `shards.json` of run `{}` is not a shard list",
+            spec.run_id
+        )
+    })?;
+    if shards.len() != spec.shards {
+        bail!(
+            "the stored `shards.json` of run `{}` has {} shards, its `run.json` says {}",
+            spec.run_id,
+            shards.len(),
+            spec.shards
+        );
+    }
+    Ok(shards)
 }
 
 /// A validated run, ready to plan.
@@ -183,6 +241,27 @@ pub fn prepare(runtime: &Runtime, opts: &RunOptions) -> Result<Prepared, InputEr
             .into());
     }
     let workers = config.cluster.workers;
+    let max = crate::runtime::MAX_SLOTS as usize;
+    if config.cluster.backend == Backend::Local && workers.maximum > max {
+        let what = if opts.workers.is_some() {
+            InputError::msg(format!(
+                "`--workers {}`: at most {max} worker threads run in one process",
+                workers.maximum
+            ))
+        } else {
+            source
+                .error_at(
+                    source.key_offset(&["cluster", "workers"]),
+                    format!(
+                        "`cluster.workers`: at most {max} worker threads run in one process (asked for {}); \
+                         use `backend = \"processes\"` or `\"kubernetes\"` for more",
+                        workers.maximum
+                    ),
+                )
+                .into()
+        };
+        return Err(what);
+    }
     Ok(Prepared {
         config,
         plugin: resolved.plugin,
@@ -220,28 +299,41 @@ fn check_data_dir(
 /// The run's identity: the same function, arguments, component, data, seed,
 /// tenant and limits give the same id, so a rerun finds its earlier work.
 pub fn run_id(p: &Prepared) -> String {
+    identity(
+        &p.config.run.function,
+        &p.args,
+        &p.plugin.sha256,
+        p.data_dir.as_deref(),
+        p.config.run.seed,
+        p.config.run.tenant.as_deref(),
+        &p.config.limits,
+    )
+}
+
+fn identity(
+    function: &str,
+    args: &Map<String, Value>,
+    component: &str,
+    data: Option<&Path>,
+    seed: u64,
+    tenant: Option<&str>,
+    limits: &Limits,
+) -> String {
     let identity = serde_json::json!({
-        "function": p.config.run.function,
-        "args": p.args,
-        "component": p.plugin.sha256,
-        "data": p.data_dir,
-        "seed": p.config.run.seed,
-        "tenant": p.config.run.tenant,
-        "limits": p.config.limits,
+        "function": function,
+        "args": args,
+        "component": component,
+        "data": data,
+        "seed": seed,
+        "tenant": tenant,
+        "limits": limits,
     });
     hex::encode(&Sha256::digest(identity.to_string().as_bytes())[..8])
 }
 
 /// Plan the call in a sandbox with the run's limits.
 pub fn plan(runtime: &Runtime, p: &Prepared) -> Result<Vec<Shard>> {
-    let sandbox = Sandbox {
-        memory: p.config.limits.memory,
-        timeout: p.config.limits.timeout,
-        output_size: p.config.limits.output_size,
-        log_size: p.config.limits.log_size,
-        data_dir: p.data_dir.clone(),
-        seed: p.config.run.seed,
-    };
+    let sandbox = worker::sandbox(&p.config.limits, p.data_dir.as_deref(), p.config.run.seed);
     let args = Value::Object(p.args.clone()).to_string();
     let shards = runtime
         .plan(&p.plugin, &p.config.run.function, &args, &sandbox)
@@ -275,15 +367,16 @@ pub fn plan(runtime: &Runtime, p: &Prepared) -> Result<Vec<Shard>> {
 /// against a persistent store resumes: finished shards are not run again.
 pub async fn run(opts: RunOptions) -> Result<Summary> {
     let started = Instant::now();
-    let slots = opts.workers.unwrap_or(8).min(64) as u32;
-    let runtime = Arc::new(tokio::task::block_in_place(|| Runtime::new(slots))?);
+    let runtime = Arc::new(tokio::task::block_in_place(|| {
+        Runtime::new(threads_needed(&opts))
+    })?);
     let prepared = tokio::task::block_in_place(|| prepare(&runtime, &opts))?;
     let run_id = run_id(&prepared);
     let credentials = prepared.config.output.credentials();
     let base = Location::parse_with(&prepared.store, credentials.as_ref())?;
     let store = RunStore::new(&base, prepared.config.run.tenant.as_deref(), &run_id);
 
-    let (spec, shards) = match load_published(&store).await? {
+    let (spec, shards) = match load_published(&store, &run_id).await? {
         Some(published) => published,
         None => {
             let shards = tokio::task::block_in_place(|| plan(&runtime, &prepared))?;
@@ -299,8 +392,9 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
                 limits: prepared.config.limits.clone(),
                 shards: shards.len(),
                 lease_ms: prepared.config.cluster.lease.as_millis() as u64,
+                shards_sha256: None,
             };
-            publish(&store, &spec, &shards, &prepared.component_path).await?;
+            let spec = publish(&store, spec, &shards, &prepared.component_path).await?;
             (spec, shards)
         }
     };
@@ -321,19 +415,25 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
     let mut pool = match prepared.config.cluster.backend {
         Backend::Local => {
             let process = format!("{}-orchestrator", worker::default_process_name());
+            let run = worker::LoadedRun {
+                runtime: runtime.clone(),
+                plugin: prepared.plugin.clone(),
+                spec: spec.clone(),
+                shards: shards.clone(),
+                store: store.clone(),
+                data_dir: prepared.data_dir.clone(),
+            };
             Workers::Local(crate::backend::local::LocalPool::start(
-                workers,
-                &runtime,
-                &prepared.plugin,
-                &spec,
-                &shards,
-                &store,
-                &process,
+                workers, &run, &process,
             )?)
         }
-        Backend::Processes => {
-            Workers::processes(workers, &prepared.store, &spec, credentials.as_ref())?
-        }
+        Backend::Processes => Workers::processes(
+            workers,
+            &prepared.store,
+            &spec,
+            prepared.data_dir.as_deref(),
+            credentials.as_ref(),
+        )?,
         Backend::Kubernetes => {
             let run = crate::backend::kubernetes::KubeRun {
                 prepared: &prepared,
@@ -377,7 +477,7 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
         seconds = merging.elapsed().as_secs_f64(),
         "merged"
     );
-    merge::copy_side_outputs(&store, &output).await?;
+    merge::copy_side_outputs(&store, &shards, &output).await?;
     Ok(Summary {
         run_id,
         shards: n,
@@ -389,19 +489,29 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
     })
 }
 
+/// Sandboxes this process needs at once: the worker threads of a local run
+/// (`--workers`, else the config's maximum), else one for `plan`.
+fn threads_needed(opts: &RunOptions) -> u32 {
+    let from_config = || {
+        let (_, config) = config::load(&opts.config).ok()?;
+        (config.cluster.backend == Backend::Local).then_some(config.cluster.workers.maximum)
+    };
+    let n = opts.workers.or_else(from_config).unwrap_or(1);
+    // Past the cap `prepare` refuses the config with a located message.
+    u32::try_from(n)
+        .unwrap_or(u32::MAX)
+        .min(crate::runtime::MAX_SLOTS)
+}
+
 /// The run as published earlier (a resume), if it is in the store.
-async fn load_published(store: &RunStore) -> Result<Option<(RunSpec, Vec<Shard>)>> {
+async fn load_published(store: &RunStore, run_id: &str) -> Result<Option<(RunSpec, Vec<Shard>)>> {
     let Some(spec) = store.get("run.json").await? else {
         return Ok(None);
     };
     let spec: RunSpec =
         serde_json::from_slice(&spec).context("the stored `run.json` is not a run spec")?;
-    let shards = store
-        .get("shards.json")
-        .await?
-        .context("the stored run has no `shards.json`")?;
-    let shards: Vec<Shard> =
-        serde_json::from_slice(&shards).context("the stored `shards.json` is not a shard list")?;
+    spec.check_id(run_id)?;
+    let shards = read_shards(store, &spec).await?;
     Ok(Some((spec, shards)))
 }
 
@@ -409,21 +519,21 @@ async fn load_published(store: &RunStore) -> Result<Option<(RunSpec, Vec<Shard>)
 /// finds everything else.
 async fn publish(
     store: &RunStore,
-    spec: &RunSpec,
+    mut spec: RunSpec,
     shards: &[Shard],
     component: &Path,
-) -> Result<()> {
+) -> Result<RunSpec> {
     let bytes = tokio::fs::read(component)
         .await
         .with_context(|| format!("cannot read `{}`", component.display()))?;
     store.put("component.wasm", bytes).await?;
+    let shards = serde_json::to_vec(shards)?;
+    spec.shards_sha256 = Some(hex::encode(Sha256::digest(&shards)));
+    store.put("shards.json", shards).await?;
     store
-        .put("shards.json", serde_json::to_vec(shards)?)
+        .put("run.json", serde_json::to_vec_pretty(&spec)?)
         .await?;
-    store
-        .put("run.json", serde_json::to_vec_pretty(spec)?)
-        .await?;
-    Ok(())
+    Ok(spec)
 }
 
 /// Wait until every shard has a part; returns how many failed. Workers in

@@ -2,8 +2,14 @@
 //!
 //! - A shard is claimed by creating `claims/<shard>/<attempt>` if absent.
 //! - A process proves it is alive by rewriting `heartbeats/<process>` every
-//!   quarter lease. A claim whose process has not beaten for a lease is dead,
-//!   and the shard is claimed again with the next attempt number.
+//!   quarter lease, listing the claims it is still working on. A claim is dead
+//!   when its process has not beaten for a lease, or when a beat written after
+//!   the claim (both stamped by the same process's clock) no longer lists it:
+//!   the worker thread gave it up, or it has run far past its deadline. The
+//!   shard is then claimed again with the next attempt number.
+//! - A shard whose claim was lost [`LOST_MAX`] times (its worker process
+//!   killed each time, say by the OOM killer) is not run again: its part says
+//!   so (`crashed: …`).
 //! - A shard is finished by creating `parts/<shard>.csv` if absent, so exactly
 //!   one part survives whoever runs a shard twice.
 //!
@@ -25,6 +31,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// waiting worker looks at those shards alone instead of listing the run.
 const FEW_OPEN: usize = 256;
 
+/// Claims of one shard that may be lost before it gets an error row instead
+/// of another run.
+pub const LOST_MAX: u32 = 3;
+
 /// What a claim object says.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClaimRecord {
@@ -41,6 +51,85 @@ pub struct Heartbeat {
     /// Shards this process is running now (for `engine status`).
     #[serde(default)]
     pub busy: usize,
+    /// The claims (`<shard>/<attempt>`) it still works on; absent in beats
+    /// of older engines, whose claims hold as long as the process beats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claims: Option<Vec<String>>,
+}
+
+impl Heartbeat {
+    /// Whether this (fresh) beat backs the claim `record` of `shard/attempt`.
+    fn holds(&self, shard: usize, attempt: u32, record: &ClaimRecord) -> bool {
+        match &self.claims {
+            None => true,
+            // A beat from before the claim cannot list it yet.
+            Some(_) if record.at_ms >= self.at_ms => true,
+            Some(claims) => claims.contains(&claim_name(shard, attempt)),
+        }
+    }
+}
+
+/// `<shard>/<attempt>`, as claims are named under `claims/`.
+pub fn claim_name(shard: usize, attempt: u32) -> String {
+    format!("{}/{attempt}", shard_name(shard))
+}
+
+/// The claims a process's workers hold, for its heartbeat. A claim is
+/// entered before its object is created and left when the shard's part is
+/// stored or the claim given up.
+#[derive(Debug, Default)]
+pub struct ActiveClaims {
+    held: std::sync::Mutex<HashMap<(usize, u32), std::time::Instant>>,
+    /// Claims this process gave up (a worker thread that failed), for its
+    /// other workers to take first.
+    released: std::sync::Mutex<Vec<(usize, u32)>>,
+}
+
+impl ActiveClaims {
+    pub fn enter(&self, shard: usize, attempt: u32) {
+        if let Ok(mut held) = self.held.lock() {
+            held.insert((shard, attempt), std::time::Instant::now());
+        }
+    }
+
+    pub fn leave(&self, shard: usize, attempt: u32) {
+        if let Ok(mut held) = self.held.lock() {
+            held.remove(&(shard, attempt));
+        }
+    }
+
+    /// Give a claim up so that another worker runs the shard.
+    pub fn release(&self, shard: usize, attempt: u32) {
+        self.leave(shard, attempt);
+        if let Ok(mut released) = self.released.lock() {
+            released.push((shard, attempt));
+        }
+    }
+
+    /// No claim held, none given up.
+    pub fn is_empty(&self) -> bool {
+        self.held.lock().map_or(true, |h| h.is_empty())
+            && self.released.lock().map_or(true, |r| r.is_empty())
+    }
+
+    fn take_released(&self) -> Option<(usize, u32)> {
+        self.released.lock().ok()?.pop()
+    }
+
+    /// The claims held for less than `stuck_after`: one held longer has run
+    /// far past its deadline, and is left for another worker.
+    pub fn listed(&self, stuck_after: Duration) -> Vec<String> {
+        let Ok(held) = self.held.lock() else {
+            return Vec::new();
+        };
+        let mut v: Vec<String> = held
+            .iter()
+            .filter(|(_, since)| since.elapsed() < stuck_after)
+            .map(|((i, a), _)| claim_name(*i, *a))
+            .collect();
+        v.sort();
+        v
+    }
 }
 
 /// The answer to "what should I do next?".
@@ -52,6 +141,9 @@ pub enum Next {
     Wait,
     /// Every shard has its part.
     Done,
+    /// This shard's claim was lost [`LOST_MAX`] times: store an error part
+    /// for it (the claim of that attempt is held).
+    GiveUp(usize, u32),
 }
 
 pub fn now_ms() -> u64 {
@@ -72,6 +164,7 @@ pub struct Queue {
     cursor: Arc<AtomicUsize>,
     /// Once the fast path is done: the shards not yet seen finished.
     open: Option<Vec<usize>>,
+    active: Arc<ActiveClaims>,
 }
 
 impl Queue {
@@ -82,6 +175,7 @@ impl Queue {
         worker: &str,
         lease: Duration,
         cursor: Arc<AtomicUsize>,
+        active: Arc<ActiveClaims>,
     ) -> Queue {
         Queue {
             store,
@@ -91,6 +185,33 @@ impl Queue {
             lease,
             cursor,
             open: None,
+            active,
+        }
+    }
+
+    /// Claim `shard/attempt` if nobody has; entered in the active claims
+    /// first, so that every beat stamped after the claim lists it.
+    async fn claim(&self, shard: usize, attempt: u32) -> Result<bool> {
+        self.active.enter(shard, attempt);
+        let created = self
+            .store
+            .create(
+                &format!("claims/{}", claim_name(shard, attempt)),
+                self.record(),
+            )
+            .await;
+        if !matches!(created, Ok(true)) {
+            self.active.leave(shard, attempt);
+        }
+        created
+    }
+
+    /// What to do with a shard claimed at `attempt`.
+    fn run_or_give_up(shard: usize, attempt: u32) -> Next {
+        if attempt >= LOST_MAX {
+            Next::GiveUp(shard, attempt)
+        } else {
+            Next::Run(shard, attempt)
         }
     }
 
@@ -110,23 +231,38 @@ impl Queue {
         // cursor: a claim there would guard against no one (and would cost
         // hundreds of bytes a shard), so none is written.
         let private = self.store.root.is_memory();
+        // A claim another worker of this process gave up comes first.
+        if let Some((i, attempt)) = self.active.take_released() {
+            let attempt = attempt + 1;
+            if private {
+                self.active.enter(i, attempt);
+                return Ok(Queue::run_or_give_up(i, attempt));
+            }
+            if self.claim(i, attempt).await? {
+                return Ok(Queue::run_or_give_up(i, attempt));
+            }
+        }
         while self.cursor.load(Ordering::Relaxed) < self.shards {
             let i = self.cursor.fetch_add(1, Ordering::Relaxed);
             if i >= self.shards {
                 break;
             }
-            if private
-                || self
-                    .store
-                    .create(&format!("claims/{}/0", shard_name(i)), self.record())
-                    .await?
-            {
+            if private {
+                self.active.enter(i, 0);
+                return Ok(Next::Run(i, 0));
+            }
+            if self.claim(i, 0).await? {
                 return Ok(Next::Run(i, 0));
             }
         }
         if private {
-            // Every shard is claimed by a live thread of this process.
-            return Ok(Next::Done);
+            // Every shard is claimed by a thread of this process; one that
+            // gives its claim up puts it back for the others.
+            return Ok(if self.active.is_empty() {
+                Next::Done
+            } else {
+                Next::Wait
+            });
         }
         // Slow path: find shards whose claim died with its process. Parts
         // are never removed, so once the unfinished shards are known (one
@@ -153,14 +289,13 @@ impl Queue {
         let orphaned = state.orphaned(&open);
         self.open = Some(open);
         for (i, attempt) in orphaned {
-            let rel = format!("claims/{}/{}", shard_name(i), attempt + 1);
-            if self.store.create(&rel, self.record()).await? {
+            if self.claim(i, attempt + 1).await? {
                 tracing::info!(
                     shard = i,
                     attempt = attempt + 1,
                     "re-offering a shard whose worker stopped"
                 );
-                return Ok(Next::Run(i, attempt + 1));
+                return Ok(Queue::run_or_give_up(i, attempt + 1));
             }
         }
         Ok(Next::Wait)
@@ -174,11 +309,12 @@ impl Queue {
     }
 }
 
-/// Write this process's heartbeat.
-pub async fn beat(store: &RunStore, process: &str, busy: usize) -> Result<()> {
+/// Write this process's heartbeat, listing the claims it still holds.
+pub async fn beat(store: &RunStore, process: &str, claims: Vec<String>) -> Result<()> {
     let hb = Heartbeat {
         at_ms: now_ms(),
-        busy,
+        busy: claims.len(),
+        claims: Some(claims),
     };
     store
         .put(&format!("heartbeats/{process}"), serde_json::to_vec(&hb)?)
@@ -194,8 +330,8 @@ pub struct QueueState {
     pub failed: HashSet<usize>,
     /// Highest claim attempt per shard, and who holds it.
     pub claims: HashMap<usize, (u32, Option<ClaimRecord>)>,
-    /// Processes whose heartbeat is fresh.
-    pub alive: HashSet<String>,
+    /// Processes whose heartbeat is fresh, with that beat.
+    pub alive: HashMap<String, Heartbeat>,
     /// Every claim object (attempts), i.e. executions started.
     pub attempts: usize,
 }
@@ -275,7 +411,7 @@ impl QueueState {
             if let Ok(hb) = serde_json::from_slice::<Heartbeat>(&bytes)
                 && now.saturating_sub(hb.at_ms) < lease.as_millis() as u64
             {
-                self.alive.insert(name);
+                self.alive.insert(name, hb);
             }
         }
         // Who holds the claims of unfinished shards.
@@ -307,27 +443,30 @@ impl QueueState {
             .copied()
             .filter(|i| !self.done.contains(i))
             .filter_map(|i| {
-                let (a, rec) = self.claims.get(&i)?;
-                let alive = rec
-                    .as_ref()
-                    .is_some_and(|r| self.alive.contains(&r.process));
-                (!alive).then_some((i, *a))
+                let (a, _) = self.claims.get(&i)?;
+                (!self.held(i)).then_some((i, *a))
             })
             .collect();
         v.sort();
         v
     }
 
+    /// Whether the newest claim of unfinished `shard` is backed by a live
+    /// process that still lists it.
+    fn held(&self, shard: usize) -> bool {
+        let Some((attempt, Some(record))) = self.claims.get(&shard) else {
+            return false;
+        };
+        self.alive
+            .get(&record.process)
+            .is_some_and(|hb| hb.holds(shard, *attempt, record))
+    }
+
     /// Shards claimed by a live process and not finished.
     pub fn running(&self) -> usize {
         self.claims
-            .iter()
-            .filter(|(i, (_, rec))| {
-                !self.done.contains(i)
-                    && rec
-                        .as_ref()
-                        .is_some_and(|r| self.alive.contains(&r.process))
-            })
+            .keys()
+            .filter(|i| !self.done.contains(i) && self.held(**i))
             .count()
     }
 }
@@ -361,7 +500,7 @@ mod tests {
         for (rel, bytes) in objects {
             assert!(store.create(rel, bytes).await.unwrap(), "{rel}");
         }
-        beat(&store, "live", 1).await.unwrap();
+        beat(&store, "live", vec![claim_name(2, 0)]).await.unwrap();
         store
     }
 
@@ -388,8 +527,9 @@ mod tests {
         let store = queue_store(dir.path()).await;
         let cursor = Arc::new(AtomicUsize::new(6)); // the fast path is over
         let lease = Duration::from_secs(60);
-        let mut queue = Queue::new(store.clone(), 6, "me", "me/0", lease, cursor);
-        beat(&store, "me", 0).await.unwrap();
+        let active = Arc::new(ActiveClaims::default());
+        let mut queue = Queue::new(store.clone(), 6, "me", "me/0", lease, cursor, active);
+        beat(&store, "me", vec![]).await.unwrap();
         assert_eq!(queue.next().await.unwrap(), Next::Run(3, 2));
         // 2 is held by a live process, 3 now by this one, 4 and 5 are left
         // to the fast path of whoever claims them.
@@ -400,6 +540,70 @@ mod tests {
                 .await
                 .unwrap();
         }
+        assert_eq!(queue.next().await.unwrap(), Next::Done);
+    }
+
+    #[tokio::test]
+    async fn a_claim_its_live_process_no_longer_lists_is_dead() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RunStore::new(
+            &Location::parse(dir.path().to_str().unwrap()).unwrap(),
+            None,
+            "r",
+        );
+        let record = |at_ms| {
+            serde_json::to_vec(&ClaimRecord {
+                process: "p".into(),
+                worker: "p/0".into(),
+                at_ms,
+            })
+            .unwrap()
+        };
+        let now = now_ms();
+        // Shard 0: claimed, then given up (a later beat leaves it out).
+        // Shard 1: claimed and listed. Shard 2: claimed after the last beat.
+        store
+            .create("claims/00000000/0", record(now - 5000))
+            .await
+            .unwrap();
+        store
+            .create("claims/00000001/0", record(now - 5000))
+            .await
+            .unwrap();
+        beat(&store, "p", vec![claim_name(1, 0)]).await.unwrap();
+        store
+            .create("claims/00000002/0", record(now + 60_000))
+            .await
+            .unwrap();
+        let state = QueueState::read(&store, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(state.orphaned(&[0, 1, 2]), vec![(0, 0)]);
+        assert_eq!(state.running(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_shard_whose_claim_was_lost_too_often_is_given_up() {
+        let store = RunStore::new(&Location::parse("memory://").unwrap(), None, "r");
+        let active = Arc::new(ActiveClaims::default());
+        let cursor = Arc::new(AtomicUsize::new(0));
+        let mut queue = Queue::new(
+            store,
+            1,
+            "me",
+            "me/0",
+            Duration::from_secs(60),
+            cursor,
+            active.clone(),
+        );
+        assert_eq!(queue.next().await.unwrap(), Next::Run(0, 0));
+        for attempt in 0..LOST_MAX - 1 {
+            active.release(0, attempt);
+            assert_eq!(queue.next().await.unwrap(), Next::Run(0, attempt + 1));
+        }
+        active.release(0, LOST_MAX - 1);
+        assert_eq!(queue.next().await.unwrap(), Next::GiveUp(0, LOST_MAX));
+        active.leave(0, LOST_MAX);
         assert_eq!(queue.next().await.unwrap(), Next::Done);
     }
 }

@@ -3,14 +3,28 @@
 //! in an `engine worker` process, or in a pod.
 
 use super::RunSpec;
-use super::queue::{Next, Queue, beat};
-use crate::runtime::{Plugin, Runtime, Sandbox, Shard};
+use super::queue::{ActiveClaims, LOST_MAX, Next, Queue, beat};
+use crate::config::Limits;
+use crate::runtime::{ErrorKind, GuestFailure, Plugin, Runtime, Sandbox, Shard, ShardOutput};
 use crate::store::{Location, RunStore, shard_name};
+use crate::table::error_part;
 use anyhow::{Context, Result, bail};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// A published run, loaded in this process: what its workers share.
+#[derive(Clone)]
+pub struct LoadedRun {
+    pub runtime: Arc<Runtime>,
+    pub plugin: Arc<Plugin>,
+    pub spec: Arc<RunSpec>,
+    pub shards: Arc<Vec<Shard>>,
+    pub store: RunStore,
+    /// The data directory on this machine (never a path read from the store).
+    pub data_dir: Option<PathBuf>,
+}
 
 /// Everything a worker thread needs.
 #[derive(Clone)]
@@ -20,13 +34,15 @@ pub struct WorkerCtx {
     pub spec: Arc<RunSpec>,
     pub shards: Arc<Vec<Shard>>,
     pub store: RunStore,
+    /// The data directory on this machine (never a path read from the store).
+    pub data_dir: Option<PathBuf>,
     /// The process whose heartbeat backs this worker's claims.
     pub process: String,
     pub worker_id: String,
     /// Set to stop after the current shard.
     pub stop: Arc<AtomicBool>,
-    /// Shards running in this process now.
-    pub busy: Arc<AtomicUsize>,
+    /// The claims this process's workers hold (its heartbeat lists them).
+    pub active: Arc<ActiveClaims>,
     /// Parts this process stored.
     pub finished: Arc<Finished>,
     /// The next shard this process's workers have not tried to claim.
@@ -47,6 +63,40 @@ impl WorkerCtx {
         }
     }
 }
+
+/// Waits between tries of a failing store operation: doubling from 200 ms
+/// to 15 s, for up to [`STORE_PATIENCE`] in all (an outage costs time, not
+/// the run).
+struct Backoff {
+    started: Instant,
+    wait: Duration,
+}
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff {
+            started: Instant::now(),
+            wait: Duration::from_millis(200),
+        }
+    }
+
+    /// Sleep before the next try, or give the error back once patience is out.
+    fn retry(&mut self, what: &str, e: anyhow::Error) -> Result<()> {
+        if self.started.elapsed() + self.wait >= STORE_PATIENCE {
+            return Err(e.context(format!(
+                "{what} kept failing for {}s",
+                STORE_PATIENCE.as_secs()
+            )));
+        }
+        tracing::warn!("{what} failed (retrying in {:?}): {e:#}", self.wait);
+        std::thread::sleep(self.wait);
+        self.wait = (self.wait * 2).min(Duration::from_secs(15));
+        Ok(())
+    }
+}
+
+/// How long a worker keeps retrying a failing store before it gives up.
+const STORE_PATIENCE: Duration = Duration::from_secs(300);
 
 /// Parts stored by the workers of this process, for a watcher in the same
 /// process (the local backend): counting them is cheaper than listing the store.
@@ -69,6 +119,7 @@ pub fn work(ctx: &WorkerCtx) -> Result<u64> {
         &ctx.worker_id,
         lease,
         ctx.cursor.clone(),
+        ctx.active.clone(),
     );
     let args = serde_json::Value::Object(ctx.spec.args.clone()).to_string();
     // Near the end of a run, idle workers ask again this often (the slow path
@@ -76,31 +127,69 @@ pub fn work(ctx: &WorkerCtx) -> Result<u64> {
     let poll = (lease / 4).clamp(Duration::from_millis(50), Duration::from_millis(250));
     let mut ran = 0;
     while !ctx.stop.load(Ordering::Relaxed) {
-        let (i, attempt) = match ctx.block_on(queue.next())? {
+        let mut backoff = Backoff::new();
+        let next = loop {
+            match ctx.block_on(queue.next()) {
+                Ok(next) => break next,
+                Err(e) => backoff.retry("asking the store for work", e)?,
+            }
+        };
+        let (i, attempt) = match next {
             Next::Done => break,
             Next::Wait => {
-                let until = std::time::Instant::now() + poll;
-                while !ctx.stop.load(Ordering::Relaxed) && std::time::Instant::now() < until {
+                let until = Instant::now() + poll;
+                while !ctx.stop.load(Ordering::Relaxed) && Instant::now() < until {
                     std::thread::sleep(Duration::from_millis(5));
                 }
                 continue;
             }
+            Next::GiveUp(i, attempt) => {
+                let message = format!(
+                    "the worker running this shard stopped {LOST_MAX} times before it finished \
+                     (killed, e.g. for memory, or aborted); it is not run again"
+                );
+                let failure = GuestFailure {
+                    kind: ErrorKind::Crashed,
+                    message,
+                };
+                tracing::warn!(shard = i, "{failure}");
+                let output = ShardOutput {
+                    part: error_part(&ctx.shards[i].key, &failure.to_string()),
+                    failure: Some(failure),
+                    log: Vec::new(),
+                    outputs: Default::default(),
+                    elapsed: Duration::ZERO,
+                };
+                settle(ctx, &queue, i, attempt, output)?;
+                continue;
+            }
             Next::Run(i, attempt) => (i, attempt),
         };
-        ctx.busy.fetch_add(1, Ordering::Relaxed);
-        let result = run_one(ctx, &queue, &args, i, attempt);
-        ctx.busy.fetch_sub(1, Ordering::Relaxed);
-        result?;
+        let output = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_with_retries(ctx, &args, i)
+        }));
+        let Ok(output) = output else {
+            // A bug of ours, not the guest's: give the claim back, to be
+            // tried again (at most LOST_MAX times), and go on.
+            tracing::error!(
+                shard = i,
+                attempt,
+                "the host panicked while running this shard"
+            );
+            ctx.active.release(i, attempt);
+            continue;
+        };
+        settle(ctx, &queue, i, attempt, output)?;
         ran += 1;
     }
     Ok(ran)
 }
 
-fn run_one(ctx: &WorkerCtx, queue: &Queue, args: &str, i: usize, claim: u32) -> Result<()> {
+fn run_with_retries(ctx: &WorkerCtx, args: &str, i: usize) -> ShardOutput {
     let shard = &ctx.shards[i];
-    let sandbox = sandbox_for(&ctx.spec, i);
+    let sandbox = sandbox_for(&ctx.spec, ctx.data_dir.as_deref(), i);
     let mut retry = 0;
-    let output = loop {
+    loop {
         let output = ctx
             .runtime
             .run(&ctx.plugin, &ctx.spec.function, args, shard, &sandbox);
@@ -111,29 +200,40 @@ fn run_one(ctx: &WorkerCtx, queue: &Queue, args: &str, i: usize, claim: u32) -> 
             }
             _ => break output,
         }
-    };
-    tracing::debug!(shard = i, claim, elapsed = ?output.elapsed, failed = output.failure.is_some(), "shard finished");
-    let name = shard_name(i);
+    }
+}
+
+/// Store a shard's result and let its claim go. A store that keeps failing
+/// gives the claim back to the other workers before this one stops.
+fn settle(
+    ctx: &WorkerCtx,
+    queue: &Queue,
+    i: usize,
+    attempt: u32,
+    output: ShardOutput,
+) -> Result<()> {
+    tracing::debug!(shard = i, attempt, elapsed = ?output.elapsed, failed = output.failure.is_some(), "shard finished");
     let failed = output.failure.is_some();
-    let stored = ctx.block_on(async {
-        if !output.log.is_empty() {
-            ctx.store
-                .put(&format!("log/{name}.log"), output.log)
-                .await?;
+    let mut backoff = Backoff::new();
+    let stored = loop {
+        match ctx.block_on(store_result(&ctx.store, queue, i, &output)) {
+            Ok(won) => break Ok(won),
+            Err(e) => {
+                if let Err(e) = backoff.retry(&format!("storing shard {i}"), e) {
+                    break Err(e);
+                }
+            }
         }
-        for (out_name, bytes) in output.outputs {
-            ctx.store
-                .put(&format!("outputs/{name}/{out_name}"), bytes)
-                .await?;
+    };
+    let won = match stored {
+        Ok(won) => won,
+        Err(e) => {
+            ctx.active.release(i, attempt);
+            return Err(e);
         }
-        if let Some(f) = &output.failure {
-            ctx.store
-                .put(&format!("failed/{name}"), f.to_string())
-                .await?;
-        }
-        queue.complete(i, output.part).await
-    })?;
-    if stored {
+    };
+    ctx.active.leave(i, attempt);
+    if won {
         ctx.finished.done.fetch_add(1, Ordering::Relaxed);
         if failed {
             ctx.finished.failed.fetch_add(1, Ordering::Relaxed);
@@ -143,15 +243,58 @@ fn run_one(ctx: &WorkerCtx, queue: &Queue, args: &str, i: usize, claim: u32) -> 
     Ok(())
 }
 
+/// Store the part; only if it is the shard's part (the first one stored)
+/// its log, failure marker and side outputs, so that a losing duplicate
+/// attempt cannot write over the winner's. Whether this part won. Safe to
+/// repeat after an error: a repeat finds its own part and writes the rest.
+pub async fn store_result(
+    store: &RunStore,
+    queue: &Queue,
+    i: usize,
+    output: &ShardOutput,
+) -> Result<bool> {
+    let name = shard_name(i);
+    if !queue.complete(i, output.part.clone()).await? {
+        let ours = store
+            .get(&format!("parts/{name}.csv"))
+            .await?
+            .is_some_and(|p| p == output.part);
+        if !ours {
+            return Ok(false);
+        }
+    }
+    if !output.log.is_empty() {
+        store
+            .put(&format!("log/{name}.log"), output.log.clone())
+            .await?;
+    }
+    if let Some(f) = &output.failure {
+        store.put(&format!("failed/{name}"), f.to_string()).await?;
+    }
+    for (out_name, bytes) in &output.outputs {
+        store
+            .put(&format!("outputs/{name}/{out_name}"), bytes.clone())
+            .await?;
+    }
+    Ok(true)
+}
+
 /// The sandbox of shard `i`: the run's limits, its data and its own seed.
-pub fn sandbox_for(spec: &RunSpec, i: usize) -> Sandbox {
+pub fn sandbox_for(spec: &RunSpec, data_dir: Option<&Path>, i: usize) -> Sandbox {
+    sandbox(&spec.limits, data_dir, shard_seed(spec.seed, i as u64))
+}
+
+/// A sandbox with the run's limits.
+pub fn sandbox(limits: &Limits, data_dir: Option<&Path>, seed: u64) -> Sandbox {
     Sandbox {
-        memory: spec.limits.memory,
-        timeout: spec.limits.timeout,
-        output_size: spec.limits.output_size,
-        log_size: spec.limits.log_size,
-        data_dir: spec.data_dir.clone(),
-        seed: shard_seed(spec.seed, i as u64),
+        memory: limits.memory,
+        timeout: limits.timeout,
+        output_size: limits.output_size,
+        log_size: limits.log_size,
+        outputs: limits.outputs,
+        columns: limits.columns,
+        data_dir: data_dir.map(Path::to_path_buf),
+        seed,
     }
 }
 
@@ -164,27 +307,35 @@ fn shard_seed(seed: u64, index: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Keep this process's heartbeat fresh until the returned handle is aborted.
-/// The first beat is written before this returns, so it lands before the
-/// first claim: a claim whose process has never beaten looks dead to other
-/// processes and is re-offered.
+/// Keep this process's heartbeat fresh until the returned handle is aborted,
+/// listing the claims its workers hold (leaving out one held past
+/// `stuck_after`, so that another worker takes that shard). The first beat
+/// is written before this returns, so it lands before the first claim: a
+/// claim whose process has never beaten looks dead to other processes.
 pub fn spawn_heartbeat(
     store: RunStore,
     process: String,
-    busy: Arc<AtomicUsize>,
+    active: Arc<ActiveClaims>,
     lease: Duration,
+    stuck_after: Duration,
 ) -> Result<tokio::task::JoinHandle<()>> {
     let handle = tokio::runtime::Handle::current();
-    tokio::task::block_in_place(|| handle.block_on(beat(&store, &process, 0)))?;
+    tokio::task::block_in_place(|| handle.block_on(beat(&store, &process, Vec::new())))?;
     let every = (lease / 4).max(Duration::from_millis(20));
     Ok(tokio::spawn(async move {
         loop {
             tokio::time::sleep(every).await;
-            if let Err(e) = beat(&store, &process, busy.load(Ordering::Relaxed)).await {
+            if let Err(e) = beat(&store, &process, active.listed(stuck_after)).await {
                 tracing::warn!("heartbeat failed (will retry): {e:#}");
             }
         }
     }))
+}
+
+/// How long a claim may be held before its shard counts as stuck (every
+/// attempt's deadline, and a minute of slack for storing the result).
+pub fn stuck_after(limits: &Limits) -> Duration {
+    limits.timeout * (limits.retries + 1) + Duration::from_secs(60)
 }
 
 /// What `engine worker` was asked to do.
@@ -211,22 +362,24 @@ pub async fn serve(opts: ServeOptions) -> Result<u64> {
         .get("run.json")
         .await?
         .with_context(|| format!("no run `{}` in the store `{}`", opts.run, opts.store))?;
-    let mut spec: RunSpec =
+    let spec: RunSpec =
         serde_json::from_slice(&spec_bytes).context("`run.json` is not a run spec")?;
-    if let Some(data) = opts.data {
-        spec.data_dir = Some(std::path::absolute(data)?);
-    }
+    spec.check_id(&opts.run)?;
+    // The data directory is where this machine has it: never a path read
+    // from the store, which a tampered store could point anywhere.
+    let data_dir = match (opts.data, &spec.data_dir) {
+        (Some(data), _) => Some(std::path::absolute(data)?),
+        (None, None) => None,
+        (None, Some(_)) => bail!(
+            "run `{}` reads a data directory (`run.data`): start the worker with `--data DIR`",
+            opts.run
+        ),
+    };
     let component = store
         .get("component.wasm")
         .await?
         .context("the run has no `component.wasm`")?;
-    let shards: Vec<Shard> = serde_json::from_slice(
-        &store
-            .get("shards.json")
-            .await?
-            .context("the run has no `shards.json`")?,
-    )
-    .context("`shards.json` is not a shard list")?;
+    let shards = super::read_shards(&store, &spec).await?;
     let threads = opts.threads.max(1);
     let runtime = Arc::new(tokio::task::block_in_place(|| {
         Runtime::new(threads as u32)
@@ -238,15 +391,15 @@ pub async fn serve(opts: ServeOptions) -> Result<u64> {
     }
     let process = opts.id.unwrap_or_else(default_process_name);
     tracing::info!(run = %opts.run, process = %process, threads, "worker starting");
-    let pool = crate::backend::local::LocalPool::start(
-        threads,
-        &runtime,
-        &plugin,
-        &Arc::new(spec),
-        &Arc::new(shards),
-        &store,
-        &process,
-    )?;
+    let run = LoadedRun {
+        runtime,
+        plugin,
+        spec: Arc::new(spec),
+        shards: Arc::new(shards),
+        store,
+        data_dir,
+    };
+    let pool = crate::backend::local::LocalPool::start(threads, &run, &process)?;
     let ran = tokio::task::spawn_blocking(move || pool.join()).await??;
     tracing::info!(ran, "worker done: every shard has a part");
     Ok(ran)
@@ -258,4 +411,52 @@ pub fn default_process_name() -> String {
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "worker".into());
     format!("{host}-{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::ErrorKind;
+
+    fn output(part: &[u8], failed: bool, text: &str) -> ShardOutput {
+        ShardOutput {
+            part: part.to_vec(),
+            failure: failed.then(|| GuestFailure {
+                kind: ErrorKind::Timeout,
+                message: "slow".into(),
+            }),
+            log: text.as_bytes().to_vec(),
+            outputs: [("o".to_owned(), text.as_bytes().to_vec())].into(),
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_losing_attempt_writes_nothing_over_the_winner() {
+        let store = RunStore::new(&Location::parse("memory://").unwrap(), None, "r");
+        let queue = Queue::new(
+            store.clone(),
+            1,
+            "p",
+            "p/0",
+            Duration::from_secs(60),
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(ActiveClaims::default()),
+        );
+        let good = output(b"a\n1\n", false, "good");
+        assert!(store_result(&store, &queue, 0, &good).await.unwrap());
+        let late = output(b"a,error\n,timeout: slow\n", true, "late");
+        assert!(!store_result(&store, &queue, 0, &late).await.unwrap());
+        assert!(store.get("failed/00000000").await.unwrap().is_none());
+        assert_eq!(
+            &store.get("log/00000000.log").await.unwrap().unwrap()[..],
+            b"good"
+        );
+        assert_eq!(
+            &store.get("outputs/00000000/o").await.unwrap().unwrap()[..],
+            b"good"
+        );
+        // The winner repeating itself (after a store error) still wins.
+        assert!(store_result(&store, &queue, 0, &good).await.unwrap());
+    }
 }

@@ -11,6 +11,7 @@ mod generated {
         path: "../guest-sdk/wit",
         world: "plugin",
         imports: { default: trappable },
+        exports: { default: async },
         with: {
             "engine:plugin/host.table-writer": super::TableWriter,
         },
@@ -36,10 +37,20 @@ pub(crate) enum HostStop {
 /// Per-shard limits the host enforces itself.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct HostLimits {
+    /// Bytes summed over all the call's linear memories.
     pub memory: u64,
     pub output_size: u64,
     pub log_size: u64,
+    /// Side-output files.
+    pub outputs: u64,
+    /// Distinct columns of the rows.
+    pub columns: u64,
+    pub timeout: std::time::Duration,
 }
+
+/// What each `emit` costs besides its bytes (and, for a new file, its
+/// name): empty ones are not free.
+const OUTPUT_OVERHEAD: u64 = 256;
 
 /// Everything one guest instance can touch.
 pub(crate) struct ShardState {
@@ -48,11 +59,57 @@ pub(crate) struct ShardState {
     limits: HostLimits,
     pub part: PartBuilder,
     pub log: Vec<u8>,
-    pub outputs: BTreeMap<String, Vec<u8>>,
-    outputs_bytes: u64,
+    pub outputs: SideOutputs,
     pub progress: (u64, u64),
+    /// Linear memory of every instance of the call, summed.
+    memory_used: u64,
     /// Set when the memory limiter refused a growth.
     pub memory_denied: bool,
+    /// Bytes the guest may hand the host in one call (wasmtime's hostcall
+    /// fuel), and the limit that sets it, for messages.
+    pub hostcall_max: usize,
+    pub hostcall_limit: &'static str,
+}
+
+/// One call's side outputs: files named by `/`-separated paths, so no name
+/// may be a file and a folder at once.
+#[derive(Debug, Default)]
+pub struct SideOutputs {
+    files: BTreeMap<String, Vec<u8>>,
+    /// Bytes and per-file overhead, names included.
+    cost: u64,
+}
+
+impl SideOutputs {
+    /// The files, by name.
+    pub fn into_files(self) -> BTreeMap<String, Vec<u8>> {
+        self.files
+    }
+
+    /// Why `name` cannot be a file beside the ones written so far.
+    fn conflict(&self, name: &str) -> Option<String> {
+        // A folder of `name`'s path that is already a file.
+        let mut at = 0;
+        while let Some(i) = name[at..].find('/') {
+            let folder = &name[..at + i];
+            if self.files.contains_key(folder) {
+                return Some(format!(
+                    "side output `{name}` would be inside `{folder}`, which is a file"
+                ));
+            }
+            at += i + 1;
+        }
+        // A file already below `name/`.
+        let below = format!("{name}/");
+        if let Some((other, _)) = self.files.range(below.clone()..).next()
+            && other.starts_with(&below)
+        {
+            return Some(format!(
+                "side output `{name}` would be a file and the folder of `{other}`"
+            ));
+        }
+        None
+    }
 }
 
 impl ShardState {
@@ -61,12 +118,14 @@ impl ShardState {
             wasi,
             table: ResourceTable::new(),
             limits,
-            part: PartBuilder::new(limits.output_size),
+            part: PartBuilder::new(limits.output_size, limits.columns),
             log: Vec::new(),
-            outputs: BTreeMap::new(),
-            outputs_bytes: 0,
+            outputs: SideOutputs::default(),
             progress: (0, 0),
+            memory_used: 0,
             memory_denied: false,
+            hostcall_max: 0,
+            hostcall_limit: "",
         }
     }
 
@@ -103,16 +162,20 @@ impl WasiView for ShardState {
 }
 
 impl wasmtime::ResourceLimiter for ShardState {
+    /// Called for every memory of every instance (a component may have
+    /// several): the limit holds for their sum.
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired as u64 > self.limits.memory {
+        let total = (self.memory_used + desired as u64).saturating_sub(current as u64);
+        if total > self.limits.memory {
             self.memory_denied = true;
             return Ok(false);
         }
+        self.memory_used = total;
         Ok(true)
     }
 
@@ -137,6 +200,7 @@ impl wit_host::Host for ShardState {
             Level::Warn => "warn",
             Level::Error => "error",
         };
+        let message = crate::text::truncate(&message, super::MESSAGE_MAX * 4);
         self.append_log(&format!("[{level}] {message}\n"))
     }
 
@@ -149,15 +213,32 @@ impl wit_host::Host for ShardState {
         if let Err(why) = check_output_name(&name) {
             return Ok(Err(why));
         }
-        self.outputs_bytes += data.len() as u64;
-        if self.outputs_bytes > self.limits.output_size {
+        let outputs = &mut self.outputs;
+        let new = !outputs.files.contains_key(&name);
+        if new {
+            if let Some(why) = outputs.conflict(&name) {
+                return Ok(Err(why));
+            }
+            if outputs.files.len() as u64 >= self.limits.outputs {
+                let msg = format!(
+                    "the shard wrote more than `limits.outputs` ({}) side outputs",
+                    self.limits.outputs
+                );
+                return Err(HostStop::LimitExceeded(msg).into());
+            }
+            outputs.cost += name.len() as u64;
+        }
+        outputs.cost += OUTPUT_OVERHEAD + data.len() as u64;
+        if outputs.cost > self.limits.output_size {
             let msg = format!(
-                "the shard's side outputs exceed `limits.output_size` ({} bytes)",
+                "the shard's side outputs exceed `limits.output_size` ({} bytes, \
+                 counting {OUTPUT_OVERHEAD} bytes for each `emit` and the name of each file)",
                 self.limits.output_size
             );
             return Err(HostStop::LimitExceeded(msg).into());
         }
-        self.outputs
+        outputs
+            .files
             .entry(name)
             .or_default()
             .extend_from_slice(&data);
@@ -174,7 +255,7 @@ impl wit_host::HostTableWriter for ShardState {
         let cells: Vec<(String, Cell)> = row.into_iter().map(|(k, v)| (k, from_wit(v))).collect();
         match self.part.push(cells.iter().map(|(k, v)| (k.as_str(), v))) {
             Ok(()) => Ok(Ok(())),
-            Err(e @ RowError::TooLarge { .. }) => {
+            Err(e @ (RowError::TooLarge { .. } | RowError::TooManyColumns { .. })) => {
                 Err(HostStop::LimitExceeded(e.to_string()).into())
             }
             Err(e @ RowError::Malformed { .. }) => Err(HostStop::BadRow(e.to_string()).into()),
@@ -192,6 +273,7 @@ impl wit_host::HostTableWriter for ShardState {
 pub(crate) fn check_output_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 512
+        && name.split('/').count() <= 16
         && name.split('/').all(|seg| {
             !seg.is_empty()
                 && seg != "."
@@ -204,7 +286,9 @@ pub(crate) fn check_output_name(name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "invalid output name `{name}`: use `/`-separated segments of letters, digits, `.`, `_` and `-`"
+            "invalid output name `{}`: use at most 16 `/`-separated segments of letters, digits, \
+             `.`, `_` and `-` (512 bytes in all)",
+            crate::text::escape_controls(&crate::text::truncate(name, 200))
         ))
     }
 }
@@ -229,10 +313,59 @@ pub(crate) fn to_wit(c: &Cell) -> wit::Cell {
     }
 }
 
-/// A linker with WASI p2 and our host interface.
+/// A linker with WASI p2 (async: a blocking call is a future the host's
+/// deadline can drop) and our host interface.
 pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<ShardState>> {
     let mut linker = Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     Bindings::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
     Ok(linker)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmtime::ResourceLimiter;
+
+    fn state(memory: u64) -> ShardState {
+        let limits = HostLimits {
+            memory,
+            output_size: 1 << 20,
+            log_size: 1 << 20,
+            outputs: 3,
+            columns: 10,
+            timeout: std::time::Duration::from_secs(1),
+        };
+        ShardState::new(WasiCtx::builder().build(), limits)
+    }
+
+    #[test]
+    fn the_memory_limit_holds_for_all_memories_together() {
+        let mut s = state(64 << 20);
+        assert!(s.memory_growing(0, 40 << 20, None).unwrap());
+        // A second memory of the same call: 40 + 40 > 64.
+        assert!(!s.memory_growing(0, 40 << 20, None).unwrap());
+        assert!(s.memory_denied);
+        assert!(s.memory_growing(0, 20 << 20, None).unwrap());
+        assert!(s.memory_growing(40 << 20, 44 << 20, None).unwrap());
+        assert!(!s.memory_growing(44 << 20, 45 << 20, None).unwrap());
+    }
+
+    #[test]
+    fn side_outputs_are_counted_and_cannot_be_file_and_folder() {
+        use wit_host::Host;
+        let mut s = state(1 << 20);
+        assert_eq!(s.emit("a/b".into(), b"x".to_vec()).unwrap(), Ok(()));
+        let e = s.emit("a".into(), vec![]).unwrap().unwrap_err();
+        assert!(e.contains("folder of `a/b`"), "{e}");
+        let e = s.emit("a/b/c".into(), vec![]).unwrap().unwrap_err();
+        assert!(e.contains("inside `a/b`"), "{e}");
+        assert_eq!(s.emit("a/b".into(), b"y".to_vec()).unwrap(), Ok(()));
+        assert_eq!(s.emit("ab".into(), vec![]).unwrap(), Ok(()));
+        assert_eq!(s.emit("a.c".into(), vec![]).unwrap(), Ok(()));
+        let stop = s.emit("d".into(), vec![]).unwrap_err();
+        assert!(stop.to_string().contains("limits.outputs"), "{stop}");
+        let files = s.outputs.into_files();
+        assert_eq!(files["a/b"], b"xy");
+    }
 }

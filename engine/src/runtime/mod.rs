@@ -21,6 +21,20 @@ pub use cache::cache_dir;
 /// How often the epoch ticks; deadlines are counted in ticks.
 const TICK: Duration = Duration::from_millis(10);
 
+/// The deepest a guest's wasm stack may grow, and the stack a guest call
+/// runs on (wasmtime's async fibers): the difference is for host frames.
+const MAX_WASM_STACK: usize = 2 << 20;
+const GUEST_STACK: usize = 6 << 20;
+
+/// Most bytes `describe` and `plan` may hand to the host (wasmtime's
+/// per-call "hostcall fuel"): a plan of a million small shards fits.
+const DESCRIBE_MAX: usize = 16 << 20;
+const PLAN_MAX: usize = 128 << 20;
+
+/// Longest guest-written message (an error, one log line) the host keeps;
+/// the rest is cut with a marker.
+pub const MESSAGE_MAX: usize = 4 << 10;
+
 /// Where the data directory appears inside the guest.
 pub const GUEST_DATA_DIR: &str = "/data";
 
@@ -57,6 +71,10 @@ pub struct Sandbox {
     pub timeout: Duration,
     pub output_size: u64,
     pub log_size: u64,
+    /// Most side outputs (files) one call may write.
+    pub outputs: u64,
+    /// Most columns one call's rows may use.
+    pub columns: u64,
     /// Mounted read-only at [`GUEST_DATA_DIR`].
     pub data_dir: Option<PathBuf>,
     /// Seeds `wasi:random` so a shard's randomness is reproducible.
@@ -71,6 +89,8 @@ impl Sandbox {
             timeout: Duration::from_secs(30),
             output_size: 1 << 20,
             log_size: 1 << 20,
+            outputs: 0,
+            columns: 0,
             data_dir: None,
             seed: 0,
         }
@@ -87,6 +107,8 @@ pub enum ErrorKind {
     GuestError,
     LimitExceeded,
     Denied,
+    /// The worker running the shard died (killed, aborted) too often.
+    Crashed,
 }
 
 impl ErrorKind {
@@ -98,6 +120,7 @@ impl ErrorKind {
             ErrorKind::GuestError => "guest-error",
             ErrorKind::LimitExceeded => "limit-exceeded",
             ErrorKind::Denied => "denied",
+            ErrorKind::Crashed => "crashed",
         }
     }
 }
@@ -108,6 +131,18 @@ impl ErrorKind {
 pub struct GuestFailure {
     pub kind: ErrorKind,
     pub message: String,
+}
+
+impl GuestFailure {
+    /// A failure whose message is guest text: cut to [`MESSAGE_MAX`] bytes,
+    /// control characters escaped.
+    pub fn new(kind: ErrorKind, guest_text: &str) -> GuestFailure {
+        GuestFailure {
+            kind,
+            message: crate::text::escape_controls(&crate::text::truncate(guest_text, MESSAGE_MAX))
+                .into_owned(),
+        }
+    }
 }
 
 /// What running one shard produced.
@@ -129,17 +164,34 @@ pub struct Plugin {
     pre: BindingsPre<ShardState>,
 }
 
+/// Where guest calls are driven: the caller's tokio runtime, or one of our
+/// own when there is none (a benchmark, a test).
+enum Driver {
+    Shared(tokio::runtime::Handle),
+    Own(tokio::runtime::Runtime),
+}
+
 /// The process's wasmtime engine, linker and component cache.
 pub struct Runtime {
     engine: Engine,
     linker: wasmtime::component::Linker<ShardState>,
     cache_dir: Option<PathBuf>,
     loaded: Mutex<HashMap<String, Arc<Plugin>>>,
+    driver: Driver,
+    slots: u32,
 }
 
+/// Most sandboxes one process runs at once (`cluster.workers` of a local
+/// run, `engine worker --threads`): each reserves address space up front.
+pub const MAX_SLOTS: u32 = 256;
+
 impl Runtime {
-    /// An engine able to run `slots` sandboxes at once.
+    /// An engine able to run `slots` sandboxes at once, plus two for
+    /// `describe` and `plan` beside them.
     pub fn new(slots: u32) -> Result<Runtime> {
+        if slots > MAX_SLOTS {
+            bail!("at most {MAX_SLOTS} sandboxes run in one process, not {slots}");
+        }
         let slots = slots.max(1) + 2;
         let mut pool = PoolingAllocationConfig::default();
         // Per slot: up to 16 core instances and 4 memories. A Rust guest uses a
@@ -167,22 +219,53 @@ impl Runtime {
             .table_keep_resident(64 << 10)
             .pagemap_scan(wasmtime::Enabled::Auto);
         let mut config = Config::new();
+        // Guest calls run on wasmtime's fibers (the async path), so that a
+        // host-side timer can end a call blocked in WASI (a sleep, a poll)
+        // where the epoch deadline never fires, and so that the wasm stack
+        // lives on a stack of its own, sized here, whatever thread calls.
         config
             .wasm_component_model(true)
             .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
-            .max_wasm_stack(2 << 20);
+            .max_wasm_stack(MAX_WASM_STACK)
+            .async_stack_size(GUEST_STACK);
         let engine = Engine::new(&config)
             .map_err(anyhow::Error::from)
             .context("cannot start the WebAssembly engine")?;
         spawn_ticker(&engine);
         let linker = host::linker(&engine)?;
+        let driver = match tokio::runtime::Handle::try_current() {
+            Ok(handle) => Driver::Shared(handle),
+            Err(_) => Driver::Own(
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .enable_all()
+                    .build()
+                    .context("cannot start an async runtime for guest calls")?,
+            ),
+        };
         Ok(Runtime {
             engine,
             linker,
             cache_dir: cache_dir(),
             loaded: Mutex::new(HashMap::new()),
+            driver,
+            slots,
         })
+    }
+
+    /// How many sandboxes can run at once (including the two spare).
+    pub fn slots(&self) -> u32 {
+        self.slots
+    }
+
+    /// Drive a guest call to its end on this thread. Callers are plain
+    /// threads or inside `block_in_place`, never async tasks.
+    fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        match &self.driver {
+            Driver::Shared(h) => h.block_on(f),
+            Driver::Own(rt) => rt.block_on(f),
+        }
     }
 
     /// Load a component file (compiling it, or reusing the on-disk cache).
@@ -244,15 +327,14 @@ impl Runtime {
         Ok(plugin)
     }
 
-    fn instantiate(
+    /// A fresh store for one call: WASI with the data directory read-only,
+    /// captured stdout/stderr, the memory limiter, the epoch deadline and the
+    /// cap on bytes the guest may hand the host in one call.
+    fn new_store(
         &self,
-        plugin: &Plugin,
         sandbox: &Sandbox,
-    ) -> Result<(Store<ShardState>, Bindings, [MemoryOutputPipe; 2]), GuestFailure> {
-        let denied = |e: anyhow::Error| GuestFailure {
-            kind: ErrorKind::Denied,
-            message: format!("{e:#}"),
-        };
+        (hostcall_max, hostcall_limit): (usize, &'static str),
+    ) -> Result<(Store<ShardState>, [MemoryOutputPipe; 2]), GuestFailure> {
         let pipes = [
             MemoryOutputPipe::new(sandbox.log_size as usize),
             MemoryOutputPipe::new(sandbox.log_size as usize),
@@ -261,9 +343,10 @@ impl Runtime {
         wasi.stdout(pipes[0].clone()).stderr(pipes[1].clone());
         if let Some(dir) = &sandbox.data_dir {
             wasi.preopened_dir(dir, GUEST_DATA_DIR, FsPerms::ReadOnly)
-                .map_err(anyhow::Error::from)
-                .with_context(|| format!("cannot open the data directory `{}`", dir.display()))
-                .map_err(denied)?;
+                .map_err(|e| GuestFailure {
+                    kind: ErrorKind::Denied,
+                    message: format!("cannot open the data directory `{}`: {e}", dir.display()),
+                })?;
         }
         use rand::SeedableRng;
         wasi.secure_random(rand::rngs::StdRng::seed_from_u64(sandbox.seed))
@@ -276,46 +359,40 @@ impl Runtime {
             memory: sandbox.memory,
             output_size: sandbox.output_size,
             log_size: sandbox.log_size,
+            outputs: sandbox.outputs,
+            columns: sandbox.columns,
+            timeout: sandbox.timeout,
         };
         let mut store = Store::new(&self.engine, ShardState::new(wasi.build(), limits));
         store.limiter(|s| s);
+        store.set_hostcall_fuel(hostcall_max);
+        store.data_mut().hostcall_max = hostcall_max;
+        store.data_mut().hostcall_limit = hostcall_limit;
         let ticks = (sandbox.timeout.as_millis() / TICK.as_millis()).max(1) as u64 + 1;
         store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
-        let bindings = match plugin.pre.instantiate(&mut store) {
-            Ok(b) => b,
-            // A big guest (an interpreter) may need more memory than allowed just to start.
-            Err(e) if store.data().memory_denied => {
-                return Err(GuestFailure {
-                    kind: ErrorKind::OutOfMemory,
-                    message: format!(
-                        "the component needs more than `limits.memory` ({} bytes) just to start \
-                         ({}); raise `limits.memory`",
-                        sandbox.memory,
-                        root_message(&e)
-                    ),
-                });
-            }
-            Err(e) => {
-                return Err(GuestFailure {
-                    kind: ErrorKind::Denied,
-                    message: format!("{e:#}"),
-                });
-            }
-        };
-        Ok((store, bindings, pipes))
+        Ok((store, pipes))
     }
 
     /// The functions a plugin offers.
     pub fn describe(&self, plugin: &Plugin) -> Result<Vec<FunctionInfo>> {
-        let (mut store, bindings, _) = self.instantiate(plugin, &Sandbox::for_describe())?;
-        let infos = bindings.call_describe(&mut store).map_err(|e| {
-            anyhow::anyhow!(
-                "`describe` of `{}` failed: {}",
-                plugin.origin,
-                classify(&e, store.data())
+        let sandbox = Sandbox::for_describe();
+        let failed =
+            |f: GuestFailure| anyhow::anyhow!("`describe` of `{}` failed: {f}", plugin.origin);
+        let (mut store, _pipes) = self
+            .new_store(
+                &sandbox,
+                (DESCRIBE_MAX, "the cap on what `describe` returns"),
             )
-        })?;
+            .map_err(failed)?;
+        let called = self.block_on(guarded(sandbox.timeout, async {
+            let bindings = instantiate(plugin, &mut store, &sandbox).await?;
+            bindings
+                .call_describe(&mut store)
+                .await
+                .map_err(|e| classify(&e, store.data()))
+        }));
+        let infos = called.map_err(failed)?;
         Ok(infos
             .into_iter()
             .map(|f| FunctionInfo {
@@ -343,25 +420,28 @@ impl Runtime {
         args: &str,
         sandbox: &Sandbox,
     ) -> Result<Vec<Shard>, GuestFailure> {
-        let (mut store, bindings, pipes) = self.instantiate(plugin, sandbox)?;
-        match bindings.call_plan(&mut store, function, args) {
-            Ok(Ok(shards)) => Ok(shards
-                .into_iter()
-                .map(|s| Shard {
-                    key: s
-                        .key
-                        .into_iter()
-                        .map(|(k, v)| (k, host::from_wit(v)))
-                        .collect(),
-                    payload: s.payload,
-                })
-                .collect()),
-            Ok(Err(message)) => Err(GuestFailure {
-                kind: ErrorKind::GuestError,
-                message,
-            }),
-            Err(e) => Err(with_stderr_tail(classify(&e, store.data()), &pipes[1])),
-        }
+        let (mut store, pipes) =
+            self.new_store(sandbox, (PLAN_MAX, "the cap on what `plan` returns"))?;
+        let called = self.block_on(guarded(sandbox.timeout, async {
+            let bindings = instantiate(plugin, &mut store, sandbox).await?;
+            match bindings.call_plan(&mut store, function, args).await {
+                Ok(Ok(shards)) => Ok(shards),
+                Ok(Err(message)) => Err(GuestFailure::new(ErrorKind::GuestError, &message)),
+                Err(e) => Err(classify(&e, store.data())),
+            }
+        }));
+        let shards = called.map_err(|f| with_stderr_tail(f, &pipes[1]))?;
+        Ok(shards
+            .into_iter()
+            .map(|s| Shard {
+                key: s
+                    .key
+                    .into_iter()
+                    .map(|(k, v)| (k, host::from_wit(v)))
+                    .collect(),
+                payload: s.payload,
+            })
+            .collect())
     }
 
     /// Run one shard in a fresh sandbox. Never fails: a failure is data.
@@ -374,7 +454,19 @@ impl Runtime {
         sandbox: &Sandbox,
     ) -> ShardOutput {
         let started = Instant::now();
-        let (mut store, bindings, pipes) = match self.instantiate(plugin, sandbox) {
+        // Nothing one call hands the host is bigger than what the shard may
+        // keep of it.
+        let hostcall_max = sandbox
+            .output_size
+            .max(sandbox.log_size)
+            .saturating_add(64 << 10);
+        let hostcall_max = usize::try_from(hostcall_max)
+            .unwrap_or(usize::MAX)
+            .min(PLAN_MAX);
+        let (mut store, pipes) = match self.new_store(
+            sandbox,
+            (hostcall_max, "`limits.output_size` or `limits.log_size`"),
+        ) {
             Ok(x) => x,
             Err(failure) => return failed_output(shard, failure, Vec::new(), started),
         };
@@ -386,19 +478,22 @@ impl Runtime {
                 .collect(),
             payload: shard.payload.clone(),
         };
-        let result = store
-            .data_mut()
-            .new_writer()
-            .and_then(|writer| bindings.call_run(&mut store, function, args, &wit_shard, writer));
-        let failure = match result {
-            Ok(Ok(())) => None,
-            Ok(Err(message)) => Some(GuestFailure {
-                kind: ErrorKind::GuestError,
-                message,
-            }),
-            Err(e) => Some(classify(&e, store.data())),
-        };
-        let failure = failure.map(|f| with_stderr_tail(f, &pipes[1]));
+        let called = self.block_on(guarded(sandbox.timeout, async {
+            let bindings = instantiate(plugin, &mut store, sandbox).await?;
+            let writer = store
+                .data_mut()
+                .new_writer()
+                .map_err(|e| GuestFailure::new(ErrorKind::Denied, &format!("{e:#}")))?;
+            match bindings
+                .call_run(&mut store, function, args, &wit_shard, writer)
+                .await
+            {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(message)) => Err(GuestFailure::new(ErrorKind::GuestError, &message)),
+                Err(e) => Err(classify(&e, store.data())),
+            }
+        }));
+        let failure = called.err().map(|f| with_stderr_tail(f, &pipes[1]));
         let mut log = std::mem::take(&mut store.data_mut().log);
         for (name, pipe) in ["stdout", "stderr"].iter().zip(&pipes) {
             let text = pipe.contents();
@@ -414,10 +509,58 @@ impl Runtime {
                 part: state.part.finish(),
                 failure: None,
                 log,
-                outputs: state.outputs,
+                outputs: state.outputs.into_files(),
                 elapsed: started.elapsed(),
             },
         }
+    }
+}
+
+/// Instantiate a plugin in a store made by `new_store`.
+async fn instantiate(
+    plugin: &Plugin,
+    store: &mut Store<ShardState>,
+    sandbox: &Sandbox,
+) -> Result<Bindings, GuestFailure> {
+    match plugin.pre.instantiate_async(&mut *store).await {
+        Ok(b) => Ok(b),
+        // A big guest (an interpreter) may need more memory than allowed just to start.
+        Err(e) if store.data().memory_denied => Err(GuestFailure {
+            kind: ErrorKind::OutOfMemory,
+            message: format!(
+                "the component needs more than `limits.memory` ({} bytes) just to start \
+                 ({}); raise `limits.memory`",
+                sandbox.memory,
+                root_message(&e)
+            ),
+        }),
+        Err(e) if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) => {
+            Err(timed_out(sandbox.timeout))
+        }
+        Err(e) => Err(GuestFailure::new(ErrorKind::Denied, &format!("{e:#}"))),
+    }
+}
+
+/// A guest call under a host-side deadline: the epoch deadline stops wasm
+/// code, this stops a call waiting in the host (a WASI sleep or poll). Both
+/// end at `limits.timeout`; the epoch's tick makes the first one a little later.
+async fn guarded<T>(
+    timeout: Duration,
+    call: impl std::future::Future<Output = Result<T, GuestFailure>>,
+) -> Result<T, GuestFailure> {
+    match tokio::time::timeout(timeout + TICK * 2, call).await {
+        Ok(r) => r,
+        Err(_) => Err(timed_out(timeout)),
+    }
+}
+
+fn timed_out(timeout: Duration) -> GuestFailure {
+    GuestFailure {
+        kind: ErrorKind::Timeout,
+        message: format!(
+            "the call ran past `limits.timeout` ({})",
+            humantime::format_duration(timeout)
+        ),
     }
 }
 
@@ -427,7 +570,8 @@ fn with_stderr_tail(mut f: GuestFailure, stderr: &MemoryOutputPipe) -> GuestFail
     if f.kind == ErrorKind::Trap {
         let bytes = stderr.contents();
         if let Some(tail) = stderr_tail(&String::from_utf8_lossy(&bytes)) {
-            let tail: String = tail.chars().take(400).collect();
+            let tail = crate::text::truncate(&tail, 400).into_owned();
+            let tail = crate::text::escape_controls(&tail);
             f.message = format!("{}; stderr: {tail}", f.message);
         }
     }
@@ -484,8 +628,14 @@ fn failed_output(
     }
 }
 
-/// Name a failure the way an operator thinks of it.
+/// Name a failure the way an operator thinks of it. Its message may quote
+/// guest text (a function name, a column): cut and escaped.
 fn classify(e: &wasmtime::Error, state: &ShardState) -> GuestFailure {
+    let f = classify_raw(e, state);
+    GuestFailure::new(f.kind, &f.message)
+}
+
+fn classify_raw(e: &wasmtime::Error, state: &ShardState) -> GuestFailure {
     if let Some(stop) = e.downcast_ref::<HostStop>() {
         let kind = match stop {
             HostStop::LimitExceeded(_) => ErrorKind::LimitExceeded,
@@ -499,10 +649,7 @@ fn classify(e: &wasmtime::Error, state: &ShardState) -> GuestFailure {
     let message = root_message(e);
     if let Some(trap) = e.downcast_ref::<Trap>() {
         if *trap == Trap::Interrupt {
-            return GuestFailure {
-                kind: ErrorKind::Timeout,
-                message: "the shard ran past `limits.timeout`".into(),
-            };
+            return timed_out(state.limits().timeout);
         }
         if state.memory_denied {
             return GuestFailure {
@@ -521,7 +668,11 @@ fn classify(e: &wasmtime::Error, state: &ShardState) -> GuestFailure {
     if message.contains("too much data is being copied between the host and the guest") {
         return GuestFailure {
             kind: ErrorKind::LimitExceeded,
-            message,
+            message: format!(
+                "the guest handed the host more than {} bytes in one call \
+                 (a row, a side output, a log line or a plan), past {}",
+                state.hostcall_max, state.hostcall_limit
+            ),
         };
     }
     if message.contains("write beyond capacity of MemoryOutputPipe") {
