@@ -78,16 +78,17 @@ fn baselines_score_as_the_reference_says() {
         lines[3].starts_with("  UniformBaseline") && lines[3].matches("(2)").count() == 2,
         "{text}"
     );
-    // save_samples: each shard's synthetic sequences stored beside the output.
-    let samples = dir
-        .path()
-        .join("out/results.samples/UniformBaseline/BasicMotions.csv");
+    // save_samples: each shard's synthetic sequences stored beside the
+    // output, in a folder of that shard's own.
+    let outputs = dir.path().join("out/results.outputs");
+    let samples = outputs
+        .join("00000001-model=UniformBaseline,dataset=BasicMotions/samples/UniformBaseline/BasicMotions.csv");
     let (sample_header, sample_rows) = read_csv(&samples);
     assert_eq!(&sample_header[..3], ["e_id", "ml_class", "dim_0"]);
     assert!(sample_rows.len() > 100, "sequences of ~100 steps");
     assert!(
-        dir.path()
-            .join("out/results.samples/RealDataBaseline/BasicMotions.csv")
+        outputs
+            .join("00000000-model=RealDataBaseline,dataset=BasicMotions/samples/RealDataBaseline/BasicMotions.csv")
             .exists()
     );
 }

@@ -3,9 +3,11 @@
 mod util;
 
 mod authoring;
+mod chaos;
 mod cli;
 mod deepecho;
 mod deploy;
+mod hostile;
 mod kubernetes;
 mod local_run;
 mod processes;

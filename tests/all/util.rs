@@ -83,3 +83,57 @@ pub fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
         .collect();
     (header, rows)
 }
+
+/// A `faulty.misbehave` config on the `processes` backend with a directory store.
+pub fn processes_config(args: &str, workers: usize, lease: &str) -> tempfile::TempDir {
+    faulty_config(args, workers, "").tap_config(&format!(
+        "backend = \"processes\"\nlease = \"{lease}\"\nstore = \"store\"\n"
+    ))
+}
+
+pub trait TapConfig {
+    fn tap_config(self, cluster_lines: &str) -> Self;
+}
+
+impl TapConfig for tempfile::TempDir {
+    /// Add lines to the `[cluster]` table of the config in this directory.
+    fn tap_config(self, cluster_lines: &str) -> Self {
+        let path = self.path().join("config.toml");
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("[cluster]\n", &format!("[cluster]\n{cluster_lines}"));
+        std::fs::write(&path, text).unwrap();
+        self
+    }
+}
+
+/// Pids of `engine worker` processes using the store under `dir`.
+pub fn worker_pids(dir: &Path) -> Vec<i32> {
+    let store = dir.join("store").display().to_string();
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if args.iter().any(|a| a == "worker") && args.iter().any(|a| a.starts_with(&store)) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+pub fn sigkill(pid: i32) {
+    let ok = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -KILL {pid}");
+}

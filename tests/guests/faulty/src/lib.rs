@@ -18,13 +18,24 @@ impl Plugin for Faulty {
                 Param::new(
                     "how",
                     "string",
-                    "trap | error | spin | alloc | stack | rows | cell | log | badrow | probe",
+                    "trap | error | spin | alloc | stack | recurse | sleep | rows | cell | log | \
+                     badrow | probe | emit-csv | emit-prefix | emit-many | emit-empty | huge-error | \
+                     escape | error-column | long-column | wide",
                 )
                 .default("trap"),
             )
             .param(Param::new("sleep_ms", "int", "Every shard sleeps this long first.").default(0))
+            .param(Param::new("rows", "int", "Rows each good shard pushes.").default(1))
             .param(
-                Param::new("plan", "string", "ok | panic | empty: how `plan` behaves.")
+                Param::new("emit", "string", "A side output every good shard writes (its index).")
+                    .default(""),
+            )
+            .param(
+                Param::new(
+                    "plan",
+                    "string",
+                    "ok | panic | empty | sleep | huge-error | escape: how `plan` behaves.",
+                )
                     .default("ok"),
             ),
         ]
@@ -35,6 +46,9 @@ impl Plugin for Faulty {
         match call.arg::<String>("plan")?.as_str() {
             "panic" => panic!("plan asked to panic"),
             "empty" => return Ok(Vec::new()),
+            "sleep" => std::thread::sleep(std::time::Duration::from_secs(3600)),
+            "huge-error" => bail!("{}", "x".repeat(64 << 20)),
+            "escape" => bail!("plan says \x1b[2J\x1b]0;pwned\x07hello\r"),
             _ => {}
         }
         (0..n)
@@ -53,12 +67,23 @@ impl Plugin for Faulty {
         }
         let mut buf = [0u8; 8];
         getrandom::fill(&mut buf).map_err(|e| guest_sdk::Error::new(e))?;
-        out.push(
-            Row::new()
-                .set("shard", i)
-                .set("square", i * i)
-                .set("random", (u64::from_le_bytes(buf) % 1_000_000) as i64),
-        )
+        let row = Row::new()
+            .set("shard", i)
+            .set("square", i * i)
+            .set("random", (u64::from_le_bytes(buf) % 1_000_000) as i64);
+        let emit: String = call.arg("emit")?;
+        if !emit.is_empty() {
+            guest_sdk::emit(&emit, i.to_string().as_bytes())?;
+        }
+        let rows = if i == bad {
+            1
+        } else {
+            call.arg::<i64>("rows")?
+        };
+        for _ in 1..rows {
+            out.push(row.clone())?;
+        }
+        out.push(row)
     }
 }
 
@@ -92,6 +117,52 @@ fn misbehave(how: &str, out: &mut Table) -> Result<()> {
             guest_sdk::info!("{}", "spam ".repeat(1000));
         },
         "badrow" => out.push(Row::new().set("", 1)),
+        // Plain recursion on scalars: the frames live on the native (wasm)
+        // stack, not in linear memory.
+        "recurse" => {
+            #[inline(never)]
+            fn rec(n: u64) -> u64 {
+                if n == 0 {
+                    0
+                } else {
+                    std::hint::black_box(rec(std::hint::black_box(n - 1))).wrapping_add(n)
+                }
+            }
+            std::hint::black_box(rec(std::hint::black_box(u64::MAX)));
+            Ok(())
+        }
+        // A blocking WASI call: no wasm code runs while it waits.
+        "sleep" => {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+            Ok(())
+        }
+        "emit-csv" => guest_sdk::emit("csv", b"not the results\n"),
+        "emit-prefix" => {
+            guest_sdk::emit("a", b"file")?;
+            guest_sdk::emit("a/b", b"under the file")
+        }
+        "emit-many" => {
+            for i in 0..200_000 {
+                guest_sdk::emit(&format!("many/{i}"), b"x")?;
+            }
+            Ok(())
+        }
+        "emit-empty" => loop {
+            guest_sdk::emit("empty", b"")?;
+        },
+        "huge-error" => bail!("{}", "x".repeat(64 << 20)),
+        "escape" => bail!("shard says \x1b[2J\x1b]0;pwned\x07hello\r"),
+        "error-column" => out.push(Row::new().set("error", "not an error")),
+        "long-column" => out.push(Row::new().set(&"c".repeat(100_000), 1)),
+        // Many columns in one part (other shards are narrow): the merge pads.
+        // 990 + the three of every row stay within `limits.columns`.
+        "wide" => {
+            let mut row = Row::new();
+            for c in 0..990 {
+                row = row.set(&format!("wide_{c:04}"), c);
+            }
+            out.push(row)
+        }
         "probe" => out.push(probe_sandbox()),
         other => bail!("unknown misbehaviour `{other}`"),
     }
