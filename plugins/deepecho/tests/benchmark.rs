@@ -56,12 +56,12 @@ fn baselines_end_to_end() {
             "rf_detection_score_time",
             "sdmetrics_score",
             "sdmetrics_score_time",
-            "error"
+            "metric_errors"
         ]
     );
     for r in &rows {
         eprintln!("{r:?}");
-        assert_eq!(text(r, "error"), "");
+        assert_eq!(text(r, "metric_errors"), "");
         for m in ["rf_detection_score", "sdmetrics_score"] {
             let v = float(r, m);
             assert!((0.0..=1.0).contains(&v), "{m} = {v}");
@@ -112,7 +112,7 @@ fn same_seed_same_rows_and_all_models_run() {
     assert_eq!(keys[4].0, "BasicGANModel");
     assert_eq!(without_times(&a), without_times(&b));
     for r in &a {
-        assert_eq!(text(r, "error"), "", "{r:?}");
+        assert_eq!(text(r, "metric_errors"), "", "{r:?}");
         for m in [
             "sdmetrics_score",
             "rf_detection_score",
@@ -195,7 +195,7 @@ fn failing_metric_leaves_null_and_explains() {
     let r = &rows[0];
     assert_eq!(r.get("classification_score"), Some(&Cell::Null));
     assert!(
-        text(r, "error").starts_with("classification_score:"),
+        text(r, "metric_errors").starts_with("classification_score:"),
         "{r:?}"
     );
     assert!(float(r, "sdmetrics_score") > 0.99);
