@@ -1,4 +1,7 @@
 //! The command line: one subcommand per user job.
+//!
+//! (Over 600 lines: the clap definitions of every command, whose doc comments
+//! are the CLI's help, and one function per command.)
 
 use crate::orchestrator::progress::ProgressMode;
 use crate::orchestrator::{self, RunOptions};
@@ -31,115 +34,147 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the function a config names and write its table.
-    Run {
-        /// The run's `config.toml` (or `.json`).
-        config: PathBuf,
-        /// Write the table here instead of `output.path`.
-        #[arg(long)]
-        output: Option<String>,
-        /// Mount this directory read-only as the guest's data directory.
-        #[arg(long)]
-        data: Option<PathBuf>,
-        /// Number of workers (overrides `cluster.workers`).
-        #[arg(long)]
-        workers: Option<usize>,
-        /// Look for plugins here first (repeatable).
-        #[arg(long = "plugins", value_name = "DIR")]
-        plugins: Vec<PathBuf>,
-        /// End with a summary of the results table: `auto` when stderr is a
-        /// terminal and not `--quiet`; `--summary` alone means `always`.
-        #[arg(
-            long,
-            value_name = "WHEN",
-            default_value = "auto",
-            num_args = 0..=1,
-            require_equals = true,
-            default_missing_value = "always"
-        )]
-        summary: When,
-    },
+    Run(RunArgs),
     /// Check a config (and its function and arguments) without running it.
-    Validate {
-        config: PathBuf,
-        #[arg(long = "plugins", value_name = "DIR")]
-        plugins: Vec<PathBuf>,
-    },
+    Validate(ValidateArgs),
     /// Work on a published run: claim shards from the store until all are done
     /// (what the `processes` and `kubernetes` backends start).
-    Worker {
-        /// The run store (`cluster.store` of the run).
-        #[arg(long)]
-        store: String,
-        /// The run id.
-        #[arg(long)]
-        run: String,
-        #[arg(long)]
-        tenant: Option<String>,
-        /// This worker's name (default: host name and pid).
-        #[arg(long)]
-        id: Option<String>,
-        /// Worker threads in this process.
-        #[arg(long, default_value_t = 1)]
-        threads: usize,
-        /// Where this machine mounts the run's data directory.
-        #[arg(long)]
-        data: Option<PathBuf>,
-    },
+    Worker(WorkerArgs),
     /// Submit a run to Kubernetes: a ConfigMap with the config and a Job that
     /// runs `engine run` on it (the orchestrator then starts worker pods).
-    Submit {
-        /// The run's `config.toml` (or `.json`); validated here first.
-        config: PathBuf,
-        /// Namespace of the Job (default: `cluster.namespace`, else the kubeconfig's).
-        #[arg(long)]
-        namespace: Option<String>,
-        /// The engine image (default: `cluster.worker_config.image`).
-        #[arg(long)]
-        image: Option<String>,
-        /// Look for plugins here first when validating (repeatable).
-        #[arg(long = "plugins", value_name = "DIR")]
-        plugins: Vec<PathBuf>,
-    },
+    Submit(SubmitArgs),
     /// Show a run's progress from the store alone.
-    Status {
-        /// The run id (printed by `engine run -v` and in the store as `runs/<id>`).
-        run: String,
-        /// The run store (`cluster.store`).
-        #[arg(long)]
-        store: String,
-        #[arg(long)]
-        tenant: Option<String>,
-    },
+    Status(StatusArgs),
     /// Create a plugin crate NAME that builds for wasm32-wasip2 as it is.
-    New {
-        /// The crate name: lowercase letters, digits, `-`, `_` (the function is `NAME.run`).
-        name: String,
-        /// Create it here (default `./NAME`); must not exist or be empty.
-        #[arg(long, value_name = "DIR")]
-        path: Option<PathBuf>,
-        /// The engine's `guest-sdk` folder (default: beside this executable, else `ENGINE_GUEST_SDK`).
-        #[arg(long, value_name = "PATH")]
-        sdk: Option<PathBuf>,
-    },
+    New(NewArgs),
     /// Summarise a result table: a leaderboard per metric, optionally an HTML report.
-    Report {
-        /// The result CSV (what `engine run` wrote).
-        results: PathBuf,
-        /// Also write a self-contained HTML report with charts here.
-        #[arg(long, value_name = "FILE")]
-        html: Option<PathBuf>,
-        /// Rank by this column (repeatable; default: the numeric columns ending in `_score`).
-        #[arg(long = "metric", value_name = "M")]
-        metrics: Vec<String>,
-    },
+    Report(ReportArgs),
     /// List the functions on the plugin search path, with their parameters.
-    Functions {
-        #[arg(long = "plugins", value_name = "DIR")]
-        plugins: Vec<PathBuf>,
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
-    },
+    Functions(FunctionsArgs),
+}
+
+/// The arguments of `engine run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The run's `config.toml` (or `.json`).
+    pub config: PathBuf,
+    /// Write the table here instead of `output.path`.
+    #[arg(long)]
+    pub output: Option<String>,
+    /// Mount this directory read-only as the guest's data directory.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Number of workers (overrides `cluster.workers`).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Look for plugins here first (repeatable).
+    #[arg(long = "plugins", value_name = "DIR")]
+    pub plugins: Vec<PathBuf>,
+    /// End with a summary of the results table: `auto` when stderr is a
+    /// terminal and not `--quiet`; `--summary` alone means `always`.
+    #[arg(
+        long,
+        value_name = "WHEN",
+        default_value = "auto",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "always"
+    )]
+    pub summary: When,
+}
+
+/// The arguments of `engine validate`.
+#[derive(Debug, clap::Args)]
+pub struct ValidateArgs {
+    pub config: PathBuf,
+    #[arg(long = "plugins", value_name = "DIR")]
+    pub plugins: Vec<PathBuf>,
+}
+
+/// The arguments of `engine worker`.
+#[derive(Debug, clap::Args)]
+pub struct WorkerArgs {
+    /// The run store (`cluster.store` of the run).
+    #[arg(long)]
+    pub store: String,
+    /// The run id.
+    #[arg(long)]
+    pub run: String,
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// This worker's name (default: host name and pid).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Worker threads in this process.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Where this machine mounts the run's data directory.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+}
+
+/// The arguments of `engine submit`.
+#[derive(Debug, clap::Args)]
+pub struct SubmitArgs {
+    /// The run's `config.toml` (or `.json`); validated here first.
+    pub config: PathBuf,
+    /// Namespace of the Job (default: `cluster.namespace`, else the kubeconfig's).
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// The engine image (default: `cluster.worker_config.image`).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Look for plugins here first when validating (repeatable).
+    #[arg(long = "plugins", value_name = "DIR")]
+    pub plugins: Vec<PathBuf>,
+}
+
+/// The arguments of `engine status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// The run id (printed by `engine run -v` and in the store as `runs/<id>`).
+    pub run: String,
+    /// The run store (`cluster.store`).
+    #[arg(long)]
+    pub store: String,
+    #[arg(long)]
+    pub tenant: Option<String>,
+}
+
+/// The arguments of `engine new`.
+#[derive(Debug, clap::Args)]
+pub struct NewArgs {
+    /// The crate name: lowercase letters, digits, `-`, `_` (the function is `NAME.run`).
+    pub name: String,
+    /// Create it here (default `./NAME`); must not exist or be empty.
+    #[arg(long, value_name = "DIR")]
+    pub path: Option<PathBuf>,
+    /// The engine's `guest-sdk` folder (default: beside this executable, else `ENGINE_GUEST_SDK`).
+    #[arg(long, value_name = "PATH")]
+    pub sdk: Option<PathBuf>,
+}
+
+/// The arguments of `engine report`.
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    /// The result CSV (what `engine run` wrote).
+    pub results: PathBuf,
+    /// Also write a self-contained HTML report with charts here.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+    /// Rank by this column (repeatable; default: the numeric columns ending in `_score`).
+    #[arg(long = "metric", value_name = "M")]
+    pub metrics: Vec<String>,
+}
+
+/// The arguments of `engine functions`.
+#[derive(Debug, clap::Args)]
+pub struct FunctionsArgs {
+    #[arg(long = "plugins", value_name = "DIR")]
+    pub plugins: Vec<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// When to do something meant for a person at a terminal.
@@ -176,197 +211,237 @@ async fn results_summary(output: &str) -> Result<String> {
 
 /// Run a parsed command line; errors are printed by `main`.
 pub async fn run(cli: Cli) -> Result<ExitCode> {
-    let progress = if cli.quiet {
+    match cli.command {
+        Command::Run(args) => run_command(args, cli.quiet).await,
+        Command::Validate(args) => validate_command(args),
+        Command::Worker(args) => worker_command(args).await,
+        Command::Submit(args) => submit_command(args).await,
+        Command::Status(args) => status_command(args).await,
+        Command::New(args) => new_command(args),
+        Command::Report(args) => report_command(args),
+        Command::Functions(args) => functions_command(args),
+    }
+}
+
+/// `engine run`: the whole run, then one line (and maybe a table) summing it up.
+async fn run_command(args: RunArgs, quiet: bool) -> Result<ExitCode> {
+    let RunArgs {
+        config,
+        output,
+        data,
+        workers,
+        plugins,
+        summary,
+    } = args;
+    let progress = if quiet {
         ProgressMode::Quiet
     } else {
         ProgressMode::Auto
     };
-    match cli.command {
-        Command::Run {
-            config,
-            output,
-            data,
-            workers,
-            plugins,
-            summary,
-        } => {
-            let summary = match summary {
-                When::Always => true,
-                When::Never => false,
-                When::Auto => !cli.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
-            };
-            let opts = RunOptions {
-                config,
-                output,
-                data,
-                workers,
-                plugins,
-                progress,
-            };
-            let s = orchestrator::run(opts).await?;
-            let ok = s.shards - s.failed;
-            let resumed = if s.resumed > 0 {
-                format!(" ({} from an earlier run)", s.resumed)
-            } else {
-                String::new()
-            };
-            eprintln!(
-                "{}: {} shards ({ok} ok, {} failed){resumed}, {} rows in {:.2}s -> {}",
-                if s.failed == 0 {
-                    "done"
-                } else {
-                    "done with failures"
-                },
-                s.shards,
-                s.failed,
-                s.rows,
-                s.elapsed.as_secs_f64(),
-                s.output
-            );
-            if summary {
-                match results_summary(&s.output).await {
-                    Ok(text) => eprint!("\n{}", escape_controls(&text)),
-                    Err(e) => tracing::warn!("no summary: cannot read `{}` back: {e:#}", s.output),
-                }
-            }
-            Ok(if s.failed == 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
-        }
-        Command::Validate { config, plugins } => {
-            let opts = RunOptions::validate_only(config.clone(), plugins);
-            let (p, shards) = tokio::task::block_in_place(|| -> Result<_> {
-                let runtime = Runtime::new(1)?;
-                let p = orchestrator::prepare(&runtime, &opts)?;
-                let shards = orchestrator::plan(&runtime, &p)?;
-                Ok((p, shards))
-            })?;
-            use std::io::Write;
-            writeln!(
-                std::io::stdout(),
-                "ok: `{}` calls `{}` from `{}`: {} shards, output `{}`",
-                config.display(),
-                p.config.run.function,
-                p.component_path.display(),
-                shards.len(),
-                p.output
-            )?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Worker {
-            store,
-            run,
-            tenant,
-            id,
-            threads,
-            data,
-        } => {
-            let opts = orchestrator::worker::ServeOptions {
-                store,
-                run,
-                tenant,
-                id,
-                threads,
-                data,
-            };
-            orchestrator::worker::serve(opts).await?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Submit {
-            config,
-            namespace,
-            image,
-            plugins,
-        } => {
-            let opts = RunOptions::validate_only(config.clone(), plugins);
-            let (p, run_id) = tokio::task::block_in_place(|| -> Result<_> {
-                let runtime = Runtime::new(1)?;
-                let p = orchestrator::prepare(&runtime, &opts)?;
-                let run_id = orchestrator::run_id(&p);
-                Ok((p, run_id))
-            })?;
-            let submit = crate::backend::kubernetes::SubmitOptions {
-                prepared: &p,
-                run_id: &run_id,
-                config_path: &config,
-                namespace,
-                image,
-            };
-            let s = crate::backend::kubernetes::submit(submit).await?;
-            use std::io::Write;
-            let mut out = std::io::stdout().lock();
-            writeln!(out, "job/{} created in namespace {}", s.job, s.namespace)?;
-            writeln!(out, "kubectl logs -f job/{} -n {}", s.job, s.namespace)?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Status { run, store, tenant } => status(&run, &store, tenant.as_deref()).await,
-        Command::New { name, path, sdk } => {
-            let made = crate::scaffold::scaffold(&crate::scaffold::NewOptions { name, path, sdk })?;
-            use std::io::Write;
-            let dir = made.dir.display();
-            let mut out = std::io::stdout().lock();
-            writeln!(
-                out,
-                "created `{dir}`: the function `{}` (guest SDK: `{}`)",
-                made.function,
-                made.sdk.display()
-            )?;
-            writeln!(out, "next:")?;
-            writeln!(out, "  cd {dir}")?;
-            writeln!(
-                out,
-                "  cargo test                                   # natively, no wasm"
-            )?;
-            writeln!(out, "  cargo build --target wasm32-wasip2 --release")?;
-            writeln!(
-                out,
-                "  engine run config.toml --plugins target/wasm32-wasip2/release"
-            )?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Report {
-            results,
-            html,
-            metrics,
-        } => {
-            let data = crate::report::load(&results)?;
-            let report = crate::report::analyse(&data, &results.display().to_string(), &metrics)?;
-            use std::io::Write;
-            write!(
-                std::io::stdout(),
-                "{}",
-                escape_controls(&crate::report::render_text(&report))
-            )?;
-            if let Some(html) = html {
-                std::fs::write(&html, crate::report::render_html(&report)).map_err(|e| {
-                    anyhow::anyhow!("cannot write the report `{}`: {e}", html.display())
-                })?;
-                eprintln!("wrote {}", html.display());
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Functions { plugins, json } => {
-            let search = SearchPath::new(&plugins);
-            let catalog = tokio::task::block_in_place(|| -> Result<_> {
-                let runtime = Runtime::new(1)?;
-                Ok(plugins::catalog(&runtime, &search))
-            })?;
-            print_functions(&search, catalog, json)
+
+    let summary = match summary {
+        When::Always => true,
+        When::Never => false,
+        When::Auto => !quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let opts = RunOptions {
+        config,
+        output,
+        data,
+        workers,
+        plugins,
+        progress,
+    };
+    let s = orchestrator::run(opts).await?;
+    let ok = s.shards - s.failed;
+    let resumed = if s.resumed > 0 {
+        format!(" ({} from an earlier run)", s.resumed)
+    } else {
+        String::new()
+    };
+    eprintln!(
+        "{}: {} shards ({ok} ok, {} failed){resumed}, {} rows in {:.2}s -> {}",
+        if s.failed == 0 {
+            "done"
+        } else {
+            "done with failures"
+        },
+        s.shards,
+        s.failed,
+        s.rows,
+        s.elapsed.as_secs_f64(),
+        s.output
+    );
+    if summary {
+        match results_summary(&s.output).await {
+            Ok(text) => eprint!("\n{}", escape_controls(&text)),
+            Err(e) => tracing::warn!("no summary: cannot read `{}` back: {e:#}", s.output),
         }
     }
+    Ok(if s.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `engine validate`: everything but running.
+fn validate_command(args: ValidateArgs) -> Result<ExitCode> {
+    let ValidateArgs { config, plugins } = args;
+
+    let opts = RunOptions::validate_only(config.clone(), plugins);
+    let (p, shards) = tokio::task::block_in_place(|| -> Result<_> {
+        let runtime = Runtime::new(1)?;
+        let p = orchestrator::prepare(&runtime, &opts)?;
+        let shards = orchestrator::plan(&runtime, &p)?;
+        Ok((p, shards))
+    })?;
+    use std::io::Write;
+    writeln!(
+        std::io::stdout(),
+        "ok: `{}` calls `{}` from `{}`: {} shards, output `{}`",
+        config.display(),
+        p.config.run.function,
+        p.component_path.display(),
+        shards.len(),
+        p.output
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `engine worker`: work on a run published in a store.
+async fn worker_command(args: WorkerArgs) -> Result<ExitCode> {
+    let WorkerArgs {
+        store,
+        run,
+        tenant,
+        id,
+        threads,
+        data,
+    } = args;
+
+    let opts = crate::work::ServeOptions {
+        store,
+        run,
+        tenant,
+        id,
+        threads,
+        data,
+    };
+    crate::work::serve(opts).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `engine submit`: the orchestrator as a Job in the cluster.
+async fn submit_command(args: SubmitArgs) -> Result<ExitCode> {
+    let SubmitArgs {
+        config,
+        namespace,
+        image,
+        plugins,
+    } = args;
+
+    let opts = RunOptions::validate_only(config.clone(), plugins);
+    let (p, run_id) = tokio::task::block_in_place(|| -> Result<_> {
+        let runtime = Runtime::new(1)?;
+        let p = orchestrator::prepare(&runtime, &opts)?;
+        let run_id = orchestrator::run_id(&p);
+        Ok((p, run_id))
+    })?;
+    let submit = crate::backend::kubernetes::SubmitOptions {
+        cluster: &p.config.cluster,
+        run_id: &run_id,
+        config_path: &config,
+        namespace,
+        image,
+    };
+    let s = crate::backend::kubernetes::submit(submit).await?;
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "job/{} created in namespace {}", s.job, s.namespace)?;
+    writeln!(out, "kubectl logs -f job/{} -n {}", s.job, s.namespace)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `engine status`: a run's progress, from the store alone.
+async fn status_command(args: StatusArgs) -> Result<ExitCode> {
+    let StatusArgs { run, store, tenant } = args;
+    status(&run, &store, tenant.as_deref()).await
+}
+
+/// `engine new`: a plugin crate that builds as it is.
+fn new_command(args: NewArgs) -> Result<ExitCode> {
+    let NewArgs { name, path, sdk } = args;
+
+    let made = crate::scaffold::scaffold(&crate::scaffold::NewOptions { name, path, sdk })?;
+    use std::io::Write;
+    let dir = made.dir.display();
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "created `{dir}`: the function `{}` (guest SDK: `{}`)",
+        made.function,
+        made.sdk.display()
+    )?;
+    writeln!(out, "next:")?;
+    writeln!(out, "  cd {dir}")?;
+    writeln!(
+        out,
+        "  cargo test                                   # natively, no wasm"
+    )?;
+    writeln!(out, "  cargo build --target wasm32-wasip2 --release")?;
+    writeln!(
+        out,
+        "  engine run config.toml --plugins target/wasm32-wasip2/release"
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `engine report`: leaderboards, and an HTML report.
+fn report_command(args: ReportArgs) -> Result<ExitCode> {
+    let ReportArgs {
+        results,
+        html,
+        metrics,
+    } = args;
+
+    let data = crate::report::load(&results)?;
+    let report = crate::report::analyse(&data, &results.display().to_string(), &metrics)?;
+    use std::io::Write;
+    write!(
+        std::io::stdout(),
+        "{}",
+        escape_controls(&crate::report::render_text(&report))
+    )?;
+    if let Some(html) = html {
+        std::fs::write(&html, crate::report::render_html(&report))
+            .map_err(|e| anyhow::anyhow!("cannot write the report `{}`: {e}", html.display()))?;
+        eprintln!("wrote {}", html.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `engine functions`: what the plugin path offers.
+fn functions_command(args: FunctionsArgs) -> Result<ExitCode> {
+    let FunctionsArgs { plugins, json } = args;
+
+    let search = SearchPath::new(&plugins);
+    let catalog = tokio::task::block_in_place(|| -> Result<_> {
+        let runtime = Runtime::new(1)?;
+        Ok(plugins::catalog(&runtime, &search))
+    })?;
+    print_functions(&search, catalog, json)
 }
 
 async fn status(run: &str, store_url: &str, tenant: Option<&str>) -> Result<ExitCode> {
-    use crate::orchestrator::queue::QueueState;
+    use crate::work::queue::QueueState;
     use std::io::Write;
     let base = crate::store::Location::parse(store_url)?;
     let store = crate::store::RunStore::new(&base, tenant, run);
     let Some(spec) = store.get("run.json").await? else {
         anyhow::bail!("no run `{run}` in the store `{store_url}`");
     };
-    let spec: orchestrator::RunSpec = serde_json::from_slice(&spec)?;
+    let spec: crate::work::RunSpec = serde_json::from_slice(&spec)?;
     let state = QueueState::read(&store, std::time::Duration::from_millis(spec.lease_ms)).await?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "run        {run}")?;

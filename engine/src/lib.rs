@@ -13,6 +13,7 @@ pub mod scaffold;
 pub mod store;
 pub mod table;
 pub mod text;
+pub mod work;
 
 /// The version of the WIT contract (`engine:plugin`) this engine speaks.
 pub const WIT_VERSION: &str = "0.1.0";

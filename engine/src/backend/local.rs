@@ -1,119 +1,39 @@
-//! Worker threads in this process, sharing one wasmtime engine and one
-//! heartbeat. `engine run` uses it directly; `engine worker` uses it too.
+//! `local`: worker threads in this process.
 
-use crate::orchestrator::queue::ActiveClaims;
-use crate::orchestrator::worker::{
-    Finished, LoadedRun, WorkerCtx, spawn_heartbeat, stuck_after, work,
-};
-use anyhow::{Result, anyhow};
+use super::WorkerPool;
+use crate::work::threads::Threads;
+use crate::work::worker::{Finished, LoadedRun};
+use anyhow::Result;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::thread::JoinHandle;
-use std::time::Duration;
 
-/// A worker thread's stack: guest code runs on wasmtime's own stacks, but
-/// the host's side of a call (the store client, the CSV writer) runs here.
-const THREAD_STACK: usize = 8 << 20;
-
-pub struct LocalPool {
-    threads: Vec<JoinHandle<Result<u64>>>,
-    stop: Arc<AtomicBool>,
-    heartbeat: tokio::task::JoinHandle<()>,
-    /// Parts stored by these threads.
-    pub finished: Arc<Finished>,
+/// `n` worker threads on `run`, their heartbeat written as `process`.
+pub fn start(n: usize, run: &LoadedRun, process: &str) -> Result<Box<dyn WorkerPool>> {
+    Ok(Box::new(Local(Threads::start(n, run, process)?)))
 }
 
-impl LocalPool {
-    pub fn start(n: usize, run: &LoadedRun, process: &str) -> Result<LocalPool> {
-        let runtime = &run.runtime;
-        if n as u64 + 2 > u64::from(runtime.slots()) {
-            anyhow::bail!(
-                "{n} worker threads need {} sandboxes, but the engine was sized for {}",
-                n + 2,
-                runtime.slots()
-            );
-        }
-        let stop = Arc::new(AtomicBool::new(false));
-        let active = Arc::new(ActiveClaims::default());
-        let finished = Arc::new(Finished::default());
-        let cursor = Arc::new(AtomicUsize::new(0));
-        let handle = tokio::runtime::Handle::current();
-        let lease = Duration::from_millis(run.spec.lease_ms);
-        let heartbeat = spawn_heartbeat(
-            run.store.clone(),
-            process.to_owned(),
-            active.clone(),
-            lease,
-            stuck_after(&run.spec.limits),
-        )?;
-        let threads = (0..n)
-            .map(|i| {
-                let ctx = WorkerCtx {
-                    runtime: run.runtime.clone(),
-                    plugin: run.plugin.clone(),
-                    spec: run.spec.clone(),
-                    shards: run.shards.clone(),
-                    store: run.store.clone(),
-                    data_dir: run.data_dir.clone(),
-                    process: process.to_owned(),
-                    worker_id: format!("{process}/{i}"),
-                    stop: stop.clone(),
-                    active: active.clone(),
-                    finished: finished.clone(),
-                    cursor: cursor.clone(),
-                    handle: handle.clone(),
-                };
-                std::thread::Builder::new()
-                    .name(format!("worker-{i}"))
-                    .stack_size(THREAD_STACK)
-                    .spawn(move || work(&ctx))
-            })
-            .collect::<std::io::Result<Vec<_>>>()?;
-        Ok(LocalPool {
-            threads,
-            stop,
-            heartbeat,
-            finished,
-        })
+struct Local(Threads);
+
+#[async_trait::async_trait]
+impl WorkerPool for Local {
+    async fn poll(&mut self) -> Result<Option<String>> {
+        Ok(self.0.all_stopped())
     }
 
-    /// `Some(reason)` once every thread has exited.
-    pub fn all_stopped(&mut self) -> Option<String> {
-        if !self.threads.iter().all(|t| t.is_finished()) {
-            return None;
-        }
-        Some(
-            std::mem::take(&mut self.threads)
-                .into_iter()
-                .filter_map(|t| match t.join() {
-                    Ok(Ok(_)) => None,
-                    Ok(Err(e)) => Some(format!("{e:#}")),
-                    Err(_) => Some("a worker thread panicked".into()),
-                })
-                .next()
-                .unwrap_or_else(|| "all workers exited".into()),
-        )
+    fn finished(&self) -> Option<Arc<Finished>> {
+        Some(self.0.finished.clone())
     }
 
-    pub fn stop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+    fn stop(&mut self) {
+        self.0.stop();
     }
 
-    /// Wait for every thread; the total number of shards they ran.
-    pub fn join(self) -> Result<u64> {
-        let mut ran = 0;
-        let mut first_error = None;
-        for t in self.threads {
-            match t.join() {
-                Ok(Ok(n)) => ran += n,
-                Ok(Err(e)) => first_error = first_error.or(Some(e)),
-                Err(_) => first_error = first_error.or(Some(anyhow!("a worker thread panicked"))),
-            }
-        }
-        self.heartbeat.abort();
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(ran),
-        }
+    async fn kill(&mut self) {
+        self.0.stop();
+    }
+
+    async fn join(self: Box<Self>) -> Result<()> {
+        let threads = self.0;
+        tokio::task::spawn_blocking(move || threads.join()).await??;
+        Ok(())
     }
 }

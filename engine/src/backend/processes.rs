@@ -3,7 +3,7 @@
 //! re-offered once its lease expires; one that keeps dying soon after it
 //! starts (it cannot start at all) is given up after a few tries.
 
-use crate::orchestrator::RunSpec;
+use crate::work::RunSpec;
 use anyhow::{Context, Result};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -22,7 +22,7 @@ struct Slot {
     starts: u32,
 }
 
-pub struct ProcessPool {
+struct ProcessPool {
     command: Vec<String>,
     env: Vec<(String, String)>,
     slots: Vec<Slot>,
@@ -30,7 +30,7 @@ pub struct ProcessPool {
 }
 
 impl ProcessPool {
-    pub fn start(
+    fn start(
         n: usize,
         store: &str,
         spec: &RunSpec,
@@ -108,7 +108,7 @@ impl ProcessPool {
     }
 
     /// Restart workers that died while work remains; `Some` when none is left.
-    pub fn all_stopped(&mut self) -> Option<String> {
+    fn all_stopped(&mut self) -> Option<String> {
         for i in 0..self.slots.len() {
             let Some(child) = &mut self.slots[i].child else {
                 continue;
@@ -151,7 +151,7 @@ impl ProcessPool {
         )
     }
 
-    pub fn kill(&mut self) {
+    fn kill(&mut self) {
         for child in self.slots.iter_mut().filter_map(|s| s.child.as_mut()) {
             let _ = child.kill();
             let _ = child.wait();
@@ -160,12 +160,44 @@ impl ProcessPool {
     }
 
     /// Wait for the workers, which exit once every shard has a part.
-    pub fn join(mut self) -> Result<()> {
+    fn join(mut self) -> Result<()> {
         for child in self.slots.iter_mut().filter_map(|s| s.child.as_mut()) {
             child.wait()?;
         }
         self.slots.clear();
         Ok(())
+    }
+}
+
+/// `n` `engine worker` processes on this machine, on the run published in `store`.
+pub fn start(
+    n: usize,
+    store: &str,
+    spec: &RunSpec,
+    data_dir: Option<&Path>,
+    credentials: Option<&(String, String)>,
+) -> Result<Box<dyn super::WorkerPool>> {
+    Ok(Box::new(ProcessPool::start(
+        n,
+        store,
+        spec,
+        data_dir,
+        credentials,
+    )?))
+}
+
+#[async_trait::async_trait]
+impl super::WorkerPool for ProcessPool {
+    async fn poll(&mut self) -> Result<Option<String>> {
+        Ok(self.all_stopped())
+    }
+
+    async fn kill(&mut self) {
+        ProcessPool::kill(self);
+    }
+
+    async fn join(self: Box<Self>) -> Result<()> {
+        tokio::task::spawn_blocking(move || ProcessPool::join(*self)).await?
     }
 }
 

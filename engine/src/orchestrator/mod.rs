@@ -4,18 +4,16 @@
 
 mod merge;
 pub mod progress;
-pub mod queue;
-pub mod worker;
 
 use crate::InputError;
-use crate::backend::Workers;
-use crate::config::{self, Backend, Config, Limits, Source};
+use crate::backend::{self, WorkerPool};
+use crate::config::{self, Backend, Config, Source};
 use crate::plugins::{self, SearchPath};
 use crate::runtime::{Plugin, Runtime, Shard};
 use crate::store::{Location, RunStore};
+use crate::work::{RunSpec, read_shards, worker};
 use anyhow::{Context, Result, bail};
 use progress::{Progress, ProgressMode};
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -50,83 +48,6 @@ impl RunOptions {
             progress: ProgressMode::Quiet,
         }
     }
-}
-
-/// The run as published in the store (`run.json`): everything a worker needs.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RunSpec {
-    /// Version of this layout.
-    pub format: u32,
-    pub run_id: String,
-    pub function: String,
-    /// Checked against the function's parameters, defaults filled in.
-    pub args: Map<String, Value>,
-    pub component_sha256: String,
-    pub data_dir: Option<PathBuf>,
-    pub seed: u64,
-    pub tenant: Option<String>,
-    pub limits: Limits,
-    pub shards: usize,
-    /// Claims whose process has not beaten for this long are re-offered.
-    pub lease_ms: u64,
-    /// sha256 of `shards.json`, so a worker can tell it was not changed.
-    #[serde(default)]
-    pub shards_sha256: Option<String>,
-}
-
-impl RunSpec {
-    /// Refuse a spec that does not hash to the run id it is stored under:
-    /// the store was changed by something other than the engine.
-    pub fn check_id(&self, run_id: &str) -> Result<()> {
-        let id = identity(
-            &self.function,
-            &self.args,
-            &self.component_sha256,
-            self.data_dir.as_deref(),
-            self.seed,
-            self.tenant.as_deref(),
-            &self.limits,
-        );
-        if id != run_id || self.run_id != run_id {
-            bail!(
-                "the stored `run.json` of run `{run_id}` does not hash to its id (it hashes to `{id}`): \
-                 the store was modified; delete the run's folder and run again"
-            );
-        }
-        Ok(())
-    }
-}
-
-/// Read `shards.json` and check it against the spec's hash.
-pub async fn read_shards(store: &RunStore, spec: &RunSpec) -> Result<Vec<Shard>> {
-    let bytes = store
-        .get("shards.json")
-        .await?
-        .with_context(|| format!("run `{}` has no `shards.json`", spec.run_id))?;
-    if let Some(expected) = &spec.shards_sha256
-        && hex::encode(Sha256::digest(&bytes)) != *expected
-    {
-        bail!(
-            "the stored `shards.json` of run `{}` does not match the sha256 in its `run.json`: \
-             the store was modified; delete the run's folder and run again",
-            spec.run_id
-        );
-    }
-    let shards: Vec<Shard> = serde_json::from_slice(&bytes).with_context(|| {
-        format!(
-            "the stored `shards.json` of run `{}` is not a shard list",
-            spec.run_id
-        )
-    })?;
-    if shards.len() != spec.shards {
-        bail!(
-            "the stored `shards.json` of run `{}` has {} shards, its `run.json` says {}",
-            spec.run_id,
-            shards.len(),
-            spec.shards
-        );
-    }
-    Ok(shards)
 }
 
 /// A validated run, ready to plan.
@@ -299,7 +220,7 @@ fn check_data_dir(
 /// The run's identity: the same function, arguments, component, data, seed,
 /// tenant and limits give the same id, so a rerun finds its earlier work.
 pub fn run_id(p: &Prepared) -> String {
-    identity(
+    crate::work::identity(
         &p.config.run.function,
         &p.args,
         &p.plugin.sha256,
@@ -308,27 +229,6 @@ pub fn run_id(p: &Prepared) -> String {
         p.config.run.tenant.as_deref(),
         &p.config.limits,
     )
-}
-
-fn identity(
-    function: &str,
-    args: &Map<String, Value>,
-    component: &str,
-    data: Option<&Path>,
-    seed: u64,
-    tenant: Option<&str>,
-    limits: &Limits,
-) -> String {
-    let identity = serde_json::json!({
-        "function": function,
-        "args": args,
-        "component": component,
-        "data": data,
-        "seed": seed,
-        "tenant": tenant,
-        "limits": limits,
-    });
-    hex::encode(&Sha256::digest(identity.to_string().as_bytes())[..8])
 }
 
 /// Plan the call in a sandbox with the run's limits.
@@ -412,7 +312,7 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
     let workers = prepared.workers.maximum.min(n - resumed.min(n)).max(1);
     let spec = Arc::new(spec);
     let shards = Arc::new(shards);
-    let mut pool = match prepared.config.cluster.backend {
+    let mut pool: Box<dyn WorkerPool> = match prepared.config.cluster.backend {
         Backend::Local => {
             let process = format!("{}-orchestrator", worker::default_process_name());
             let run = worker::LoadedRun {
@@ -423,11 +323,9 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
                 store: store.clone(),
                 data_dir: prepared.data_dir.clone(),
             };
-            Workers::Local(crate::backend::local::LocalPool::start(
-                workers, &run, &process,
-            )?)
+            backend::local::start(workers, &run, &process)?
         }
-        Backend::Processes => Workers::processes(
+        Backend::Processes => backend::processes::start(
             workers,
             &prepared.store,
             &spec,
@@ -435,13 +333,14 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
             credentials.as_ref(),
         )?,
         Backend::Kubernetes => {
-            let run = crate::backend::kubernetes::KubeRun {
-                prepared: &prepared,
+            backend::kubernetes::start(backend::kubernetes::KubeRun {
+                cluster: &prepared.config.cluster,
+                store_url: &prepared.store,
                 spec: &spec,
                 store: &store,
                 credentials: credentials.as_ref(),
-            };
-            Workers::kubernetes(run).await?
+            })
+            .await?
         }
     };
 
@@ -543,7 +442,7 @@ async fn watch(
     store: &RunStore,
     n: usize,
     (before_done, before_failed): (usize, usize),
-    pool: &mut Workers,
+    pool: &mut Box<dyn WorkerPool>,
     progress: &mut Progress,
 ) -> Result<usize> {
     let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
@@ -564,7 +463,7 @@ async fn watch(
             }
             return Ok(failed);
         }
-        if let Some(e) = pool.all_stopped().await? {
+        if let Some(e) = pool.poll().await? {
             let done = store.count("parts").await?;
             if done >= n {
                 return store.count("failed").await;

@@ -35,13 +35,17 @@
 //!   the run fails, while no pod of the run has ever started (default `120s`).
 //!
 //! Everything is deleted when the run ends: success, failure or Ctrl-C.
+//!
+//! (Over 600 lines: one pool's whole lifecycle, from its first pod to its
+//! cleanup. Pod-spec building and scaling decisions move to files of their own
+//! with the real-cluster work; `api` and `submit` are apart already.)
 
 use crate::InputError;
-use crate::config::Quantity;
-use crate::orchestrator::queue::QueueState;
-use crate::orchestrator::{Prepared, RunSpec};
+use crate::config::ClusterSection;
 use crate::store::RunStore;
-use anyhow::{Context, Result, anyhow, bail};
+use crate::work::RunSpec;
+use crate::work::queue::QueueState;
+use anyhow::{Context, Result, bail};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
@@ -49,6 +53,12 @@ use kube::{Client, Config};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
+
+mod api;
+mod submit;
+
+use api::{api_error, connect, is_status, owner_ref, quantity};
+pub use submit::{SubmitOptions, Submitted, submit};
 
 const SECRET_KEYS: &[&str] = &[
     "AWS_ACCESS_KEY_ID",
@@ -87,48 +97,6 @@ fn start_timeout() -> Result<Duration> {
             }),
         },
     }
-}
-
-/// A client from `KUBECONFIG` / `~/.kube/config`, else the in-cluster config.
-async fn connect() -> Result<(Config, Client)> {
-    let config = Config::infer().await.context(
-        "cannot find a Kubernetes configuration: set KUBECONFIG (or ~/.kube/config), or run in a pod with a \
-         service account",
-    )?;
-    let client = Client::try_from(config.clone()).context("cannot create a Kubernetes client")?;
-    Ok((config, client))
-}
-
-/// An API error that names what was refused, with the server's own message.
-fn api_error(e: kube::Error, verb: &str, resource: &str, ns: &str) -> anyhow::Error {
-    match &e {
-        kube::Error::Api(s) if s.code == 403 => anyhow!(
-            "Kubernetes refused to {verb} {resource} in namespace `{ns}` (403 Forbidden): {}; the engine's \
-             account needs `{verb}` on `{resource}` (see deploy/rbac.yaml)",
-            s.message
-        ),
-        kube::Error::Api(s) => {
-            anyhow!(
-                "cannot {verb} {resource} in namespace `{ns}`: {} ({} {})",
-                s.message,
-                s.code,
-                s.reason
-            )
-        }
-        _ => anyhow!(e).context(format!("cannot {verb} {resource} in namespace `{ns}`")),
-    }
-}
-
-fn is_status(e: &kube::Error, code: u16) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == code)
-}
-
-fn quantity(q: &Quantity) -> String {
-    q.to_string()
-}
-
-fn owner_ref(api_version: &str, kind: &str, name: &str, uid: &str) -> Value {
-    json!({ "apiVersion": api_version, "kind": kind, "name": name, "uid": uid, "blockOwnerDeletion": true })
 }
 
 /// What must be deleted at the end of a run.
@@ -233,7 +201,9 @@ pub struct KubePool {
 
 /// What the pool needs from the run.
 pub struct KubeRun<'a> {
-    pub prepared: &'a Prepared,
+    pub cluster: &'a ClusterSection,
+    /// `cluster.store`, resolved: where the pods find the run.
+    pub store_url: &'a str,
     pub spec: &'a RunSpec,
     pub store: &'a RunStore,
     pub credentials: Option<&'a (String, String)>,
@@ -243,7 +213,7 @@ impl KubePool {
     /// Create the run's owner object, Secret and first pods. On failure,
     /// whatever was created is deleted again.
     pub async fn start(run: KubeRun<'_>) -> Result<KubePool> {
-        let cluster = &run.prepared.config.cluster;
+        let cluster = run.cluster;
         let worker_config = cluster.worker_config.clone().unwrap_or_default();
         let Some(image) = worker_config.image.clone() else {
             return Err(InputError::msg(
@@ -292,7 +262,7 @@ impl KubePool {
             engine_command(),
             "worker".into(),
             "--store".into(),
-            run.prepared.store.clone(),
+            run.store_url.to_owned(),
             "--run".into(),
             run_id.clone(),
         ];
@@ -327,7 +297,7 @@ impl KubePool {
             pod_spec["serviceAccountName"] = json!(sa);
         }
 
-        let maximum = run.prepared.workers.maximum.max(1);
+        let maximum = run.cluster.workers.maximum.max(1);
         let mut pool = KubePool {
             config,
             pods: Api::namespaced(client.clone(), &ns),
@@ -337,7 +307,7 @@ impl KubePool {
             template: pod_spec,
             labels,
             owners: Vec::new(),
-            minimum: run.prepared.workers.minimum.max(1),
+            minimum: run.cluster.workers.minimum.max(1),
             maximum,
             next_index: 0,
             live: HashMap::new(),
@@ -698,118 +668,25 @@ impl Drop for KubePool {
     }
 }
 
-/// `engine submit`: what to submit.
-pub struct SubmitOptions<'a> {
-    pub prepared: &'a Prepared,
-    pub run_id: &'a str,
-    /// The config file as written.
-    pub config_path: &'a std::path::Path,
-    pub namespace: Option<String>,
-    pub image: Option<String>,
+/// Worker pods for `run` (see [`KubePool::start`]).
+pub async fn start(run: KubeRun<'_>) -> Result<Box<dyn super::WorkerPool>> {
+    Ok(Box::new(KubePool::start(run).await?))
 }
 
-/// What `engine submit` created.
-pub struct Submitted {
-    pub job: String,
-    pub namespace: String,
-}
-
-/// Create a ConfigMap holding the config file and a Job running `engine run`
-/// on it, as `deploy/orchestrator-job.yaml` does by hand.
-pub async fn submit(opts: SubmitOptions<'_>) -> Result<Submitted> {
-    let cluster = &opts.prepared.config.cluster;
-    let image = opts
-        .image
-        .clone()
-        .or_else(|| cluster.worker_config.as_ref().and_then(|w| w.image.clone()))
-        .ok_or_else(|| {
-            InputError::msg(
-                "no image: set `cluster.worker_config.image` in the config or pass `--image`",
-            )
-        })?;
-    let file_name = opts
-        .config_path
-        .file_name()
-        .and_then(|f| f.to_str())
-        .context("the config path has no file name")?
-        .to_owned();
-    let text = std::fs::read_to_string(opts.config_path)
-        .with_context(|| format!("cannot read `{}`", opts.config_path.display()))?;
-    let (config, client) = connect().await?;
-    let ns = opts
-        .namespace
-        .clone()
-        .or_else(|| cluster.namespace.clone())
-        .unwrap_or_else(|| config.default_namespace.clone());
-    let suffix = format!("{:05x}", crate::orchestrator::queue::now_ms() & 0xfffff);
-    let name = format!("engine-run-{}-{suffix}", opts.run_id);
-    let labels = json!({
-        "app.kubernetes.io/name": "engine",
-        "app.kubernetes.io/component": "orchestrator",
-        "app.kubernetes.io/managed-by": "engine",
-        "engine.dev/run": opts.run_id,
-    });
-
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    let store_secret = match secrets.get_opt("engine-store").await {
-        Ok(found) => found.is_some(),
-        Err(e) => {
-            tracing::warn!("cannot check for the `engine-store` Secret: {e}");
-            false
-        }
-    };
-    let mut container = json!({
-        "name": "engine",
-        "image": image,
-        "command": [engine_command(), "run", format!("/config/{file_name}")],
-        "env": [
-            { "name": "POD_NAME", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } },
-            { "name": "POD_NAMESPACE", "valueFrom": { "fieldRef": { "fieldPath": "metadata.namespace" } } },
-        ],
-        "volumeMounts": [{ "name": "config", "mountPath": "/config", "readOnly": true }],
-    });
-    if store_secret {
-        container["envFrom"] = json!([{ "secretRef": { "name": "engine-store" } }]);
+#[async_trait::async_trait]
+impl super::WorkerPool for KubePool {
+    async fn poll(&mut self) -> Result<Option<String>> {
+        self.all_stopped().await
     }
-    let job: Job = serde_json::from_value(json!({
-        "metadata": { "name": name, "namespace": ns, "labels": labels },
-        "spec": {
-            "backoffLimit": 0,
-            "ttlSecondsAfterFinished": 86400,
-            "template": {
-                "metadata": { "labels": labels },
-                "spec": {
-                    "serviceAccountName": "engine",
-                    "restartPolicy": "Never",
-                    "containers": [container],
-                    "volumes": [{ "name": "config", "configMap": { "name": name } }],
-                },
-            },
-        },
-    }))?;
-    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
-    let created = jobs
-        .create(&PostParams::default(), &job)
-        .await
-        .map_err(|e| api_error(e, "create", "jobs", &ns))?;
-    // The ConfigMap belongs to the Job: deleting the Job deletes it.
-    let uid = created.metadata.uid.unwrap_or_default();
-    let cm: ConfigMap = serde_json::from_value(json!({
-        "metadata": {
-            "name": name,
-            "namespace": ns,
-            "labels": labels,
-            "ownerReferences": [owner_ref("batch/v1", "Job", &name, &uid)],
-        },
-        "data": { file_name: text },
-    }))?;
-    let configmaps: Api<ConfigMap> = Api::namespaced(client, &ns);
-    if let Err(e) = configmaps.create(&PostParams::default(), &cm).await {
-        let _ = jobs.delete(&name, &DeleteParams::background()).await;
-        return Err(api_error(e, "create", "configmaps", &ns));
+
+    async fn kill(&mut self) {
+        self.cleanup().await;
     }
-    Ok(Submitted {
-        job: name,
-        namespace: ns,
-    })
+
+    /// Every shard has a part, so the pods are exiting by themselves: delete
+    /// the run's objects.
+    async fn join(mut self: Box<Self>) -> Result<()> {
+        self.cleanup().await;
+        Ok(())
+    }
 }

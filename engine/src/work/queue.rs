@@ -18,6 +18,8 @@
 //! The workers of one process share one cursor over the shards, so they do not
 //! race each other for first claims. In a memory store (one process, its own
 //! threads) no claims are written at all.
+//!
+//! (Over 600 lines: a quarter of them are the protocol's tests, kept beside it.)
 
 use crate::store::{RunStore, shard_name};
 use anyhow::Result;

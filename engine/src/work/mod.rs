@@ -1,0 +1,124 @@
+//! The store protocol: what every worker does, whichever process it is in.
+//!
+//! A run is published in the store as `run.json` ([`RunSpec`]), the component
+//! and `shards.json`; workers claim shards (`queue`), run them in fresh
+//! sandboxes and store one part per shard (`worker`), in threads of one
+//! process (`threads`); `engine worker` (`serve`) is that process on another
+//! machine. It depends on the store and the runtime alone: the orchestrator
+//! and the backends build on it, never the other way round.
+
+pub mod queue;
+mod serve;
+pub mod threads;
+pub mod worker;
+
+pub use serve::{ServeOptions, serve};
+
+use crate::config::Limits;
+use crate::runtime::Shard;
+use crate::store::RunStore;
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+/// The run as published in the store (`run.json`): everything a worker needs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunSpec {
+    /// Version of this layout.
+    pub format: u32,
+    pub run_id: String,
+    pub function: String,
+    /// Checked against the function's parameters, defaults filled in.
+    pub args: Map<String, Value>,
+    pub component_sha256: String,
+    pub data_dir: Option<PathBuf>,
+    pub seed: u64,
+    pub tenant: Option<String>,
+    pub limits: Limits,
+    pub shards: usize,
+    /// Claims whose process has not beaten for this long are re-offered.
+    pub lease_ms: u64,
+    /// sha256 of `shards.json`, so a worker can tell it was not changed.
+    #[serde(default)]
+    pub shards_sha256: Option<String>,
+}
+
+impl RunSpec {
+    /// Refuse a spec that does not hash to the run id it is stored under:
+    /// the store was changed by something other than the engine.
+    pub fn check_id(&self, run_id: &str) -> Result<()> {
+        let id = identity(
+            &self.function,
+            &self.args,
+            &self.component_sha256,
+            self.data_dir.as_deref(),
+            self.seed,
+            self.tenant.as_deref(),
+            &self.limits,
+        );
+        if id != run_id || self.run_id != run_id {
+            bail!(
+                "the stored `run.json` of run `{run_id}` does not hash to its id (it hashes to `{id}`): \
+                 the store was modified; delete the run's folder and run again"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Read `shards.json` and check it against the spec's hash.
+pub async fn read_shards(store: &RunStore, spec: &RunSpec) -> Result<Vec<Shard>> {
+    let bytes = store
+        .get("shards.json")
+        .await?
+        .with_context(|| format!("run `{}` has no `shards.json`", spec.run_id))?;
+    if let Some(expected) = &spec.shards_sha256
+        && hex::encode(Sha256::digest(&bytes)) != *expected
+    {
+        bail!(
+            "the stored `shards.json` of run `{}` does not match the sha256 in its `run.json`: \
+             the store was modified; delete the run's folder and run again",
+            spec.run_id
+        );
+    }
+    let shards: Vec<Shard> = serde_json::from_slice(&bytes).with_context(|| {
+        format!(
+            "the stored `shards.json` of run `{}` is not a shard list",
+            spec.run_id
+        )
+    })?;
+    if shards.len() != spec.shards {
+        bail!(
+            "the stored `shards.json` of run `{}` has {} shards, its `run.json` says {}",
+            spec.run_id,
+            shards.len(),
+            spec.shards
+        );
+    }
+    Ok(shards)
+}
+
+/// The run id: a hash of everything that determines the results, so a rerun
+/// of the same config finds its earlier work.
+pub fn identity(
+    function: &str,
+    args: &Map<String, Value>,
+    component: &str,
+    data: Option<&Path>,
+    seed: u64,
+    tenant: Option<&str>,
+    limits: &Limits,
+) -> String {
+    let identity = serde_json::json!({
+        "function": function,
+        "args": args,
+        "component": component,
+        "data": data,
+        "seed": seed,
+        "tenant": tenant,
+        "limits": limits,
+    });
+    hex::encode(&Sha256::digest(identity.to_string().as_bytes())[..8])
+}

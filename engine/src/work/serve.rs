@@ -1,0 +1,77 @@
+//! `engine worker`: load a run published in the store and work on it.
+
+use super::RunSpec;
+use super::threads::Threads;
+use super::worker::{LoadedRun, default_process_name};
+use crate::runtime::Runtime;
+use crate::store::{Location, RunStore};
+use anyhow::{Context, Result, bail};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// What `engine worker` was asked to do.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The store URL the orchestrator used (`cluster.store`).
+    pub store: String,
+    pub run: String,
+    pub tenant: Option<String>,
+    /// This process's name (default: host name and pid).
+    pub id: Option<String>,
+    /// Worker threads in this process.
+    pub threads: usize,
+    /// Overrides the run's data directory (where this machine mounts it).
+    pub data: Option<PathBuf>,
+}
+
+/// `engine worker`: load a published run from the store and work on it until
+/// every shard has a part.
+pub async fn serve(opts: ServeOptions) -> Result<u64> {
+    let base = Location::parse(&opts.store)?;
+    let store = RunStore::new(&base, opts.tenant.as_deref(), &opts.run);
+    let spec_bytes = store
+        .get("run.json")
+        .await?
+        .with_context(|| format!("no run `{}` in the store `{}`", opts.run, opts.store))?;
+    let spec: RunSpec =
+        serde_json::from_slice(&spec_bytes).context("`run.json` is not a run spec")?;
+    spec.check_id(&opts.run)?;
+    // The data directory is where this machine has it: never a path read
+    // from the store, which a tampered store could point anywhere.
+    let data_dir = match (opts.data, &spec.data_dir) {
+        (Some(data), _) => Some(std::path::absolute(data)?),
+        (None, None) => None,
+        (None, Some(_)) => bail!(
+            "run `{}` reads a data directory (`run.data`): start the worker with `--data DIR`",
+            opts.run
+        ),
+    };
+    let component = store
+        .get("component.wasm")
+        .await?
+        .context("the run has no `component.wasm`")?;
+    let shards = super::read_shards(&store, &spec).await?;
+    let threads = opts.threads.max(1);
+    let runtime = Arc::new(tokio::task::block_in_place(|| {
+        Runtime::new(threads as u32)
+    })?);
+    let origin = format!("component.wasm of run {}", opts.run);
+    let plugin = tokio::task::block_in_place(|| runtime.load_bytes(&component, &origin))?;
+    if plugin.sha256 != spec.component_sha256 {
+        bail!("`{origin}` does not match the sha256 in `run.json`: the store was modified");
+    }
+    let process = opts.id.unwrap_or_else(default_process_name);
+    tracing::info!(run = %opts.run, process = %process, threads, "worker starting");
+    let run = LoadedRun {
+        runtime,
+        plugin,
+        spec: Arc::new(spec),
+        shards: Arc::new(shards),
+        store,
+        data_dir,
+    };
+    let pool = Threads::start(threads, &run, &process)?;
+    let ran = tokio::task::spawn_blocking(move || pool.join()).await??;
+    tracing::info!(ran, "worker done: every shard has a part");
+    Ok(ran)
+}
