@@ -165,6 +165,23 @@ mod tests {
     }
 
     #[test]
+    fn a_table_of_all_distinct_models_and_datasets_is_summed_up_in_linear_work() {
+        // 50,000 rows, each its own model and dataset: grouping used to scan
+        // the models per row and build a models x datasets matrix (2.5e9
+        // cells); now the chart of pairs is left out and the rest is linear.
+        let mut csv = String::from("model,dataset,a_score,error\n");
+        for i in 0..50_000 {
+            csv.push_str(&format!("m{i},d{i},{},\n", i % 7));
+        }
+        let data = parse(&csv).unwrap();
+        let r = analyse(&data, "big.csv", &[]).unwrap();
+        assert_eq!(r.entities.len(), 50_000);
+        assert!(r.metrics[0].values.is_empty(), "no chart of 2.5e9 pairs");
+        let summary = render_summary(&data, "big.csv", 100);
+        assert!(summary.contains("49995 more models"), "{summary}");
+    }
+
+    #[test]
     fn ticks() {
         let t: Vec<String> = nice_ticks(0.0, 1.0, 6).into_iter().map(fmt_tick).collect();
         assert_eq!(t, ["0", "0.2", "0.4", "0.6", "0.8", "1"]);
