@@ -74,6 +74,11 @@ fn one_bad(how: &str, workers: usize, limits: &str) -> tempfile::TempDir {
     )
 }
 
+/// The error of shard 1 of 4 misbehaving as `how` (one worker, default limits).
+fn error_of(how: &str) -> String {
+    bad_row(one_bad(how, 1, "").path())
+}
+
 #[test]
 fn a_shard_blocked_in_a_wasi_sleep_times_out_and_frees_its_slot() {
     // One worker: the shards after the sleeper run in the slot it held.
@@ -162,8 +167,7 @@ fn a_side_output_under_another_one_is_a_guest_error_on_every_store() {
 
 #[test]
 fn thousands_of_side_outputs_hit_the_outputs_limit() {
-    let dir = one_bad("emit-many", 1, "");
-    let e = bad_row(dir.path());
+    let e = error_of("emit-many");
     assert!(
         e.starts_with("limit-exceeded: ") && e.contains("limits.outputs"),
         "{e}"
@@ -172,8 +176,7 @@ fn thousands_of_side_outputs_hit_the_outputs_limit() {
 
 #[test]
 fn empty_side_outputs_are_not_free() {
-    let dir = one_bad("emit-empty", 1, "");
-    let e = bad_row(dir.path());
+    let e = error_of("emit-empty");
     assert!(e.starts_with("limit-exceeded: "), "{e}");
 }
 
@@ -224,8 +227,7 @@ fn guest_text_reaches_the_terminal_without_control_characters() {
 
 #[test]
 fn a_guest_column_named_error_is_refused() {
-    let dir = one_bad("error-column", 1, "");
-    let e = bad_row(dir.path());
+    let e = error_of("error-column");
     assert!(
         e.starts_with("guest-error: ") && e.contains("`error` is reserved"),
         "{e}"
@@ -234,8 +236,7 @@ fn a_guest_column_named_error_is_refused() {
 
 #[test]
 fn an_overlong_column_name_is_refused() {
-    let dir = one_bad("long-column", 1, "");
-    let e = bad_row(dir.path());
+    let e = error_of("long-column");
     assert!(
         e.starts_with("guest-error: ") && e.contains("column name"),
         "{e}"

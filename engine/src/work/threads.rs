@@ -48,12 +48,7 @@ impl Threads {
         let threads = (0..n)
             .map(|i| {
                 let ctx = WorkerCtx {
-                    runtime: run.runtime.clone(),
-                    plugin: run.plugin.clone(),
-                    spec: run.spec.clone(),
-                    shards: run.shards.clone(),
-                    store: run.store.clone(),
-                    data_dir: run.data_dir.clone(),
+                    run: run.clone(),
                     process: process.to_owned(),
                     worker_id: format!("{process}/{i}"),
                     stop: stop.clone(),

@@ -29,13 +29,7 @@ pub struct LoadedRun {
 /// Everything a worker thread needs.
 #[derive(Clone)]
 pub struct WorkerCtx {
-    pub runtime: Arc<Runtime>,
-    pub plugin: Arc<Plugin>,
-    pub spec: Arc<RunSpec>,
-    pub shards: Arc<Vec<Shard>>,
-    pub store: RunStore,
-    /// The data directory on this machine (never a path read from the store).
-    pub data_dir: Option<PathBuf>,
+    pub run: LoadedRun,
     /// The process whose heartbeat backs this worker's claims.
     pub process: String,
     pub worker_id: String,
@@ -56,7 +50,7 @@ impl WorkerCtx {
     /// file operation to the blocking pool and back (dozens of futex calls a
     /// shard). A remote store needs the runtime's reactor.
     fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
-        if self.store.root.is_local() {
+        if self.run.store.root.is_local() {
             futures::executor::block_on(f)
         } else {
             self.handle.block_on(f)
@@ -111,17 +105,17 @@ pub struct Finished {
 /// Run shards until every shard has a part (or `stop` is set). Returns how
 /// many shards this worker ran.
 pub fn work(ctx: &WorkerCtx) -> Result<u64> {
-    let lease = Duration::from_millis(ctx.spec.lease_ms);
+    let lease = Duration::from_millis(ctx.run.spec.lease_ms);
     let mut queue = Queue::new(
-        ctx.store.clone(),
-        ctx.shards.len(),
+        ctx.run.store.clone(),
+        ctx.run.shards.len(),
         &ctx.process,
         &ctx.worker_id,
         lease,
         ctx.cursor.clone(),
         ctx.active.clone(),
     );
-    let args = serde_json::Value::Object(ctx.spec.args.clone()).to_string();
+    let args = serde_json::Value::Object(ctx.run.spec.args.clone()).to_string();
     // Near the end of a run, idle workers ask again this often (the slow path
     // lists the store) and leave within a few ms once the run is stopped.
     let poll = (lease / 4).clamp(Duration::from_millis(50), Duration::from_millis(250));
@@ -154,7 +148,7 @@ pub fn work(ctx: &WorkerCtx) -> Result<u64> {
                 };
                 tracing::warn!(shard = i, "{failure}");
                 let output = ShardOutput {
-                    part: error_part(&ctx.shards[i].key, &failure.to_string()),
+                    part: error_part(&ctx.run.shards[i].key, &failure.to_string()),
                     failure: Some(failure),
                     log: Vec::new(),
                     outputs: Default::default(),
@@ -186,15 +180,19 @@ pub fn work(ctx: &WorkerCtx) -> Result<u64> {
 }
 
 fn run_with_retries(ctx: &WorkerCtx, args: &str, i: usize) -> ShardOutput {
-    let shard = &ctx.shards[i];
-    let sandbox = sandbox_for(&ctx.spec, ctx.data_dir.as_deref(), i);
+    let shard = &ctx.run.shards[i];
+    let sandbox = sandbox_for(&ctx.run.spec, ctx.run.data_dir.as_deref(), i);
     let mut retry = 0;
     loop {
-        let output = ctx
-            .runtime
-            .run(&ctx.plugin, &ctx.spec.function, args, shard, &sandbox);
+        let output = ctx.run.runtime.run(
+            &ctx.run.plugin,
+            &ctx.run.spec.function,
+            args,
+            shard,
+            &sandbox,
+        );
         match &output.failure {
-            Some(f) if retry < ctx.spec.limits.retries => {
+            Some(f) if retry < ctx.run.spec.limits.retries => {
                 retry += 1;
                 tracing::info!(shard = i, retry, "retrying after {f}");
             }
@@ -216,7 +214,7 @@ fn settle(
     let failed = output.failure.is_some();
     let mut backoff = Backoff::new();
     let stored = loop {
-        match ctx.block_on(store_result(&ctx.store, queue, i, &output)) {
+        match ctx.block_on(store_result(&ctx.run.store, queue, i, &output)) {
             Ok(won) => break Ok(won),
             Err(e) => {
                 if let Err(e) = backoff.retry(&format!("storing shard {i}"), e) {
