@@ -276,28 +276,7 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
     let base = Location::parse_with(&prepared.store, credentials.as_ref())?;
     let store = RunStore::new(&base, prepared.config.run.tenant.as_deref(), &run_id);
 
-    let (spec, shards) = match load_published(&store, &run_id).await? {
-        Some(published) => published,
-        None => {
-            let shards = tokio::task::block_in_place(|| plan(&runtime, &prepared))?;
-            let spec = RunSpec {
-                format: 1,
-                run_id: run_id.clone(),
-                function: prepared.config.run.function.clone(),
-                args: prepared.args.clone(),
-                component_sha256: prepared.plugin.sha256.clone(),
-                data_dir: prepared.data_dir.clone(),
-                seed: prepared.config.run.seed,
-                tenant: prepared.config.run.tenant.clone(),
-                limits: prepared.config.limits.clone(),
-                shards: shards.len(),
-                lease_ms: prepared.config.cluster.lease.as_millis() as u64,
-                shards_sha256: None,
-            };
-            let spec = publish(&store, spec, &shards, &prepared.component_path).await?;
-            (spec, shards)
-        }
-    };
+    let (spec, shards) = publish_or_resume(&runtime, &prepared, &store, &run_id).await?;
     let n = shards.len();
     let resumed = store.count("parts").await?;
     let failed_before = match resumed {
@@ -310,39 +289,15 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
     tracing::info!(run = %run_id, shards = n, function = %spec.function, store = %prepared.store, "starting");
 
     let workers = prepared.workers.maximum.min(n - resumed.min(n)).max(1);
-    let spec = Arc::new(spec);
-    let shards = Arc::new(shards);
-    let mut pool: Box<dyn WorkerPool> = match prepared.config.cluster.backend {
-        Backend::Local => {
-            let process = format!("{}-orchestrator", worker::default_process_name());
-            let run = worker::LoadedRun {
-                runtime: runtime.clone(),
-                plugin: prepared.plugin.clone(),
-                spec: spec.clone(),
-                shards: shards.clone(),
-                store: store.clone(),
-                data_dir: prepared.data_dir.clone(),
-            };
-            backend::local::start(workers, &run, &process)?
-        }
-        Backend::Processes => backend::processes::start(
-            workers,
-            &prepared.store,
-            &spec,
-            prepared.data_dir.as_deref(),
-            credentials.as_ref(),
-        )?,
-        Backend::Kubernetes => {
-            backend::kubernetes::start(backend::kubernetes::KubeRun {
-                cluster: &prepared.config.cluster,
-                store_url: &prepared.store,
-                spec: &spec,
-                store: &store,
-                credentials: credentials.as_ref(),
-            })
-            .await?
-        }
+    let run = worker::LoadedRun {
+        runtime: runtime.clone(),
+        plugin: prepared.plugin.clone(),
+        spec: Arc::new(spec),
+        shards: Arc::new(shards),
+        store: store.clone(),
+        data_dir: prepared.data_dir.clone(),
     };
+    let mut pool = start_workers(&prepared, &run, workers, credentials.as_ref()).await?;
 
     let mut progress = Progress::new(opts.progress, n as u64);
     let before = (resumed, failed_before);
@@ -362,21 +317,7 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
     pool.join().await?;
 
     let output = Location::parse_with(&prepared.output, credentials.as_ref())?;
-    let merging = Instant::now();
-    let rows = merge::merge(&store, n, &output).await.with_context(|| {
-        format!(
-            "every shard finished but the output could not be written to `{}`; the results are kept in `{}`: \
-             fix the output and rerun the same command to write it without recomputing",
-            output.display, prepared.store
-        )
-    })?;
-    tracing::info!(
-        rows,
-        parts = n,
-        seconds = merging.elapsed().as_secs_f64(),
-        "merged"
-    );
-    merge::copy_side_outputs(&store, &shards, &output).await?;
+    let rows = write_output(&prepared, &run, &output).await?;
     Ok(Summary {
         run_id,
         shards: n,
@@ -386,6 +327,104 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
         output: prepared.output,
         resumed,
     })
+}
+
+/// The run as an earlier, interrupted run published it (a resume), else
+/// planned and published now.
+async fn publish_or_resume(
+    runtime: &Runtime,
+    prepared: &Prepared,
+    store: &RunStore,
+    run_id: &str,
+) -> Result<(RunSpec, Vec<Shard>)> {
+    if let Some(published) = load_published(store, run_id).await? {
+        return Ok(published);
+    }
+    let shards = tokio::task::block_in_place(|| plan(runtime, prepared))?;
+    let spec = RunSpec {
+        format: 1,
+        run_id: run_id.to_owned(),
+        function: prepared.config.run.function.clone(),
+        args: prepared.args.clone(),
+        component_sha256: prepared.plugin.sha256.clone(),
+        data_dir: prepared.data_dir.clone(),
+        seed: prepared.config.run.seed,
+        tenant: prepared.config.run.tenant.clone(),
+        limits: prepared.config.limits.clone(),
+        shards: shards.len(),
+        lease_ms: prepared.config.cluster.lease.as_millis() as u64,
+        shards_sha256: None,
+    };
+    let spec = publish(store, spec, &shards, &prepared.component_path).await?;
+    Ok((spec, shards))
+}
+
+/// `workers` workers of the configured backend on `run`.
+async fn start_workers(
+    prepared: &Prepared,
+    run: &worker::LoadedRun,
+    workers: usize,
+    credentials: Option<&(String, String)>,
+) -> Result<Box<dyn WorkerPool>> {
+    Ok(match prepared.config.cluster.backend {
+        Backend::Local => {
+            let process = format!("{}-orchestrator", worker::default_process_name());
+            backend::local::start(workers, run, &process)?
+        }
+        Backend::Processes => backend::processes::start(
+            workers,
+            &prepared.store,
+            &run.spec,
+            prepared.data_dir.as_deref(),
+            credentials,
+        )?,
+        Backend::Kubernetes => {
+            backend::kubernetes::start(backend::kubernetes::KubeRun {
+                cluster: &prepared.config.cluster,
+                store_url: &prepared.store,
+                spec: &run.spec,
+                store: &run.store,
+                credentials,
+            })
+            .await?
+        }
+    })
+}
+
+/// Merge the parts into the output, then copy the side outputs beside it;
+/// the number of rows.
+async fn write_output(
+    prepared: &Prepared,
+    run: &worker::LoadedRun,
+    output: &Location,
+) -> Result<u64> {
+    let merging = Instant::now();
+    let n = run.shards.len();
+    let rows = merge::merge(&run.store, n, output).await.with_context(|| {
+        let kept = if run.store.root.is_memory() {
+            "the results were in this process's memory only and are lost with it: fix the output and \
+             rerun (give `cluster.store` to keep results across runs)"
+                .to_owned()
+        } else {
+            format!(
+                "the results are kept in `{}`: fix the output and rerun the same command to write it \
+                 without recomputing",
+                prepared.store
+            )
+        };
+        format!(
+            "every shard finished but the output could not be written to `{}`; {kept}",
+            output.display
+        )
+    })?;
+    tracing::info!(
+        rows,
+        parts = n,
+        seconds = merging.elapsed().as_secs_f64(),
+        "merged"
+    );
+    merge::copy_side_outputs(&run.store, &run.shards, output).await?;
+    Ok(rows)
 }
 
 /// Sandboxes this process needs at once: the worker threads of a local run
