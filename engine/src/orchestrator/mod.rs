@@ -78,7 +78,15 @@ pub struct Summary {
 
 /// Parse and validate everything before anything runs.
 pub fn prepare(runtime: &Runtime, opts: &RunOptions) -> Result<Prepared, InputError> {
-    let (source, mut config) = config::load(&opts.config)?;
+    prepare_loaded(runtime, opts, config::load(&opts.config)?)
+}
+
+/// [`prepare`] of a config already read.
+fn prepare_loaded(
+    runtime: &Runtime,
+    opts: &RunOptions,
+    (source, mut config): (Source, Config),
+) -> Result<Prepared, InputError> {
     let base = opts
         .config
         .parent()
@@ -267,10 +275,11 @@ pub fn plan(runtime: &Runtime, p: &Prepared) -> Result<Vec<Shard>> {
 /// against a persistent store resumes: finished shards are not run again.
 pub async fn run(opts: RunOptions) -> Result<Summary> {
     let started = Instant::now();
+    let loaded = config::load(&opts.config).map_err(InputError::from)?;
     let runtime = Arc::new(tokio::task::block_in_place(|| {
-        Runtime::new(threads_needed(&opts))
+        Runtime::new(threads_needed(&opts, &loaded.1))
     })?);
-    let prepared = tokio::task::block_in_place(|| prepare(&runtime, &opts))?;
+    let prepared = tokio::task::block_in_place(|| prepare_loaded(&runtime, &opts, loaded))?;
     let run_id = run_id(&prepared);
     let credentials = prepared.config.output.credentials();
     let base = Location::parse_with(&prepared.store, credentials.as_ref())?;
@@ -429,12 +438,10 @@ async fn write_output(
 
 /// Sandboxes this process needs at once: the worker threads of a local run
 /// (`--workers`, else the config's maximum), else one for `plan`.
-fn threads_needed(opts: &RunOptions) -> u32 {
-    let from_config = || {
-        let (_, config) = config::load(&opts.config).ok()?;
-        (config.cluster.backend == Backend::Local).then_some(config.cluster.workers.maximum)
-    };
-    let n = opts.workers.or_else(from_config).unwrap_or(1);
+fn threads_needed(opts: &RunOptions, config: &Config) -> u32 {
+    let from_config =
+        (config.cluster.backend == Backend::Local).then_some(config.cluster.workers.maximum);
+    let n = opts.workers.or(from_config).unwrap_or(1);
     // Past the cap `prepare` refuses the config with a located message.
     u32::try_from(n)
         .unwrap_or(u32::MAX)

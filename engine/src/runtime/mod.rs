@@ -7,6 +7,7 @@ mod host;
 
 use crate::table::{Cell, error_part};
 use anyhow::{Context, Result, bail};
+use bytes::Bytes;
 use host::{Bindings, BindingsPre, HostLimits, ShardState};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -100,15 +101,34 @@ impl Sandbox {
     }
 }
 
-/// What running one shard produced.
+/// What running one shard produced. Bytes, so that storing it (and again
+/// after a store error) shares the buffers instead of copying them.
 #[derive(Debug)]
 pub struct ShardOutput {
     /// The part: rows on success, the key and `error` on failure.
-    pub part: Vec<u8>,
+    pub part: Bytes,
     pub failure: Option<GuestFailure>,
-    pub log: Vec<u8>,
-    pub outputs: BTreeMap<String, Vec<u8>>,
+    pub log: Bytes,
+    pub outputs: BTreeMap<String, Bytes>,
     pub elapsed: Duration,
+}
+
+impl ShardOutput {
+    /// The output of a shard that failed: its key cells and the error.
+    pub fn failed(
+        shard: &Shard,
+        failure: GuestFailure,
+        log: Vec<u8>,
+        elapsed: Duration,
+    ) -> ShardOutput {
+        ShardOutput {
+            part: error_part(&shard.key, &failure.to_string()).into(),
+            failure: Some(failure),
+            log: log.into(),
+            outputs: BTreeMap::new(),
+            elapsed,
+        }
+    }
 }
 
 /// A compiled component, ready to instantiate.
@@ -423,7 +443,9 @@ impl Runtime {
             (hostcall_max, "`limits.output_size` or `limits.log_size`"),
         ) {
             Ok(x) => x,
-            Err(failure) => return failed_output(shard, failure, Vec::new(), started),
+            Err(failure) => {
+                return ShardOutput::failed(shard, failure, Vec::new(), started.elapsed());
+            }
         };
         let wit_shard = host::wit::Shard {
             key: shard
@@ -459,12 +481,17 @@ impl Runtime {
         }
         let state = store.into_data();
         match failure {
-            Some(f) => failed_output(shard, f, log, started),
+            Some(f) => ShardOutput::failed(shard, f, log, started.elapsed()),
             None => ShardOutput {
-                part: state.part.finish(),
+                part: state.part.finish().into(),
                 failure: None,
-                log,
-                outputs: state.outputs.into_files(),
+                log: log.into(),
+                outputs: state
+                    .outputs
+                    .into_files()
+                    .into_iter()
+                    .map(|(name, data)| (name, data.into()))
+                    .collect(),
                 elapsed: started.elapsed(),
             },
         }
@@ -516,21 +543,6 @@ fn timed_out(timeout: Duration) -> GuestFailure {
             "the call ran past `limits.timeout` ({})",
             humantime::format_duration(timeout)
         ),
-    }
-}
-
-fn failed_output(
-    shard: &Shard,
-    failure: GuestFailure,
-    log: Vec<u8>,
-    started: Instant,
-) -> ShardOutput {
-    ShardOutput {
-        part: error_part(&shard.key, &failure.to_string()),
-        failure: Some(failure),
-        log,
-        outputs: BTreeMap::new(),
-        elapsed: started.elapsed(),
     }
 }
 

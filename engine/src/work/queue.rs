@@ -304,7 +304,7 @@ impl Queue {
     }
 
     /// Store a shard's part; `false` if another worker's part was first.
-    pub async fn complete(&self, i: usize, part: Vec<u8>) -> Result<bool> {
+    pub async fn complete(&self, i: usize, part: bytes::Bytes) -> Result<bool> {
         self.store
             .create(&format!("parts/{}.csv", shard_name(i)), part)
             .await

@@ -7,7 +7,6 @@ use super::queue::{ActiveClaims, LOST_MAX, Next, Queue, beat};
 use crate::config::Limits;
 use crate::runtime::{ErrorKind, GuestFailure, Plugin, Runtime, Sandbox, Shard, ShardOutput};
 use crate::store::{RunStore, shard_name};
-use crate::table::error_part;
 use anyhow::Result;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -58,34 +57,27 @@ impl WorkerCtx {
     }
 }
 
-/// Waits between tries of a failing store operation: doubling from 200 ms
-/// to 15 s, for up to [`STORE_PATIENCE`] in all (an outage costs time, not
-/// the run).
-struct Backoff {
-    started: Instant,
-    wait: Duration,
-}
-
-impl Backoff {
-    fn new() -> Backoff {
-        Backoff {
-            started: Instant::now(),
-            wait: Duration::from_millis(200),
+/// `op` until it succeeds, waiting between tries (doubling from 200 ms to
+/// 15 s) for up to [`STORE_PATIENCE`] in all: a store outage costs time, not
+/// the run.
+fn retrying<T>(what: &str, mut op: impl FnMut() -> Result<T>) -> Result<T> {
+    let started = Instant::now();
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match op() {
+            Ok(v) => return Ok(v),
+            Err(e) if started.elapsed() + wait >= STORE_PATIENCE => {
+                return Err(e.context(format!(
+                    "{what} kept failing for {}s",
+                    STORE_PATIENCE.as_secs()
+                )));
+            }
+            Err(e) => {
+                tracing::warn!("{what} failed (retrying in {wait:?}): {e:#}");
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_secs(15));
+            }
         }
-    }
-
-    /// Sleep before the next try, or give the error back once patience is out.
-    fn retry(&mut self, what: &str, e: anyhow::Error) -> Result<()> {
-        if self.started.elapsed() + self.wait >= STORE_PATIENCE {
-            return Err(e.context(format!(
-                "{what} kept failing for {}s",
-                STORE_PATIENCE.as_secs()
-            )));
-        }
-        tracing::warn!("{what} failed (retrying in {:?}): {e:#}", self.wait);
-        std::thread::sleep(self.wait);
-        self.wait = (self.wait * 2).min(Duration::from_secs(15));
-        Ok(())
     }
 }
 
@@ -121,13 +113,7 @@ pub fn work(ctx: &WorkerCtx) -> Result<u64> {
     let poll = (lease / 4).clamp(Duration::from_millis(50), Duration::from_millis(250));
     let mut ran = 0;
     while !ctx.stop.load(Ordering::Relaxed) {
-        let mut backoff = Backoff::new();
-        let next = loop {
-            match ctx.block_on(queue.next()) {
-                Ok(next) => break next,
-                Err(e) => backoff.retry("asking the store for work", e)?,
-            }
-        };
+        let next = retrying("asking the store for work", || ctx.block_on(queue.next()))?;
         let (i, attempt) = match next {
             Next::Done => break,
             Next::Wait => {
@@ -147,13 +133,8 @@ pub fn work(ctx: &WorkerCtx) -> Result<u64> {
                     message,
                 };
                 tracing::warn!(shard = i, "{failure}");
-                let output = ShardOutput {
-                    part: error_part(&ctx.run.shards[i].key, &failure.to_string()),
-                    failure: Some(failure),
-                    log: Vec::new(),
-                    outputs: Default::default(),
-                    elapsed: Duration::ZERO,
-                };
+                let output =
+                    ShardOutput::failed(&ctx.run.shards[i], failure, Vec::new(), Duration::ZERO);
                 settle(ctx, &queue, i, attempt, output)?;
                 continue;
             }
@@ -212,17 +193,9 @@ fn settle(
 ) -> Result<()> {
     tracing::debug!(shard = i, attempt, elapsed = ?output.elapsed, failed = output.failure.is_some(), "shard finished");
     let failed = output.failure.is_some();
-    let mut backoff = Backoff::new();
-    let stored = loop {
-        match ctx.block_on(store_result(&ctx.run.store, queue, i, &output)) {
-            Ok(won) => break Ok(won),
-            Err(e) => {
-                if let Err(e) = backoff.retry(&format!("storing shard {i}"), e) {
-                    break Err(e);
-                }
-            }
-        }
-    };
+    let stored = retrying(&format!("storing shard {i}"), || {
+        ctx.block_on(store_result(&ctx.run.store, queue, i, &output))
+    });
     let won = match stored {
         Ok(won) => won,
         Err(e) => {
@@ -352,13 +325,17 @@ mod tests {
 
     fn output(part: &[u8], failed: bool, text: &str) -> ShardOutput {
         ShardOutput {
-            part: part.to_vec(),
+            part: bytes::Bytes::copy_from_slice(part),
             failure: failed.then(|| GuestFailure {
                 kind: ErrorKind::Timeout,
                 message: "slow".into(),
             }),
-            log: text.as_bytes().to_vec(),
-            outputs: [("o".to_owned(), text.as_bytes().to_vec())].into(),
+            log: bytes::Bytes::copy_from_slice(text.as_bytes()),
+            outputs: [(
+                "o".to_owned(),
+                bytes::Bytes::copy_from_slice(text.as_bytes()),
+            )]
+            .into(),
             elapsed: Duration::ZERO,
         }
     }
