@@ -213,7 +213,7 @@ async fn results_summary(output: &str) -> Result<String> {
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run_command(args, cli.quiet).await,
-        Command::Validate(args) => validate_command(args),
+        Command::Validate(args) => validate_command(args).await,
         Command::Worker(args) => worker_command(args).await,
         Command::Submit(args) => submit_command(args).await,
         Command::Status(args) => status_command(args).await,
@@ -286,16 +286,13 @@ async fn run_command(args: RunArgs, quiet: bool) -> Result<ExitCode> {
 }
 
 /// `engine validate`: everything but running.
-fn validate_command(args: ValidateArgs) -> Result<ExitCode> {
+async fn validate_command(args: ValidateArgs) -> Result<ExitCode> {
     let ValidateArgs { config, plugins } = args;
 
     let opts = RunOptions::validate_only(config.clone(), plugins);
-    let (p, shards) = tokio::task::block_in_place(|| -> Result<_> {
-        let runtime = Runtime::new(1)?;
-        let p = orchestrator::prepare(&runtime, &opts)?;
-        let shards = orchestrator::plan(&runtime, &p)?;
-        Ok((p, shards))
-    })?;
+    let runtime = tokio::task::block_in_place(|| Runtime::new(1))?;
+    let p = orchestrator::prepare_with_data(&runtime, &opts).await?;
+    let shards = tokio::task::block_in_place(|| orchestrator::plan(&runtime, &p))?;
     use std::io::Write;
     writeln!(
         std::io::stdout(),
@@ -342,12 +339,9 @@ async fn submit_command(args: SubmitArgs) -> Result<ExitCode> {
     } = args;
 
     let opts = RunOptions::validate_only(config.clone(), plugins);
-    let (p, run_id) = tokio::task::block_in_place(|| -> Result<_> {
-        let runtime = Runtime::new(1)?;
-        let p = orchestrator::prepare(&runtime, &opts)?;
-        let run_id = orchestrator::run_id(&p);
-        Ok((p, run_id))
-    })?;
+    let runtime = tokio::task::block_in_place(|| Runtime::new(1))?;
+    let p = orchestrator::prepare_with_data(&runtime, &opts).await?;
+    let run_id = orchestrator::run_id(&p);
     let submit = crate::backend::kubernetes::SubmitOptions {
         cluster: &p.config.cluster,
         run_id: &run_id,

@@ -45,9 +45,10 @@ pub struct RunSection {
     /// Arguments, checked against the function's parameters.
     #[serde(default)]
     pub args: Map<String, Value>,
-    /// Host directory mounted read-only as the guest's `/data`.
+    /// The guest's read-only `/data`: a directory (relative to the config's
+    /// folder) or an object-store URL (`s3://bucket/datasets/`, `file://…`).
     #[serde(default)]
-    pub data: Option<PathBuf>,
+    pub data: Option<String>,
     /// Seeds each shard's `wasi:random`, so runs are reproducible.
     #[serde(default)]
     pub seed: u64,

@@ -11,6 +11,16 @@ use crate::work::worker::Finished;
 use anyhow::Result;
 use std::sync::Arc;
 
+/// What workers in other processes are given, only through their
+/// environment (a Kubernetes Secret for pods), never on a command line.
+#[derive(Clone, Copy, Default)]
+pub struct WorkerAccess<'a> {
+    /// Store credentials written in the config (`output.key`, `output.secret_key`).
+    pub credentials: Option<&'a (String, String)>,
+    /// The key proving the compiled component in the store (`ENGINE_ARTIFACT_KEY`).
+    pub artifact_key: Option<&'a str>,
+}
+
 /// The running workers of one run, however they came to exist. A backend
 /// starts them (its `start`), scales them while polled, and stops them.
 #[async_trait::async_trait]

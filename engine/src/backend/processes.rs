@@ -3,9 +3,9 @@
 //! re-offered once its lease expires; one that keeps dying soon after it
 //! starts (it cannot start at all) is given up after a few tries.
 
+use super::WorkerAccess;
 use crate::work::RunSpec;
 use anyhow::{Context, Result};
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -34,8 +34,7 @@ impl ProcessPool {
         n: usize,
         store: &str,
         spec: &RunSpec,
-        data_dir: Option<&Path>,
-        credentials: Option<&(String, String)>,
+        access: WorkerAccess<'_>,
     ) -> Result<ProcessPool> {
         let exe = match std::env::var_os("ENGINE_WORKER_EXE") {
             Some(exe) => exe.into(),
@@ -53,17 +52,14 @@ impl ProcessPool {
         if let Some(t) = &spec.tenant {
             command.extend(["--tenant".into(), t.clone()]);
         }
-        if let Some(d) = data_dir {
-            command.extend(["--data".into(), d.display().to_string()]);
+        let mut env = Vec::new();
+        if let Some((k, s)) = access.credentials {
+            env.push(("AWS_ACCESS_KEY_ID".to_owned(), k.clone()));
+            env.push(("AWS_SECRET_ACCESS_KEY".to_owned(), s.clone()));
         }
-        let env = credentials
-            .map(|(k, s)| {
-                vec![
-                    ("AWS_ACCESS_KEY_ID".to_owned(), k.clone()),
-                    ("AWS_SECRET_ACCESS_KEY".to_owned(), s.clone()),
-                ]
-            })
-            .unwrap_or_default();
+        if let Some(key) = access.artifact_key {
+            env.push((crate::work::artifact::KEY_ENV.to_owned(), key.to_owned()));
+        }
         let mut pool = ProcessPool {
             command,
             env,
@@ -174,16 +170,9 @@ pub fn start(
     n: usize,
     store: &str,
     spec: &RunSpec,
-    data_dir: Option<&Path>,
-    credentials: Option<&(String, String)>,
+    access: WorkerAccess<'_>,
 ) -> Result<Box<dyn super::WorkerPool>> {
-    Ok(Box::new(ProcessPool::start(
-        n,
-        store,
-        spec,
-        data_dir,
-        credentials,
-    )?))
+    Ok(Box::new(ProcessPool::start(n, store, spec, access)?))
 }
 
 #[async_trait::async_trait]

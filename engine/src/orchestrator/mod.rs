@@ -6,11 +6,13 @@ mod merge;
 pub mod progress;
 
 use crate::InputError;
-use crate::backend::{self, WorkerPool};
+use crate::backend::{self, WorkerAccess, WorkerPool};
 use crate::config::{self, Backend, Config, Source};
 use crate::plugins::{self, SearchPath};
 use crate::runtime::{Plugin, Runtime, Shard};
 use crate::store::{Location, RunStore};
+use crate::work::artifact;
+use crate::work::data::{self, LocalData};
 use crate::work::{RunSpec, read_shards, worker};
 use anyhow::{Context, Result, bail};
 use progress::{Progress, ProgressMode};
@@ -56,11 +58,23 @@ pub struct Prepared {
     pub plugin: Arc<Plugin>,
     pub component_path: PathBuf,
     pub args: Map<String, Value>,
-    pub data_dir: Option<PathBuf>,
+    /// `run.data` (or `--data`) as given, checked.
+    pub data_source: Option<DataSource>,
+    /// The data on this machine, by content: set by [`load_data`].
+    pub data: Option<LocalData>,
     pub output: String,
     /// Where the run's state lives (`cluster.store`, resolved).
     pub store: String,
     pub workers: crate::config::Workers,
+}
+
+/// Where a run's data is, as given.
+#[derive(Debug, Clone)]
+pub enum DataSource {
+    /// A directory on this machine.
+    Dir(PathBuf),
+    /// Objects below a store URL.
+    Url(String),
 }
 
 /// How a run ended.
@@ -107,9 +121,21 @@ fn prepare_loaded(
         InputError::from(source.error_at(at, e.message))
     })?;
     let args = config::check_args(&source, &config, &resolved.function)?;
-    let data_dir = match (&opts.data, &config.run.data) {
-        (Some(cli), _) => Some(check_data_dir(cli, None)?),
-        (None, Some(rel)) => Some(check_data_dir(&base.join(rel), Some((&source, rel)))?),
+    let data_source = match (&opts.data, &config.run.data) {
+        (Some(cli), _) => Some(DataSource::Dir(check_data_dir(cli, None)?)),
+        (None, Some(url)) if url.contains("://") => {
+            Location::parse_with(url, config.output.credentials().as_ref()).map_err(|e| {
+                InputError::from(source.error_at(
+                    source.key_offset(&["run", "data"]),
+                    format!("`run.data`: {e:#}"),
+                ))
+            })?;
+            Some(DataSource::Url(url.clone()))
+        }
+        (None, Some(rel)) => Some(DataSource::Dir(check_data_dir(
+            &base.join(rel),
+            Some((&source, Path::new(rel))),
+        )?)),
         (None, None) => None,
     };
     let written = config.output.location();
@@ -140,6 +166,20 @@ fn prepare_loaded(
             format!("`output.path`: {e:#}"),
         ))
     })?;
+    if let (Some(s), Backend::Kubernetes) = (&config.cluster.store, config.cluster.backend)
+        && (!s.contains("://") || s.starts_with("file://"))
+    {
+        return Err(source
+            .error_at(
+                source.key_offset(&["cluster", "store"]),
+                format!(
+                    "`cluster.store = \"{s}\"` is a path on this machine, which worker pods cannot see; with \
+                     `backend = \"kubernetes\"` give an object store every pod can reach, such as \
+                     `s3://bucket/prefix`"
+                ),
+            )
+            .into());
+    }
     let store = match (&config.cluster.store, config.cluster.backend) {
         (Some(s), _) if s.contains("://") => s.clone(),
         (Some(s), _) => std::path::absolute(base.join(s))
@@ -196,7 +236,8 @@ fn prepare_loaded(
         plugin: resolved.plugin,
         component_path: resolved.path,
         args,
-        data_dir,
+        data_source,
+        data: None,
         output,
         store,
         workers,
@@ -205,7 +246,7 @@ fn prepare_loaded(
 
 fn check_data_dir(
     path: &Path,
-    from_config: Option<(&Source, &PathBuf)>,
+    from_config: Option<(&Source, &Path)>,
 ) -> Result<PathBuf, InputError> {
     if path.is_dir() {
         return std::path::absolute(path)
@@ -225,14 +266,54 @@ fn check_data_dir(
     })
 }
 
-/// The run's identity: the same function, arguments, component, data, seed,
-/// tenant and limits give the same id, so a rerun finds its earlier work.
+/// Read the run's data: hash a directory, or download a URL's objects into
+/// this machine's cache and hash them.
+pub async fn load_data(p: &mut Prepared) -> Result<()> {
+    let local = match &p.data_source {
+        None => return Ok(()),
+        Some(DataSource::Dir(dir)) => {
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || data::hash_dir(&dir))
+                .await?
+                .context("`run.data`")?
+        }
+        Some(DataSource::Url(url)) => {
+            let location = Location::parse_with(url, p.config.output.credentials().as_ref())?;
+            data::materialize(&location, &data::cache_root())
+                .await
+                .with_context(|| format!("`run.data`: cannot read `{url}`"))?
+        }
+    };
+    p.data = Some(local);
+    Ok(())
+}
+
+/// [`prepare`] and [`load_data`]: a run ready to plan.
+pub async fn prepare_with_data(runtime: &Runtime, opts: &RunOptions) -> Result<Prepared> {
+    let loaded = config::load(&opts.config).map_err(InputError::from)?;
+    let mut prepared = tokio::task::block_in_place(|| prepare_loaded(runtime, opts, loaded))?;
+    load_data(&mut prepared).await?;
+    Ok(prepared)
+}
+
+/// The run's data directory on this machine.
+fn data_dir(p: &Prepared) -> Option<&Path> {
+    p.data.as_ref().map(|d| d.dir.as_path())
+}
+
+/// The run's identity: the same function, arguments, component, data (by
+/// content), seed, tenant and limits give the same id, so a rerun finds its
+/// earlier work.
 pub fn run_id(p: &Prepared) -> String {
+    assert!(
+        p.data_source.is_none() || p.data.is_some(),
+        "run_id before load_data"
+    );
     crate::work::identity(
         &p.config.run.function,
         &p.args,
         &p.plugin.sha256,
-        p.data_dir.as_deref(),
+        p.data.as_ref().map(|d| d.id.as_str()),
         p.config.run.seed,
         p.config.run.tenant.as_deref(),
         &p.config.limits,
@@ -241,7 +322,7 @@ pub fn run_id(p: &Prepared) -> String {
 
 /// Plan the call in a sandbox with the run's limits.
 pub fn plan(runtime: &Runtime, p: &Prepared) -> Result<Vec<Shard>> {
-    let sandbox = worker::sandbox(&p.config.limits, p.data_dir.as_deref(), p.config.run.seed);
+    let sandbox = worker::sandbox(&p.config.limits, data_dir(p), p.config.run.seed);
     let args = Value::Object(p.args.clone()).to_string();
     let shards = runtime
         .plan(&p.plugin, &p.config.run.function, &args, &sandbox)
@@ -279,13 +360,23 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
     let runtime = Arc::new(tokio::task::block_in_place(|| {
         Runtime::new(threads_needed(&opts, &loaded.1))
     })?);
-    let prepared = tokio::task::block_in_place(|| prepare_loaded(&runtime, &opts, loaded))?;
+    let mut prepared = tokio::task::block_in_place(|| prepare_loaded(&runtime, &opts, loaded))?;
+    load_data(&mut prepared).await?;
     let run_id = run_id(&prepared);
     let credentials = prepared.config.output.credentials();
     let base = Location::parse_with(&prepared.store, credentials.as_ref())?;
     let store = RunStore::new(&base, prepared.config.run.tenant.as_deref(), &run_id);
 
     let (spec, shards) = publish_or_resume(&runtime, &prepared, &store, &run_id).await?;
+    if let Some(local) = &prepared.data
+        && prepared.config.cluster.backend != Backend::Local
+    {
+        // Workers elsewhere read the data from the store, by content.
+        let sent = data::publish(&base, prepared.config.run.tenant.as_deref(), local)
+            .await
+            .context("cannot publish `run.data` into the store")?;
+        tracing::info!(tree = %local.id, files = local.tree.files.len(), uploaded = sent, "data published");
+    }
     let n = shards.len();
     let resumed = store.count("parts").await?;
     let failed_before = match resumed {
@@ -304,9 +395,14 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
         spec: Arc::new(spec),
         shards: Arc::new(shards),
         store: store.clone(),
-        data_dir: prepared.data_dir.clone(),
+        data_dir: data_dir(&prepared).map(Path::to_path_buf),
     };
-    let mut pool = start_workers(&prepared, &run, workers, credentials.as_ref()).await?;
+    let artifact_key = share_artifact(&runtime, &prepared, &store).await;
+    let access = WorkerAccess {
+        credentials: credentials.as_ref(),
+        artifact_key: artifact_key.as_deref(),
+    };
+    let mut pool = start_workers(&prepared, &run, workers, access).await?;
 
     let mut progress = Progress::new(opts.progress, n as u64);
     let before = (resumed, failed_before);
@@ -351,12 +447,12 @@ async fn publish_or_resume(
     }
     let shards = tokio::task::block_in_place(|| plan(runtime, prepared))?;
     let spec = RunSpec {
-        format: 1,
+        format: 2,
         run_id: run_id.to_owned(),
         function: prepared.config.run.function.clone(),
         args: prepared.args.clone(),
         component_sha256: prepared.plugin.sha256.clone(),
-        data_dir: prepared.data_dir.clone(),
+        data: prepared.data.as_ref().map(|d| d.id.clone()),
         seed: prepared.config.run.seed,
         tenant: prepared.config.run.tenant.clone(),
         limits: prepared.config.limits.clone(),
@@ -368,12 +464,33 @@ async fn publish_or_resume(
     Ok((spec, shards))
 }
 
+/// For workers in other processes: the compiled component in the store, and
+/// the key (hex) that proves it to them. `None` (they compile) when it
+/// cannot be stored, or for a local run.
+async fn share_artifact(runtime: &Runtime, prepared: &Prepared, store: &RunStore) -> Option<String> {
+    if prepared.config.cluster.backend == Backend::Local {
+        return None;
+    }
+    let shared = async {
+        let key = artifact::new_key()?;
+        artifact::share(runtime, &prepared.plugin, store, &key).await?;
+        anyhow::Ok(key)
+    };
+    match shared.await {
+        Ok(key) => Some(key),
+        Err(e) => {
+            tracing::warn!("workers will compile the component themselves: cannot store it compiled: {e:#}");
+            None
+        }
+    }
+}
+
 /// `workers` workers of the configured backend on `run`.
 async fn start_workers(
     prepared: &Prepared,
     run: &worker::LoadedRun,
     workers: usize,
-    credentials: Option<&(String, String)>,
+    access: WorkerAccess<'_>,
 ) -> Result<Box<dyn WorkerPool>> {
     Ok(match prepared.config.cluster.backend {
         Backend::Local => {
@@ -384,8 +501,7 @@ async fn start_workers(
             workers,
             &prepared.store,
             &run.spec,
-            prepared.data_dir.as_deref(),
-            credentials,
+            access,
         )?,
         Backend::Kubernetes => {
             backend::kubernetes::start(backend::kubernetes::KubeRun {
@@ -393,7 +509,7 @@ async fn start_workers(
                 store_url: &prepared.store,
                 spec: &run.spec,
                 store: &run.store,
-                credentials,
+                access,
             })
             .await?
         }

@@ -31,7 +31,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-fn engine_hash(engine: &Engine) -> u64 {
+pub(super) fn engine_hash(engine: &Engine) -> u64 {
     // SipHash with fixed keys: stable across processes of the same build.
     #[allow(deprecated)]
     let mut h = std::hash::SipHasher::new();

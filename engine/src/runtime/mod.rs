@@ -14,11 +14,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use wasmtime::component::Component;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx};
 
-pub use cache::cache_dir;
+pub use cache::{cache_dir, sha256_hex};
 pub use failure::{ErrorKind, GuestFailure};
 use failure::{classify, root_message, with_stderr_tail};
 
@@ -264,6 +265,46 @@ impl Runtime {
         check_is_component(bytes, origin)?;
         let component = cache::compile(&self.engine, self.cache_dir.as_deref(), &sha256, bytes)
             .with_context(|| format!("cannot compile `{origin}`"))?;
+        self.link(sha256, component, origin)
+    }
+
+    /// Which precompiled artifacts this engine can load: the same tag means
+    /// the same wasmtime, configuration and target.
+    pub fn artifact_tag(&self) -> String {
+        format!("{:016x}", cache::engine_hash(&self.engine))
+    }
+
+    /// The machine code of a loaded plugin, for [`Runtime::load_precompiled`]
+    /// in another process.
+    pub fn precompiled(&self, plugin: &Plugin) -> Result<Vec<u8>> {
+        Ok(plugin.pre.instance_pre().component().serialize()?)
+    }
+
+    /// Load `bytes` from the machine code [`Runtime::precompiled`] made of it,
+    /// skipping compilation; a component this engine cannot load is an error.
+    ///
+    /// # Safety
+    ///
+    /// Loading machine code runs it: `artifact` must come from
+    /// [`Runtime::precompiled`] through a channel that proves it (a keyed
+    /// hash checked by the caller), never from an unauthenticated source.
+    pub unsafe fn load_precompiled(
+        &self,
+        bytes: &[u8],
+        artifact: &[u8],
+        origin: &str,
+    ) -> Result<Arc<Plugin>> {
+        let sha256 = cache::sha256_hex(bytes);
+        check_is_component(bytes, origin)?;
+        // SAFETY: the caller vouches for the artifact (see above).
+        let component = unsafe { Component::deserialize(&self.engine, artifact) }
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("cannot load the precompiled `{origin}`"))?;
+        self.link(sha256, component, origin)
+    }
+
+    /// A compiled component, linked against the host: a plugin.
+    fn link(&self, sha256: String, component: Component, origin: &str) -> Result<Arc<Plugin>> {
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
             let why = root_message(&e);
             let wit = component

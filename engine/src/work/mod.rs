@@ -7,6 +7,8 @@
 //! machine. It depends on the store and the runtime alone: the orchestrator
 //! and the backends build on it, never the other way round.
 
+pub mod artifact;
+pub mod data;
 pub mod queue;
 mod serve;
 pub mod threads;
@@ -21,7 +23,6 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
-use std::path::{Path, PathBuf};
 
 /// The run as published in the store (`run.json`): everything a worker needs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -33,7 +34,8 @@ pub struct RunSpec {
     /// Checked against the function's parameters, defaults filled in.
     pub args: Map<String, Value>,
     pub component_sha256: String,
-    pub data_dir: Option<PathBuf>,
+    /// The id of the run's data tree in the store (`data`), if it reads data.
+    pub data: Option<String>,
     pub seed: u64,
     pub tenant: Option<String>,
     pub limits: Limits,
@@ -53,7 +55,7 @@ impl RunSpec {
             &self.function,
             &self.args,
             &self.component_sha256,
-            self.data_dir.as_deref(),
+            self.data.as_deref(),
             self.seed,
             self.tenant.as_deref(),
             &self.limits,
@@ -100,13 +102,13 @@ pub async fn read_shards(store: &RunStore, spec: &RunSpec) -> Result<Vec<Shard>>
     Ok(shards)
 }
 
-/// The run id: a hash of everything that determines the results, so a rerun
-/// of the same config finds its earlier work.
+/// The run id: a hash of everything that determines the results (the data
+/// by its content), so a rerun of the same config finds its earlier work.
 pub fn identity(
     function: &str,
     args: &Map<String, Value>,
     component: &str,
-    data: Option<&Path>,
+    data: Option<&str>,
     seed: u64,
     tenant: Option<&str>,
     limits: &Limits,

@@ -20,13 +20,15 @@ pub struct ServeOptions {
     pub id: Option<String>,
     /// Worker threads in this process.
     pub threads: usize,
-    /// Overrides the run's data directory (where this machine mounts it).
+    /// Where this machine has the run's data already (else it is fetched
+    /// from the store into the cache).
     pub data: Option<PathBuf>,
 }
 
 /// `engine worker`: load a published run from the store and work on it until
 /// every shard has a part.
 pub async fn serve(opts: ServeOptions) -> Result<u64> {
+    let started = std::time::Instant::now();
     let base = Location::parse(&opts.store)?;
     let store = RunStore::new(&base, opts.tenant.as_deref(), &opts.run);
     let spec_bytes = store
@@ -36,15 +38,18 @@ pub async fn serve(opts: ServeOptions) -> Result<u64> {
     let spec: RunSpec =
         serde_json::from_slice(&spec_bytes).context("`run.json` is not a run spec")?;
     spec.check_id(&opts.run)?;
-    // The data directory is where this machine has it: never a path read
-    // from the store, which a tampered store could point anywhere.
-    let data_dir = match (opts.data, &spec.data_dir) {
+    // The data comes from the store by content, into this machine's cache:
+    // never a host path read from the store, which a tampered store could
+    // point anywhere. `--data` names where this machine already has it.
+    let data_dir = match (opts.data, &spec.data) {
         (Some(data), _) => Some(std::path::absolute(data)?),
         (None, None) => None,
-        (None, Some(_)) => bail!(
-            "run `{}` reads a data directory (`run.data`): start the worker with `--data DIR`",
-            opts.run
-        ),
+        (None, Some(id)) => {
+            let cache = super::data::cache_root();
+            let what = format!("run `{}`", opts.run);
+            let local = super::data::fetch(&base, opts.tenant.as_deref(), id, &cache, &what).await?;
+            Some(local.dir)
+        }
     };
     let component = store
         .get("component.wasm")
@@ -56,12 +61,20 @@ pub async fn serve(opts: ServeOptions) -> Result<u64> {
         Runtime::new(threads as u32)
     })?);
     let origin = format!("component.wasm of run {}", opts.run);
-    let plugin = tokio::task::block_in_place(|| runtime.load_bytes(&component, &origin))?;
-    if plugin.sha256 != spec.component_sha256 {
+    if crate::runtime::sha256_hex(&component) != spec.component_sha256 {
         bail!("`{origin}` does not match the sha256 in `run.json`: the store was modified");
     }
+    let (plugin, how) =
+        super::artifact::load(&runtime, &store, &component, &spec.component_sha256, &origin).await?;
     let process = opts.id.unwrap_or_else(default_process_name);
-    tracing::info!(run = %opts.run, process = %process, threads, "worker starting");
+    tracing::info!(
+        run = %opts.run,
+        process = %process,
+        threads,
+        component = ?how,
+        ready_ms = started.elapsed().as_millis() as u64,
+        "worker starting"
+    );
     let run = LoadedRun {
         runtime,
         plugin,

@@ -206,7 +206,7 @@ pub struct KubeRun<'a> {
     pub store_url: &'a str,
     pub spec: &'a RunSpec,
     pub store: &'a RunStore,
-    pub credentials: Option<&'a (String, String)>,
+    pub access: super::WorkerAccess<'a>,
 }
 
 impl KubePool {
@@ -252,9 +252,12 @@ impl KubePool {
             .iter()
             .filter_map(|k| std::env::var(k).ok().map(|v| ((*k).to_owned(), v)))
             .collect();
-        if let Some((key, secret)) = run.credentials {
+        if let Some((key, secret)) = run.access.credentials {
             secret_data.insert("AWS_ACCESS_KEY_ID".into(), key.clone());
             secret_data.insert("AWS_SECRET_ACCESS_KEY".into(), secret.clone());
+        }
+        if let Some(key) = run.access.artifact_key {
+            secret_data.insert(crate::work::artifact::KEY_ENV.into(), key.to_owned());
         }
         let secret_name = (!secret_data.is_empty()).then(|| format!("engine-{run_id}-store"));
 
