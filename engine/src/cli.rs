@@ -346,12 +346,20 @@ async fn submit_command(args: SubmitArgs) -> Result<ExitCode> {
         cluster: &p.config.cluster,
         run_id: &run_id,
         config_path: &config,
+        output: &p.output,
+        store: &p.store,
+        tenant: p.config.run.tenant.as_deref(),
+        data: p.data.as_ref(),
+        credentials: p.config.output.credentials(),
         namespace,
         image,
     };
     let s = crate::backend::kubernetes::submit(submit).await?;
     use std::io::Write;
     let mut out = std::io::stdout().lock();
+    if let Some(data) = &s.data {
+        writeln!(out, "run.data uploaded to {data}")?;
+    }
     writeln!(out, "job/{} created in namespace {}", s.job, s.namespace)?;
     writeln!(out, "kubectl logs -f job/{} -n {}", s.job, s.namespace)?;
     Ok(ExitCode::SUCCESS)

@@ -467,7 +467,11 @@ async fn publish_or_resume(
 /// For workers in other processes: the compiled component in the store, and
 /// the key (hex) that proves it to them. `None` (they compile) when it
 /// cannot be stored, or for a local run.
-async fn share_artifact(runtime: &Runtime, prepared: &Prepared, store: &RunStore) -> Option<String> {
+async fn share_artifact(
+    runtime: &Runtime,
+    prepared: &Prepared,
+    store: &RunStore,
+) -> Option<String> {
     if prepared.config.cluster.backend == Backend::Local {
         return None;
     }
@@ -479,7 +483,9 @@ async fn share_artifact(runtime: &Runtime, prepared: &Prepared, store: &RunStore
     match shared.await {
         Ok(key) => Some(key),
         Err(e) => {
-            tracing::warn!("workers will compile the component themselves: cannot store it compiled: {e:#}");
+            tracing::warn!(
+                "workers will compile the component themselves: cannot store it compiled: {e:#}"
+            );
             None
         }
     }
@@ -497,12 +503,9 @@ async fn start_workers(
             let process = format!("{}-orchestrator", worker::default_process_name());
             backend::local::start(workers, run, &process)?
         }
-        Backend::Processes => backend::processes::start(
-            workers,
-            &prepared.store,
-            &run.spec,
-            access,
-        )?,
+        Backend::Processes => {
+            backend::processes::start(workers, &prepared.store, &run.spec, access)?
+        }
         Backend::Kubernetes => {
             backend::kubernetes::start(backend::kubernetes::KubeRun {
                 cluster: &prepared.config.cluster,
@@ -608,6 +611,10 @@ async fn watch(
     progress: &mut Progress,
 ) -> Result<usize> {
     let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+    // SIGTERM (`kill`, a pod being deleted) stops the run as Ctrl-C does, so
+    // the workers are stopped and the backend's objects deleted.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot watch for SIGTERM")?;
     let finished = pool.finished();
     loop {
         let (done, failed) = match &finished {
@@ -651,6 +658,7 @@ async fn watch(
             _ = tokio::time::sleep(Duration::from_millis(every)) => {}
             _ = woken => {}
             _ = &mut ctrl_c => bail!("interrupted with {done} of {n} shards finished"),
+            _ = term.recv() => bail!("terminated (SIGTERM) with {done} of {n} shards finished"),
         }
     }
 }

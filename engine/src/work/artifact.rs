@@ -71,7 +71,10 @@ pub async fn load(
     sha256: &str,
     origin: &str,
 ) -> Result<(Arc<Plugin>, Loaded)> {
-    if let Some(key) = std::env::var(KEY_ENV).ok().and_then(|k| hex::decode(k.trim()).ok()) {
+    if let Some(key) = std::env::var(KEY_ENV)
+        .ok()
+        .and_then(|k| hex::decode(k.trim()).ok())
+    {
         let tag = runtime.artifact_tag();
         let artifact = store.get(&format!("artifacts/{tag}.cwasm")).await?;
         let stored_mac = store.get(&format!("artifacts/{tag}.mac")).await?;

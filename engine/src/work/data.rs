@@ -87,9 +87,17 @@ fn data_root(base: &Location, tenant: Option<&str>) -> RunStore {
 /// (at another tenant's files, say) is left out, with a warning.
 pub fn hash_dir(dir: &Path) -> Result<LocalData> {
     let mut files = Vec::new();
-    let inside = std::fs::canonicalize(dir)
-        .with_context(|| format!("cannot read `{}`", dir.display()))?;
-    walk(&Walk { root: dir, inside: &inside }, dir, 0, &mut files)?;
+    let inside =
+        std::fs::canonicalize(dir).with_context(|| format!("cannot read `{}`", dir.display()))?;
+    walk(
+        &Walk {
+            root: dir,
+            inside: &inside,
+        },
+        dir,
+        0,
+        &mut files,
+    )?;
     files.sort_by(|a, b| a.path.cmp(&b.path));
     let tree = Tree { format: 1, files };
     Ok(LocalData {
@@ -127,8 +135,8 @@ fn walk(w: &Walk, dir: &Path, depth: usize, out: &mut Vec<Entry>) -> Result<()> 
                 continue;
             }
         }
-        let meta =
-            std::fs::metadata(&path).with_context(|| format!("cannot read `{}`", path.display()))?;
+        let meta = std::fs::metadata(&path)
+            .with_context(|| format!("cannot read `{}`", path.display()))?;
         if meta.is_dir() {
             walk(w, &path, depth + 1, out)?;
         } else if meta.is_file() {
@@ -226,14 +234,19 @@ pub async fn fetch(
         bail!("{what}: `{id}` is not a data tree id (a sha256): the store was modified");
     }
     let root = data_root(base, tenant);
-    let bytes = root.get(&format!("trees/{id}.json")).await?.with_context(|| {
-        format!(
-            "{what} reads data tree {id}, which is not in the store `{}`",
-            root.root.display
-        )
-    })?;
+    let bytes = root
+        .get(&format!("trees/{id}.json"))
+        .await?
+        .with_context(|| {
+            format!(
+                "{what} reads data tree {id}, which is not in the store `{}`",
+                root.root.display
+            )
+        })?;
     if hex::encode(Sha256::digest(&bytes)) != id {
-        bail!("{what}: the stored data tree {id} does not hash to its name: the store was modified");
+        bail!(
+            "{what}: the stored data tree {id} does not hash to its name: the store was modified"
+        );
     }
     let tree: Tree = serde_json::from_slice(&bytes)
         .with_context(|| format!("{what}: the stored data tree {id} is not a tree"))?;
@@ -441,17 +454,30 @@ mod tests {
         std::os::unix::fs::symlink("top.json", src.path().join("in")).unwrap();
         let local = hash_dir(src.path()).unwrap();
         let paths: Vec<&str> = local.tree.files.iter().map(|f| f.path.as_str()).collect();
-        assert_eq!(paths, ["a/b/x.csv", "in", "same.json", "top.json"], "no link out");
+        assert_eq!(
+            paths,
+            ["a/b/x.csv", "in", "same.json", "top.json"],
+            "no link out"
+        );
 
         let store_dir = tempfile::tempdir().unwrap();
         let base = Location::parse(store_dir.path().to_str().unwrap()).unwrap();
         // Two files, one content: two blobs.
         assert_eq!(publish(&base, None, &local).await.unwrap(), 6);
-        assert_eq!(publish(&base, None, &local).await.unwrap(), 0, "stored once");
+        assert_eq!(
+            publish(&base, None, &local).await.unwrap(),
+            0,
+            "stored once"
+        );
 
         let cache = tempfile::tempdir().unwrap();
-        let got = fetch(&base, None, &local.id, cache.path(), "run r").await.unwrap();
-        assert_eq!(std::fs::read_to_string(got.dir.join("a/b/x.csv")).unwrap(), "1,2\n");
+        let got = fetch(&base, None, &local.id, cache.path(), "run r")
+            .await
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(got.dir.join("a/b/x.csv")).unwrap(),
+            "1,2\n"
+        );
         assert_eq!(hash_dir(&got.dir).unwrap().id, local.id);
 
         // Another tenant does not see it.
@@ -467,7 +493,10 @@ mod tests {
         let err = fetch(&base, None, &local.id, fresh.path(), "run r")
             .await
             .unwrap_err();
-        assert!(format!("{err:#}").contains("the store was modified"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("the store was modified"),
+            "{err:#}"
+        );
         assert!(!fresh.path().join("data").join(&local.id).exists());
 
         // A tree naming a path outside its folder is refused.
@@ -488,6 +517,9 @@ mod tests {
         let err = fetch(&base, None, &id, fresh.path(), "run r")
             .await
             .unwrap_err();
-        assert!(format!("{err:#}").contains("not a relative path"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("not a relative path"),
+            "{err:#}"
+        );
     }
 }

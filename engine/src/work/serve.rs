@@ -47,7 +47,8 @@ pub async fn serve(opts: ServeOptions) -> Result<u64> {
         (None, Some(id)) => {
             let cache = super::data::cache_root();
             let what = format!("run `{}`", opts.run);
-            let local = super::data::fetch(&base, opts.tenant.as_deref(), id, &cache, &what).await?;
+            let local =
+                super::data::fetch(&base, opts.tenant.as_deref(), id, &cache, &what).await?;
             Some(local.dir)
         }
     };
@@ -64,8 +65,14 @@ pub async fn serve(opts: ServeOptions) -> Result<u64> {
     if crate::runtime::sha256_hex(&component) != spec.component_sha256 {
         bail!("`{origin}` does not match the sha256 in `run.json`: the store was modified");
     }
-    let (plugin, how) =
-        super::artifact::load(&runtime, &store, &component, &spec.component_sha256, &origin).await?;
+    let (plugin, how) = super::artifact::load(
+        &runtime,
+        &store,
+        &component,
+        &spec.component_sha256,
+        &origin,
+    )
+    .await?;
     let process = opts.id.unwrap_or_else(default_process_name);
     tracing::info!(
         run = %opts.run,

@@ -1,28 +1,37 @@
 //! Worker pods: `backend = "kubernetes"`.
 //!
 //! Every worker is a pod running `engine worker --store URL --run ID --id NAME`
-//! against the run the orchestrator published into `cluster.store`; pods
-//! coordinate only through the store, exactly as `engine worker` processes do.
+//! against the run the orchestrator published into `cluster.store` (an object
+//! store every pod can reach); pods coordinate only through the store, and
+//! get the run's data and compiled component from it, never from a host path.
 //!
 //! Per run the orchestrator creates, in `cluster.namespace` (else the
 //! kubeconfig's namespace, else `default`):
 //!
 //! - a ConfigMap `engine-<run>` that owns everything else of the run (the pods
 //!   and the Secret carry an ownerReference to it, so deleting it deletes them
-//!   all). When the orchestrator itself runs in a pod (`POD_NAME` and
-//!   `POD_NAMESPACE` set, as `deploy/orchestrator-job.yaml` does) in the same
-//!   namespace, that pod owns the ConfigMap: an orchestrator pod that dies takes
-//!   its workers with it.
-//! - a Secret `engine-<run>-store` with the store credentials of this process
-//!   (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`,
-//!   `AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_DEFAULT_REGION`, `AWS_ALLOW_HTTP`, or
-//!   the config's `output.key`/`output.secret_key`), given to the workers with
-//!   `envFrom`, never as plain env values. Not created when there is nothing
-//!   to put in it.
-//! - pods `engine-<run>-<n>` with the image `cluster.worker_config.image`, each
-//!   `worker_config.resources` entry as both request and limit, and the labels
-//!   `app.kubernetes.io/{name=engine,component=worker,managed-by=engine}`,
-//!   `engine.dev/run=<run>` (and `engine.dev/tenant=<tenant>`).
+//!   all) and holds the run's lease (`lease`): only its holder creates and
+//!   deletes the run's pods. When the orchestrator itself runs in a pod
+//!   (`POD_NAME` and `POD_NAMESPACE` set, as `engine submit` does) in the same
+//!   namespace, that pod owns the ConfigMap: an orchestrator pod that dies
+//!   takes its workers with it.
+//! - a Secret `engine-<run>-store` with what workers need to reach the store
+//!   (`pods::STORE_ENV` from this process's environment, or the config's
+//!   `output.key`/`output.secret_key`) and the key proving the compiled
+//!   component (`ENGINE_ARTIFACT_KEY`), given to the workers with `envFrom`,
+//!   never as plain env values.
+//! - pods `engine-<run>-<n>` (`pods`): the image `cluster.worker_config.image`,
+//!   each `worker_config.resources` entry as both request and limit, the
+//!   labels `app.kubernetes.io/{name=engine,component=worker,managed-by=engine}`,
+//!   `engine.dev/run=<run>`, `engine.dev/role=worker` (and
+//!   `engine.dev/tenant=<tenant>`). Only pods with the worker role are ever
+//!   listed or deleted, so an orchestrator pod of the same run is never
+//!   mistaken for a worker.
+//!
+//! Scaling (`scaling`): between `workers.minimum` and `workers.maximum` as the
+//! queue needs; pods are never deleted while they may be busy (a worker exits
+//! by itself once every shard has a part). A namespace ResourceQuota that
+//! refuses a pod caps the pool where it is; the run goes on.
 //!
 //! Environment:
 //!
@@ -34,20 +43,15 @@
 //!   that it cannot start (image pull errors, unschedulable, bad config) before
 //!   the run fails, while no pod of the run has ever started (default `120s`).
 //!
-//! Everything is deleted when the run ends: success, failure or Ctrl-C.
-//!
-//! (Over 600 lines: one pool's whole lifecycle, from its first pod to its
-//! cleanup. Pod-spec building and scaling decisions move to files of their own
-//! with the real-cluster work; `api` and `submit` are apart already.)
+//! Everything is deleted when the run ends: success, failure, Ctrl-C or SIGTERM.
 
 use crate::InputError;
 use crate::config::ClusterSection;
 use crate::store::RunStore;
 use crate::work::RunSpec;
 use crate::work::queue::QueueState;
-use anyhow::{Context, Result, bail};
-use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use anyhow::{Result, bail};
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, Config};
 use serde_json::{Value, json};
@@ -55,29 +59,16 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 mod api;
+mod lease;
+mod pods;
+mod scaling;
 mod submit;
 
-use api::{api_error, connect, is_status, owner_ref, quantity};
+use api::{api_error, connect, is_status, owner_ref};
+use lease::{Lease, OwnerObject};
+use pods::{Template, labels, worker_pod_spec, worker_selector};
+use scaling::{PodState, is_quota, observe, wanted};
 pub use submit::{SubmitOptions, Submitted, submit};
-
-const SECRET_KEYS: &[&str] = &[
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_ENDPOINT_URL",
-    "AWS_REGION",
-    "AWS_DEFAULT_REGION",
-    "AWS_ALLOW_HTTP",
-];
-
-/// Waiting reasons that mean a container will not start by itself.
-const STUCK_REASONS: &[&str] = &[
-    "ErrImagePull",
-    "ImagePullBackOff",
-    "InvalidImageName",
-    "CreateContainerConfigError",
-    "CreateContainerError",
-];
 
 /// The engine executable inside the worker image.
 fn engine_command() -> String {
@@ -99,18 +90,17 @@ fn start_timeout() -> Result<Duration> {
     }
 }
 
-/// What must be deleted at the end of a run.
+/// The run's worker pods and Secret: what the owner deletes at the end.
 #[derive(Clone)]
 struct Cleanup {
     ns: String,
-    owner: String,
     secret: Option<String>,
     selector: String,
 }
 
 impl Cleanup {
-    /// Delete the run's pods, Secret and owner ConfigMap (background
-    /// propagation); a missing object is fine.
+    /// Delete the run's worker pods and Secret (background propagation); a
+    /// missing object is fine.
     async fn run(&self, client: &Client) -> Result<()> {
         let dp = DeleteParams::background();
         let pods: Api<Pod> = Api::namespaced(client.clone(), &self.ns);
@@ -120,10 +110,7 @@ impl Cleanup {
             .await
         {
             Ok(list) => {
-                for pod in list.items {
-                    let Some(name) = pod.metadata.name else {
-                        continue;
-                    };
+                for name in list.items.into_iter().filter_map(|p| p.metadata.name) {
                     if let Err(e) = pods.delete(&name, &dp).await
                         && !is_status(&e, 404)
                     {
@@ -142,12 +129,6 @@ impl Cleanup {
                 first_error = first_error.or(Some(api_error(e, "delete", "secrets", &self.ns)));
             }
         }
-        let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &self.ns);
-        if let Err(e) = configmaps.delete(&self.owner, &dp).await
-            && !is_status(&e, 404)
-        {
-            first_error = first_error.or(Some(api_error(e, "delete", "configmaps", &self.ns)));
-        }
         match first_error {
             Some(e) => Err(e),
             None => Ok(()),
@@ -161,27 +142,17 @@ struct LivePod {
     warned: bool,
 }
 
-/// The worker pods of one run.
-///
-/// Scaling: `minimum` pods are started; on every poll the pool reads the queue
-/// (`QueueState`) and creates pods while fewer than
-/// `min(maximum, max(minimum, waiting + running))` (and no more than the
-/// unfinished shards) are alive. Pods are never deleted while they may be
-/// busy: a worker exits by itself once every shard has a part, so the pool
-/// shrinks by pods finishing. A pod that fails (non-zero exit, OOMKilled,
-/// evicted) loses its claims with its heartbeat, the lease protocol re-offers
-/// its shards, and a replacement is created while work remains, up to a
-/// bounded number of failures.
+/// The worker pods of one run (see the module docs).
 pub struct KubePool {
     config: Config,
     client: Client,
     pods: Api<Pod>,
     ns: String,
     run_id: String,
-    /// Everything of a pod but its name.
-    template: Value,
+    /// The pod spec of worker `name`.
+    template: Box<dyn Fn(&str) -> Value + Send + Sync>,
     labels: BTreeMap<String, String>,
-    owners: Vec<Value>,
+    lease: Option<Lease>,
     minimum: usize,
     maximum: usize,
     next_index: usize,
@@ -191,10 +162,12 @@ pub struct KubePool {
     failures: usize,
     max_failures: usize,
     exits: Vec<String>,
+    /// The namespace's quota refused a pod (said once).
+    quota_warned: bool,
     start_timeout: Duration,
     store: RunStore,
     shards: usize,
-    lease: Duration,
+    claim_lease: Duration,
     cleanup: Cleanup,
     cleaned: bool,
 }
@@ -210,7 +183,7 @@ pub struct KubeRun<'a> {
 }
 
 impl KubePool {
-    /// Create the run's owner object, Secret and first pods. On failure,
+    /// Take the run's lease, create its Secret and first pods. On failure,
     /// whatever was created is deleted again.
     pub async fn start(run: KubeRun<'_>) -> Result<KubePool> {
         let cluster = run.cluster;
@@ -229,26 +202,9 @@ impl KubePool {
             .clone()
             .unwrap_or_else(|| config.default_namespace.clone());
         let run_id = run.spec.run_id.clone();
-        let owner = format!("engine-{run_id}");
-        let mut labels = BTreeMap::from([
-            ("app.kubernetes.io/name".to_owned(), "engine".to_owned()),
-            (
-                "app.kubernetes.io/component".to_owned(),
-                "worker".to_owned(),
-            ),
-            (
-                "app.kubernetes.io/managed-by".to_owned(),
-                "engine".to_owned(),
-            ),
-            ("engine.dev/run".to_owned(), run_id.clone()),
-        ]);
-        if let Some(t) = &run.spec.tenant {
-            labels.insert("engine.dev/tenant".into(), t.clone());
-        }
-        let selector = format!("engine.dev/run={run_id}");
 
-        // Store credentials, for the Secret.
-        let mut secret_data: BTreeMap<String, String> = SECRET_KEYS
+        // What workers need to reach the store, for the Secret.
+        let mut secret_data: BTreeMap<String, String> = pods::STORE_ENV
             .iter()
             .filter_map(|k| std::env::var(k).ok().map(|v| ((*k).to_owned(), v)))
             .collect();
@@ -261,44 +217,29 @@ impl KubePool {
         }
         let secret_name = (!secret_data.is_empty()).then(|| format!("engine-{run_id}-store"));
 
-        let mut command = vec![
-            engine_command(),
-            "worker".into(),
-            "--store".into(),
-            run.store_url.to_owned(),
-            "--run".into(),
-            run_id.clone(),
-        ];
-        if let Some(t) = &run.spec.tenant {
-            command.extend(["--tenant".into(), t.clone()]);
-        }
-        let resources: BTreeMap<String, String> = worker_config
-            .resources
-            .iter()
-            .map(|(k, v)| (k.clone(), quantity(v)))
-            .collect();
-        let mut container = json!({
-            "name": "worker",
-            "image": image,
-            "command": command,
-            "resources": { "requests": resources, "limits": resources },
-        });
-        if let Some(secret) = &secret_name {
-            container["envFrom"] = json!([{ "secretRef": { "name": secret } }]);
-        }
-        if let Ok(level) = std::env::var("RUST_LOG") {
-            container["env"] = json!([{ "name": "RUST_LOG", "value": level }]);
-        }
-        let mut pod_spec = json!({
-            "restartPolicy": "Never",
-            "automountServiceAccountToken": false,
-            "containers": [container],
-        });
-        if let Ok(sa) = std::env::var("ENGINE_K8S_SERVICE_ACCOUNT")
-            && !sa.is_empty()
-        {
-            pod_spec["serviceAccountName"] = json!(sa);
-        }
+        let engine = engine_command();
+        let store_url = run.store_url.to_owned();
+        let spec = run.spec.clone();
+        let secret = secret_name.clone();
+        let service_account = std::env::var("ENGINE_K8S_SERVICE_ACCOUNT")
+            .ok()
+            .filter(|s| !s.is_empty());
+        let rust_log = std::env::var("RUST_LOG").ok();
+        let template = move |name: &str| {
+            worker_pod_spec(
+                &Template {
+                    engine: &engine,
+                    image: &image,
+                    store_url: &store_url,
+                    spec: &spec,
+                    worker: &worker_config,
+                    secret: secret.as_deref(),
+                    service_account: service_account.as_deref(),
+                    rust_log: rust_log.as_deref(),
+                },
+                name,
+            )
+        };
 
         let maximum = run.cluster.workers.maximum.max(1);
         let mut pool = KubePool {
@@ -306,10 +247,10 @@ impl KubePool {
             pods: Api::namespaced(client.clone(), &ns),
             client,
             ns: ns.clone(),
-            run_id,
-            template: pod_spec,
-            labels,
-            owners: Vec::new(),
+            run_id: run_id.clone(),
+            template: Box::new(template),
+            labels: labels(run.spec, "worker"),
+            lease: None,
             minimum: run.cluster.workers.minimum.max(1),
             maximum,
             next_index: 0,
@@ -318,18 +259,20 @@ impl KubePool {
             failures: 0,
             max_failures: 3 * maximum + 2,
             exits: Vec::new(),
+            quota_warned: false,
             start_timeout,
             store: run.store.clone(),
             shards: run.spec.shards,
-            lease: Duration::from_millis(run.spec.lease_ms),
+            claim_lease: Duration::from_millis(run.spec.lease_ms),
             cleanup: Cleanup {
                 ns,
-                owner,
                 secret: secret_name,
-                selector,
+                selector: worker_selector(&run_id),
             },
             cleaned: false,
         };
+        let lease = pool.acquire(run.spec).await?;
+        pool.lease = Some(lease);
         match pool.launch(secret_data).await {
             Ok(()) => Ok(pool),
             Err(e) => {
@@ -339,91 +282,90 @@ impl KubePool {
         }
     }
 
-    async fn launch(&mut self, secret_data: BTreeMap<String, String>) -> Result<()> {
-        let ns = self.ns.clone();
-        // Leftovers of an earlier, interrupted orchestrator of the same run:
-        // its owner object (and through it its pods) goes; new pods are
-        // numbered after the old ones so names never clash.
-        let existing = self
-            .pods
-            .list(&ListParams::default().labels(&self.cleanup.selector))
-            .await
-            .map_err(|e| api_error(e, "list", "pods", &ns))?;
-        let prefix = format!("engine-{}-", self.run_id);
-        self.next_index = existing
-            .items
-            .iter()
-            .filter_map(|p| {
-                p.metadata
-                    .name
-                    .as_deref()?
-                    .strip_prefix(&prefix)?
-                    .parse::<usize>()
-                    .ok()
-            })
-            .map(|i| i + 1)
-            .max()
-            .unwrap_or(0);
-        if !existing.items.is_empty() {
-            tracing::warn!(
-                "{} pods of an earlier orchestrator of run {} are still there; deleting them",
-                existing.items.len(),
-                self.run_id
-            );
-            self.cleanup.run(&self.client).await?;
-        }
-
-        // The owner object, itself owned by this orchestrator's pod if any.
-        let configmaps: Api<ConfigMap> = Api::namespaced(self.client.clone(), &ns);
-        let mut owner_meta = json!({
-            "name": self.cleanup.owner,
-            "namespace": ns,
-            "labels": self.labels,
-        });
+    /// The run's owner ConfigMap and lease, owned by this orchestrator's pod
+    /// if it runs in one.
+    async fn acquire(&self, spec: &RunSpec) -> Result<Lease> {
+        let mut owner_pod = None;
         if let (Ok(pod_name), Ok(pod_ns)) =
             (std::env::var("POD_NAME"), std::env::var("POD_NAMESPACE"))
-            && pod_ns == ns
+            && pod_ns == self.ns
         {
             match self.pods.get(&pod_name).await {
                 Ok(me) => {
                     let uid = me.metadata.uid.unwrap_or_default();
-                    owner_meta["ownerReferences"] =
-                        json!([owner_ref("v1", "Pod", &pod_name, &uid)]);
+                    owner_pod = Some(owner_ref("v1", "Pod", &pod_name, &uid));
                 }
                 Err(e) => tracing::warn!(
                     "cannot read this orchestrator's pod `{pod_name}` to own the workers: {e}"
                 ),
             }
         }
-        let owner_cm: ConfigMap = serde_json::from_value(json!({
-            "metadata": owner_meta,
-            "data": { "run": self.run_id, "shards": self.shards.to_string() },
-        }))?;
-        let mut tries = 0;
-        let created = loop {
-            match configmaps.create(&PostParams::default(), &owner_cm).await {
-                Ok(c) => break c,
-                // An old owner object still being deleted.
-                Err(e) if is_status(&e, 409) && tries < 20 => {
-                    tries += 1;
-                    let _ = configmaps
-                        .delete(&self.cleanup.owner, &DeleteParams::background())
-                        .await;
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-                Err(e) => return Err(api_error(e, "create", "configmaps", &ns)),
+        let owner_labels = labels(spec, "owner");
+        Lease::acquire(
+            &self.client,
+            &self.ns,
+            OwnerObject {
+                name: &format!("engine-{}", self.run_id),
+                labels: &owner_labels,
+                run_id: &self.run_id,
+                shards: self.shards,
+                owner_pod,
+            },
+        )
+        .await
+    }
+
+    async fn launch(&mut self, secret_data: BTreeMap<String, String>) -> Result<()> {
+        let ns = self.ns.clone();
+        let owners = vec![self.lease.as_ref().expect("acquired").owner_ref()];
+
+        // Pods of an earlier orchestrator of this run, whose lease was taken
+        // over: the ones still running are adopted (their work is not lost),
+        // and new pods are numbered after them so names never clash.
+        let existing = self
+            .pods
+            .list(&ListParams::default().labels(&self.cleanup.selector))
+            .await
+            .map_err(|e| api_error(e, "list", "pods", &ns))?;
+        let prefix = format!("engine-{}-", self.run_id);
+        for pod in &existing.items {
+            let Some(name) = pod.metadata.name.clone() else {
+                continue;
+            };
+            if let Some(i) = name
+                .strip_prefix(&prefix)
+                .and_then(|i| i.parse::<usize>().ok())
+            {
+                self.next_index = self.next_index.max(i + 1);
             }
-        };
-        let uid = created
-            .metadata
-            .uid
-            .context("the API server gave the owner ConfigMap no uid")?;
-        self.owners = vec![owner_ref("v1", "ConfigMap", &self.cleanup.owner, &uid)];
+            if matches!(observe(pod), PodState::Pending(_) | PodState::Running) {
+                self.live.insert(
+                    name,
+                    LivePod {
+                        created: Instant::now(),
+                        warned: false,
+                    },
+                );
+            }
+        }
+        if !existing.items.is_empty() {
+            tracing::warn!(
+                "{} worker pods of an earlier orchestrator of run {} are there; {} still running are adopted",
+                existing.items.len(),
+                self.run_id,
+                self.live.len()
+            );
+        }
 
         if let Some(name) = &self.cleanup.secret {
             let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
             let secret: Secret = serde_json::from_value(json!({
-                "metadata": { "name": name, "namespace": ns, "labels": self.labels, "ownerReferences": self.owners },
+                "metadata": {
+                    "name": name,
+                    "namespace": ns,
+                    "labels": labels_with_role(&self.labels, "store"),
+                    "ownerReferences": owners,
+                },
                 "type": "Opaque",
                 "stringData": secret_data,
             }))?;
@@ -431,6 +373,7 @@ impl KubePool {
                 if !is_status(&e, 409) {
                     return Err(api_error(e, "create", "secrets", &ns));
                 }
+                // Left by an orchestrator whose lease this one took over.
                 secrets
                     .replace(name, &PostParams::default(), &secret)
                     .await
@@ -440,28 +383,43 @@ impl KubePool {
 
         let done = self.store.count("parts").await?;
         let first = self.minimum.min(self.shards.saturating_sub(done)).max(1);
-        for _ in 0..first {
-            self.create_pod().await?;
+        while self.live.len() < first {
+            match self.create_pod().await {
+                Ok(()) => {}
+                Err(e) if is_quota_error(&e) && !self.live.is_empty() => {
+                    self.warn_quota(&e);
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
         }
-        tracing::info!(namespace = %ns, pods = first, run = %self.run_id, "worker pods created");
+        tracing::info!(namespace = %ns, pods = self.live.len(), run = %self.run_id, "worker pods created");
         Ok(())
     }
 
     async fn create_pod(&mut self) -> Result<()> {
         let name = format!("engine-{}-{}", self.run_id, self.next_index);
-        self.next_index += 1;
-        let mut spec = self.template.clone();
-        if let Some(command) = spec["containers"][0]["command"].as_array_mut() {
-            command.extend([json!("--id"), json!(name)]);
-        }
+        let owners = vec![self.lease.as_ref().expect("acquired").owner_ref()];
         let pod: Pod = serde_json::from_value(json!({
-            "metadata": { "name": name, "namespace": self.ns, "labels": self.labels, "ownerReferences": self.owners },
-            "spec": spec,
+            "metadata": { "name": name, "namespace": self.ns, "labels": self.labels, "ownerReferences": owners },
+            "spec": (self.template)(&name),
         }))?;
-        self.pods
-            .create(&PostParams::default(), &pod)
-            .await
-            .map_err(|e| api_error(e, "create", "pods", &self.ns))?;
+        match self.pods.create(&PostParams::default(), &pod).await {
+            Ok(_) => {}
+            Err(e) if is_quota(&e) => {
+                return Err(QuotaRefused(format!(
+                    "the namespace `{}` quota refused worker pod {name}: {}",
+                    self.ns,
+                    match &e {
+                        kube::Error::Api(s) => s.message.clone(),
+                        other => other.to_string(),
+                    }
+                ))
+                .into());
+            }
+            Err(e) => return Err(api_error(e, "create", "pods", &self.ns)),
+        }
+        self.next_index += 1;
         tracing::debug!(pod = %name, "worker pod created");
         self.live.insert(
             name,
@@ -473,10 +431,23 @@ impl KubePool {
         Ok(())
     }
 
+    fn warn_quota(&mut self, e: &anyhow::Error) {
+        if !self.quota_warned {
+            self.quota_warned = true;
+            eprintln!(
+                "warning: {e}; the pool stays at {} worker pods while the quota allows no more",
+                self.live.len()
+            );
+        }
+    }
+
     /// Look at the run's pods: note the finished, fail the run if none can
     /// start, replace failed pods and scale. `Some(reason)` once no pod is left
     /// and none will be created.
     pub async fn all_stopped(&mut self) -> Result<Option<String>> {
+        if let Some(lease) = &self.lease {
+            lease.check()?;
+        }
         let list = self
             .pods
             .list(&ListParams::default().labels(&self.cleanup.selector))
@@ -491,80 +462,25 @@ impl KubePool {
                 continue;
             };
             seen.push(name.clone());
-            let status = pod.status.unwrap_or_default();
-            let container = status
-                .container_statuses
-                .unwrap_or_default()
-                .into_iter()
-                .next();
-            let state = container
-                .as_ref()
-                .and_then(|c| c.state.clone())
-                .unwrap_or_default();
-            match status.phase.as_deref().unwrap_or("Pending") {
-                "Succeeded" => {
+            match observe(&pod) {
+                PodState::Succeeded => {
                     self.started = true;
                     self.live.remove(&name);
                 }
-                "Failed" => {
-                    let why = match &state.terminated {
-                        Some(t) => {
-                            self.started = true;
-                            format!(
-                                "worker pod {name} exited with code {}{}{}",
-                                t.exit_code,
-                                t.reason
-                                    .as_deref()
-                                    .map(|r| format!(" ({r})"))
-                                    .unwrap_or_default(),
-                                t.message
-                                    .as_deref()
-                                    .map(|m| format!(": {}", m.trim()))
-                                    .unwrap_or_default()
-                            )
-                        }
-                        None => format!(
-                            "worker pod {name} failed: {}{}",
-                            status.reason.as_deref().unwrap_or("Failed"),
-                            status
-                                .message
-                                .as_deref()
-                                .map(|m| format!(": {m}"))
-                                .unwrap_or_default()
-                        ),
-                    };
+                PodState::Running => self.started = true,
+                PodState::Failed(why) => {
+                    // Its claims lapse with its heartbeat and its shards are
+                    // offered again; a replacement comes with `scale`.
+                    self.started |= why.contains("exited with code");
                     tracing::warn!("{why}");
+                    eprintln!("warning: {why}");
                     self.exits.push(why);
                     self.failures += 1;
                     self.live.remove(&name);
                 }
-                "Running" => self.started = true,
-                _ => {
-                    // Pending: is it stuck?
-                    let mut stuck = state.waiting.as_ref().and_then(|w| {
-                        let reason = w.reason.as_deref()?;
-                        STUCK_REASONS.contains(&reason).then(|| {
-                            format!("{reason}: {}", w.message.as_deref().unwrap_or("").trim())
-                        })
-                    });
-                    if stuck.is_none() {
-                        stuck = status
-                            .conditions
-                            .unwrap_or_default()
-                            .into_iter()
-                            .find_map(|c| {
-                                (c.type_ == "PodScheduled" && c.status == "False").then(|| {
-                                    format!(
-                                        "{}: {}",
-                                        c.reason.as_deref().unwrap_or("Unschedulable"),
-                                        c.message.as_deref().unwrap_or("").trim()
-                                    )
-                                })
-                            });
-                    }
-                    if let Some(why) = stuck
-                        && live.created.elapsed() >= self.start_timeout
-                    {
+                PodState::Pending(None) => {}
+                PodState::Pending(Some(why)) => {
+                    if live.created.elapsed() >= self.start_timeout {
                         let why = format!("worker pod {name} cannot start: {why}");
                         if !self.started {
                             bail!("{why}");
@@ -606,42 +522,73 @@ impl KubePool {
         Ok(None)
     }
 
-    /// Create pods up to what the queue can use.
+    /// Create pods up to what the queue can use (and the quota allows).
     async fn scale(&mut self) -> Result<()> {
         if self.failures > self.max_failures {
             return Ok(());
         }
-        let state = QueueState::read(&self.store, self.lease).await?;
+        let state = QueueState::read(&self.store, self.claim_lease).await?;
         let remaining = self.shards.saturating_sub(state.done.len());
-        if remaining == 0 {
-            return Ok(());
-        }
-        let running = state.running();
-        let waiting = remaining.saturating_sub(running);
-        let want = self
-            .maximum
-            .min(self.minimum.max(waiting + running))
-            .min(remaining)
-            .max(1);
+        let want = wanted(self.minimum, self.maximum, remaining, state.running());
         while self.live.len() < want {
-            self.create_pod().await?;
+            match self.create_pod().await {
+                Ok(()) => {}
+                Err(e) if is_quota_error(&e) => {
+                    if self.live.is_empty() {
+                        bail!("{e}; no worker pod of the run can start");
+                    }
+                    self.warn_quota(&e);
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }
 
-    /// Delete everything of the run (idempotent; errors are logged).
+    /// Delete everything of the run if this orchestrator holds it
+    /// (idempotent; errors are printed).
     pub async fn cleanup(&mut self) {
         if self.cleaned {
             return;
         }
         self.cleaned = true;
         self.live.clear();
-        match tokio::time::timeout(Duration::from_secs(30), self.cleanup.run(&self.client)).await {
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
+        if !lease.held() {
+            eprintln!(
+                "warning: this orchestrator no longer holds run {}: its pods are left to the holder",
+                self.run_id
+            );
+            return;
+        }
+        let work = async {
+            self.cleanup.run(&self.client).await?;
+            lease.release().await
+        };
+        match tokio::time::timeout(Duration::from_secs(30), work).await {
             Ok(Ok(())) => tracing::debug!(run = %self.run_id, "worker pods deleted"),
             Ok(Err(e)) => eprintln!("warning: cleaning up the run's Kubernetes objects: {e:#}"),
             Err(_) => eprintln!("warning: cleaning up the run's Kubernetes objects timed out"),
         }
     }
+}
+
+fn labels_with_role(labels: &BTreeMap<String, String>, role: &str) -> BTreeMap<String, String> {
+    let mut l = labels.clone();
+    l.insert(pods::ROLE_LABEL.into(), role.into());
+    l
+}
+
+/// The namespace's ResourceQuota refused a pod.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct QuotaRefused(String);
+
+fn is_quota_error(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<QuotaRefused>().is_some()
 }
 
 impl Drop for KubePool {
@@ -651,8 +598,16 @@ impl Drop for KubePool {
         if self.cleaned {
             return;
         }
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
+        if !lease.held() {
+            return;
+        }
+        lease.abort();
         let config = self.config.clone();
         let cleanup = self.cleanup.clone();
+        let owner = lease.name.clone();
         let worker = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -664,7 +619,13 @@ impl Drop for KubePool {
                 let Ok(client) = Client::try_from(config) else {
                     return;
                 };
-                let _ = tokio::time::timeout(Duration::from_secs(15), cleanup.run(&client)).await;
+                let work = async {
+                    let _ = cleanup.run(&client).await;
+                    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> =
+                        Api::namespaced(client.clone(), &cleanup.ns);
+                    let _ = cms.delete(&owner, &DeleteParams::background()).await;
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(15), work).await;
             });
         });
         let _ = worker.join();
