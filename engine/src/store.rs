@@ -13,8 +13,12 @@
 //! | `failed/<shard>`       | workers      | overwrite                 |
 //! | `log/<shard>.log`      | workers      | overwrite                 |
 //! | `outputs/<shard>/<name>` | workers    | overwrite                 |
+//! | `artifacts/<tag>.cwasm`, `.mac` | orchestrator | overwrite (`work::artifact`) |
 //!
-//! `<shard>` is the shard's index, zero-padded to eight digits.
+//! `<shard>` is the shard's index, zero-padded to eight digits. Beside the
+//! runs, `data/` (or `tenants/<tenant>/data/`) holds run data by content
+//! (`work::data`): `blobs/<sha256>` and `trees/<id>.json`, shared by every run
+//! that reads the same files.
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;

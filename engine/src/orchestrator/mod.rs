@@ -476,7 +476,7 @@ async fn share_artifact(
         return None;
     }
     let shared = async {
-        let key = artifact::new_key()?;
+        let key = artifact::key_from_env().map_or_else(artifact::new_key, Ok)?;
         artifact::share(runtime, &prepared.plugin, store, &key).await?;
         anyhow::Ok(key)
     };

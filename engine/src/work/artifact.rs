@@ -20,6 +20,15 @@ use std::sync::Arc;
 /// The environment variable holding the key, in hex.
 pub const KEY_ENV: &str = "ENGINE_ARTIFACT_KEY";
 
+/// The key in `ENGINE_ARTIFACT_KEY` (64 hex digits), if set: an operator's
+/// fixed key, else a worker's from its orchestrator.
+pub fn key_from_env() -> Option<String> {
+    std::env::var(KEY_ENV)
+        .ok()
+        .map(|k| k.trim().to_owned())
+        .filter(|k| k.len() == 64 && hex::decode(k).is_ok())
+}
+
 /// A fresh random key, in hex.
 pub fn new_key() -> Result<String> {
     let mut key = [0u8; 32];
