@@ -268,8 +268,27 @@ class Agent:
         if ids:
             for c in json.loads(podman("inspect", "--type", "container", *ids, check=False).stdout or "[]"):
                 labels = c["Config"]["Labels"]
+                s = c["State"]
+                if s["Status"] == "running" and not self.alive(s.get("Pid"), c["Id"]):
+                    # conmon shares the container's memory cgroup, and an OOM
+                    # kill may take it too (this VM cannot exempt it: no
+                    # CAP_SYS_RESOURCE for oom_score_adj -1000); podman then
+                    # never learns the exit and says `running` for ever.
+                    s.update(Status="exited", ExitCode=137, FinishedAt=micro())
                 out.setdefault(labels["io.kubernetes.pod.uid"], {})[labels["io.kubernetes.container.name"]] = c
         return out
+
+    @staticmethod
+    def alive(pid, cid):
+        """Is `pid` a live (not zombie) process of container `cid`?"""
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return False
+            with open(f"/proc/{pid}/cgroup") as f:
+                return cid in f.read()
+        except (OSError, IndexError):
+            return False
 
     def collect(self, live, containers):
         """Removes what belongs to pods that are gone from the API."""
