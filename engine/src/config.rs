@@ -80,6 +80,9 @@ pub struct ClusterSection {
     pub lease: Duration,
 }
 
+/// The shortest `cluster.lease` accepted.
+pub const MIN_LEASE: Duration = Duration::from_secs(1);
+
 fn default_lease() -> Duration {
     Duration::from_secs(30)
 }
@@ -483,6 +486,17 @@ impl Source {
             return Err(self.error_at(
                 self.key_offset(&["output", "path"]),
                 "`output.path` is empty",
+            ));
+        }
+        if config.cluster.lease < MIN_LEASE {
+            return Err(self.error_at(
+                self.key_offset(&["cluster", "lease"]),
+                format!(
+                    "`cluster.lease` must be at least {}s (got {}): workers beat every quarter lease, and a \
+                     shorter one makes a live worker on a slow store request look dead, so its shards run twice",
+                    MIN_LEASE.as_secs(),
+                    humantime::format_duration(config.cluster.lease)
+                ),
             ));
         }
         if let Some(tenant) = &config.run.tenant
