@@ -195,13 +195,19 @@ impl Queue {
     /// first, so that every beat stamped after the claim lists it.
     async fn claim(&self, shard: usize, attempt: u32) -> Result<bool> {
         self.active.enter(shard, attempt);
-        let created = self
-            .store
-            .create(
-                &format!("claims/{}", claim_name(shard, attempt)),
-                self.record(),
-            )
-            .await;
+        let rel = format!("claims/{}", claim_name(shard, attempt));
+        let record = self.record();
+        let mut created = self.store.create(&rel, record.clone()).await;
+        if matches!(created, Ok(false)) {
+            // A create that committed but answered an error is retried by the
+            // store client and then finds the object: it is ours if it holds
+            // exactly our record (worker, process and time), else another's.
+            created = self
+                .store
+                .get(&rel)
+                .await
+                .map(|found| found.is_some_and(|b| b.as_ref() == record.as_bytes()));
+        }
         if !matches!(created, Ok(true)) {
             self.active.leave(shard, attempt);
         }
