@@ -1,568 +1,737 @@
-//! The kubernetes backend against `tests/fixtures/k8s_api.py`, a fake API
-//! server that runs each pod's command as a local process (so the workers are
-//! the test CLI itself, and the store is a local directory).
+//! The kubernetes backend on a real cluster (`tests/all/cluster.rs`): a real
+//! API server, scheduler and controllers, worker pods as podman containers
+//! running the `localhost/engine:dev` image, the store in S3 (moto).
+//!
+//! Every test has a namespace of its own and the engine talks as that
+//! namespace's `engine` ServiceAccount (deploy/rbac.yaml). The tests run one at
+//! a time (the node has two cores).
 
-use crate::util::{self, engine, guests_dir, read_csv, root, stderr, stdout};
+use crate::cluster::{IMAGE, Namespace, Running, last_states, most_alive, phases, wait_until};
+use crate::util::{self, guests_dir, read_csv};
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
-/// A running fixture API server and a kubeconfig pointing at it.
-struct Fixture {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
+const RUN_LIMIT: Duration = Duration::from_secs(240);
+/// The faulty guest's limits in these runs (a pod is slower than a thread).
+const LIMITS: &str = "memory = \"64M\"\ntimeout = \"30s\"";
+const SMALL: &str = "{ cpu = \"250m\", memory = \"256Mi\" }";
 
-impl Fixture {
-    fn start(extra: &[&str]) -> Fixture {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut child = Command::new("python3")
-            .arg(root().join("tests/fixtures/k8s_api.py"))
-            .args([
-                "--port",
-                "0",
-                "--pass-env",
-                "ENGINE_CACHE_DIR",
-                "--pass-env",
-                "PATH",
-                "--exit-with-parent",
-            ])
-            .args(["--node-resource", "nvidia.com/gpu=8"])
-            .args(extra)
-            .env("ENGINE_CACHE_DIR", root().join("target/test-cache"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("cannot start python3 tests/fixtures/k8s_api.py");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("fixture output");
-        let port: u16 = line
-            .trim()
-            .strip_prefix("listening http://127.0.0.1:")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected fixture output: {line:?}"));
-        let kubeconfig = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fixture\n  cluster:\n    server: http://127.0.0.1:{port}\n\
-             users:\n- name: fixture\n  user: {{}}\ncontexts:\n- name: fixture\n  context:\n    cluster: fixture\n    \
-             user: fixture\n    namespace: default\ncurrent-context: fixture\n"
-        );
-        std::fs::write(dir.path().join("kubeconfig"), kubeconfig).expect("write kubeconfig");
-        Fixture { child, port, dir }
-    }
-
-    fn kubeconfig(&self) -> PathBuf {
-        self.dir.path().join("kubeconfig")
-    }
-
-    /// `engine` talking to this fixture, with pods running the test CLI.
-    fn engine(&self) -> Command {
-        let mut cmd = engine();
-        cmd.env("KUBECONFIG", self.kubeconfig())
-            .env(
-                "ENGINE_K8S_WORKER_COMMAND",
-                env!("CARGO_BIN_EXE_engine-cli"),
-            )
-            .env_remove("ENGINE_K8S_START_TIMEOUT")
-            .env_remove("POD_NAME")
-            .env_remove("POD_NAMESPACE");
-        for k in [
-            "AWS_ACCESS_KEY_ID",
-            "AWS_SECRET_ACCESS_KEY",
-            "AWS_SESSION_TOKEN",
-            "AWS_ENDPOINT_URL",
-            "AWS_REGION",
-        ] {
-            cmd.env_remove(k);
-        }
-        cmd
-    }
-
-    fn get(&self, path: &str) -> Value {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to the fixture");
-        write!(
-            s,
-            "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nAccept: application/json\r\n\r\n"
-        )
-        .expect("request");
-        let mut text = String::new();
-        s.read_to_string(&mut text).expect("response");
-        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        serde_json::from_str(body).unwrap_or_else(|e| panic!("GET {path}: not JSON ({e}): {text}"))
-    }
-
-    fn items(&self, path: &str) -> Vec<Value> {
-        self.get(path)["items"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    fn engine_pods(&self) -> Vec<Value> {
-        self.items(
-            "/api/v1/namespaces/default/pods?labelSelector=app.kubernetes.io%2Fmanaged-by%3Dengine",
-        )
-    }
-
-    /// API requests as `(verb, resource)`.
-    fn requests(&self) -> Vec<(String, String, u64)> {
-        self.get("/fixture/requests")
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .map(|r| {
-                (
-                    r["verb"].as_str().unwrap_or("").to_owned(),
-                    r["resource"].as_str().unwrap_or("").to_owned(),
-                    r["status"].as_u64().unwrap_or(0),
-                )
-            })
-            .collect()
-    }
-
-    /// Wait until the run left nothing behind: no pods, Secrets or owner
-    /// ConfigMaps of the engine, and no pod process alive.
-    fn assert_clean(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let pods = self.engine_pods();
-            let secrets = self.items("/api/v1/namespaces/default/secrets?labelSelector=app.kubernetes.io%2Fmanaged-by%3Dengine");
-            let configmaps =
-                self.items("/api/v1/namespaces/default/configmaps?labelSelector=app.kubernetes.io%2Fcomponent%3Dworker");
-            let alive: Vec<Value> = self
-                .get("/fixture/processes")
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|p| p["alive"].as_bool() == Some(true))
-                .collect();
-            if pods.is_empty() && secrets.is_empty() && configmaps.is_empty() && alive.is_empty() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "left behind: pods {pods:#?}\nsecrets {secrets:#?}\nconfigmaps {configmaps:#?}\nprocesses {alive:#?}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        // SIGTERM: the fixture kills the pod processes it started, then exits.
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A `faulty.misbehave` run on the kubernetes backend, its store in the
-/// config's directory.
-fn k8s_config(args: &str, workers: &str, worker_config: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = dir.path().join("store");
-    std::fs::write(
-        dir.path().join("config.toml"),
-        format!(
-            "[run]\nfunction = \"faulty.misbehave\"\nseed = 7\n[run.args]\n{args}\n\
-             [cluster]\nbackend = \"kubernetes\"\nworkers = {workers}\nstore = \"{}\"\n\
-             [cluster.worker_config]\n{worker_config}\n\
-             [limits]\nmemory = \"64M\"\ntimeout = \"5s\"\n[output]\npath = \"out/result.csv\"\n",
-            store.display()
-        ),
+/// The `[cluster]` lines of a run on worker pods in `ns`.
+fn on_pods(ns: &Namespace, workers: &str, image: &str, resources: &str) -> String {
+    format!(
+        "backend = \"kubernetes\"\nworkers = {workers}\nstore = \"{}\"\nlease = \"5s\"\n\
+         [cluster.worker_config]\nimage = \"{image}\"\nresources = {resources}\n",
+        ns.s3("store")
     )
-    .expect("write config");
-    dir
 }
 
-const WORKER_CONFIG: &str = "image = \"example/engine:test\"\nresources = { memory = \"256Mi\", cpu = \"500m\", \"nvidia.com/gpu\" = 1 }";
+/// A `faulty.misbehave` config (the test guest) with `[cluster]` lines.
+fn faulty(args: &str, cluster: &str, limits: &str, output: &str) -> tempfile::TempDir {
+    util::config(&format!(
+        "[run]\nfunction = \"faulty.misbehave\"\nseed = 7\n[run.args]\n{args}\n\
+         [cluster]\n{cluster}[limits]\n{limits}\n[output]\npath = \"{output}\"\n"
+    ))
+}
 
-fn plugins_arg() -> String {
+/// DeepEcho's two baselines on three small datasets of plugins/deepecho/data.
+fn deepecho(cluster: &str, output: &str) -> tempfile::TempDir {
+    util::config(&format!(
+        "[run]\nfunction = \"deepecho.benchmark.run_benchmark\"\ndata = \"{}\"\nseed = 3\n\
+         [run.args]\ndatasets = [\"PickupGestureWiimoteZ\", \"Tecator\", \"Covid3Month\"]\n\
+         models = [\"RealDataBaseline\", \"UniformBaseline\"]\n\
+         metrics = [\"rf_detection_score\", \"sdmetrics_score\"]\nmax_entities = 20\n\
+         [cluster]\n{cluster}[output]\npath = \"{output}\"\n",
+        util::root().join("plugins/deepecho/data").display()
+    ))
+}
+
+fn guests() -> String {
     guests_dir().display().to_string()
 }
 
-fn run_config(fx: &Fixture, dir: &Path, extra_env: &[(&str, &str)]) -> Output {
-    fx.engine()
-        .args(["run", "config.toml", "--plugins", &plugins_arg()])
-        .envs(extra_env.iter().copied())
-        .current_dir(dir)
-        .output()
-        .expect("cannot start the engine binary")
+/// `engine run config.toml --plugins <test guests>` in `dir`, as `ns`'s engine.
+fn run(ns: &Namespace, dir: &Path, env: &[(&str, &str)]) -> Running {
+    Running::spawn(
+        ns.engine()
+            .args(["run", "config.toml", "--plugins", &guests()])
+            .envs(env.iter().copied())
+            .current_dir(dir),
+    )
 }
 
-fn wait_timeout(child: &mut Child, limit: Duration) -> ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the engine did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// The same run on the local backend: the reference table.
-fn local_table(args: &str) -> (Vec<String>, Vec<Vec<String>>) {
-    let dir = util::faulty_config(args, 2, "");
-    let out = util::run_in(
-        dir.path(),
-        &["run", "config.toml", "--plugins", &plugins_arg()],
+/// The same faulty run on the local backend: the reference table.
+fn local_faulty(args: &str) -> (Vec<String>, Vec<Vec<String>>) {
+    let dir = faulty(args, "workers = 2\n", LIMITS, "out/result.csv");
+    let o = util::run_in(dir.path(), &["run", "config.toml", "--plugins", &guests()]);
+    assert!(
+        o.status.code().is_some_and(|c| c < 2),
+        "{}",
+        util::stderr(&o)
     );
-    assert!(out.status.code().is_some(), "{}", stderr(&out));
     read_csv(&dir.path().join("out/result.csv"))
 }
 
-#[test]
-fn pods_scale_carry_resources_labels_owners_and_are_deleted() {
-    let fx = Fixture::start(&[]);
-    let args = "shards = 8\nsleep_ms = 400";
-    let dir = k8s_config(args, "{ minimum = 1, maximum = 3 }", WORKER_CONFIG);
-    let mut child = fx
-        .engine()
-        .args(["run", "config.toml", "--plugins", &plugins_arg()])
-        .current_dir(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start engine");
-    // Watch the pods while the run goes.
-    let mut most_alive = 0;
-    let mut sample = None;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while child.try_wait().expect("wait").is_none() {
-        assert!(Instant::now() < deadline, "the run did not finish in time");
-        let pods = fx.engine_pods();
-        let alive = pods
-            .iter()
-            .filter(|p| !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed")))
-            .count();
-        most_alive = most_alive.max(alive);
-        if sample.is_none() {
-            sample = pods.into_iter().next();
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let out = child.wait_with_output().expect("output");
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert_eq!(
-        read_csv(&dir.path().join("out/result.csv")),
-        local_table(args)
-    );
-
-    let pod = sample.expect("no pod was seen during the run");
-    let name = pod["metadata"]["name"].as_str().unwrap();
-    assert!(name.starts_with("engine-"), "{name}");
-    let labels = &pod["metadata"]["labels"];
-    assert_eq!(labels["app.kubernetes.io/name"], "engine");
-    assert_eq!(labels["app.kubernetes.io/component"], "worker");
-    assert_eq!(labels["app.kubernetes.io/managed-by"], "engine");
-    let run = labels["engine.dev/run"].as_str().expect("run label");
-    assert_eq!(name.rsplit_once('-').unwrap().0, format!("engine-{run}"));
-    let owners = pod["metadata"]["ownerReferences"]
-        .as_array()
-        .expect("ownerReferences");
-    assert_eq!(owners[0]["kind"], "ConfigMap");
-    assert_eq!(owners[0]["name"], format!("engine-{run}"));
-    let spec = &pod["spec"];
-    assert_eq!(spec["restartPolicy"], "Never");
-    let c = &spec["containers"][0];
-    assert_eq!(c["image"], "example/engine:test");
-    let command: Vec<&str> = c["command"]
-        .as_array()
-        .unwrap()
+/// A CSV's header and rows without its timings (columns ending in `_time`).
+fn without_timings(csv_text: &str) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut reader = csv::Reader::from_reader(csv_text.as_bytes());
+    let header: Vec<String> = reader
+        .headers()
+        .expect("header")
         .iter()
-        .map(|v| v.as_str().unwrap())
+        .map(str::to_owned)
         .collect();
-    assert_eq!(&command[1..3], ["worker", "--store"]);
-    assert!(
-        command.contains(&"--run") && command.contains(&run) && command.contains(&name),
-        "{command:?}"
-    );
-    for kind in ["requests", "limits"] {
-        let r = &c["resources"][kind];
-        assert_eq!(r["memory"], "256Mi", "{kind}");
-        assert_eq!(r["cpu"], "500m", "{kind}");
-        assert_eq!(r["nvidia.com/gpu"], "1", "{kind}");
-    }
-    assert!(
-        c.get("env").is_none_or(|e| !e.to_string().contains("AWS_")),
-        "no secrets in plain env"
-    );
-
-    let creates = fx
-        .requests()
-        .iter()
-        .filter(|(v, r, s)| v == "create" && r == "pods" && *s < 300)
-        .count();
-    assert!((1..=3).contains(&creates), "{creates} pods created");
-    assert!(most_alive <= 3, "{most_alive} pods alive at once");
-    fx.assert_clean();
+    let keep: Vec<usize> = (0..header.len())
+        .filter(|&i| !header[i].ends_with("_time"))
+        .collect();
+    let rows = reader
+        .records()
+        .map(|r| {
+            let r = r.expect("record");
+            keep.iter().map(|&i| r[i].to_owned()).collect()
+        })
+        .collect();
+    (keep.iter().map(|&i| header[i].clone()).collect(), rows)
 }
 
-#[test]
-fn a_run_with_a_failed_shard_leaves_no_pods() {
-    let fx = Fixture::start(&[]);
-    let args = "shards = 4\nbad = 1\nhow = \"trap\"";
-    let dir = k8s_config(args, "2", "image = \"example/engine:test\"");
-    let out = run_config(&fx, dir.path(), &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let (header, rows) = read_csv(&dir.path().join("out/result.csv"));
-    assert_eq!((header.clone(), rows.clone()), local_table(args));
-    let error = header
+fn text(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+/// The reference: `dir`'s deepecho config on the local backend.
+fn local_deepecho() -> String {
+    let dir = deepecho("workers = 2\n", "out/results.csv");
+    let o = util::run_in(dir.path(), &["run", "config.toml"]);
+    assert!(o.status.success(), "{}", util::stderr(&o));
+    text(&dir.path().join("out/results.csv"))
+}
+
+/// Pods of the run that are workers (not an orchestrator).
+fn workers(events: &[(String, Value)]) -> std::collections::BTreeMap<String, Value> {
+    last_states(events)
+        .into_iter()
+        .filter(|(_, p)| p["metadata"]["labels"]["app.kubernetes.io/component"] == "worker")
+        .collect()
+}
+
+fn error_column(header: &[String]) -> usize {
+    header
         .iter()
         .position(|h| h == "error")
-        .expect("error column");
-    assert!(rows[1][error].starts_with("trap"), "{rows:?}");
-    fx.assert_clean();
+        .expect("an error column")
 }
 
 #[test]
-fn ctrl_c_deletes_every_pod_and_the_secret() {
-    let fx = Fixture::start(&[]);
-    let dir = k8s_config(
-        "shards = 12\nsleep_ms = 3000",
-        "{ minimum = 2, maximum = 2 }",
-        WORKER_CONFIG,
+fn deepecho_on_worker_pods_gives_the_local_table() {
+    let reference = local_deepecho();
+    let ns = Namespace::new("deepecho");
+    let dir = deepecho(
+        &on_pods(
+            &ns,
+            "{ minimum = 1, maximum = 3 }",
+            IMAGE,
+            "{ cpu = \"500m\", memory = \"512Mi\" }",
+        ),
+        "out/results.csv",
     );
-    let mut child = fx
-        .engine()
-        .env("AWS_ACCESS_KEY_ID", "test-key")
-        .env("AWS_SECRET_ACCESS_KEY", "test-secret")
-        .args(["run", "config.toml", "--plugins", &plugins_arg()])
-        .current_dir(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start engine");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        assert!(
-            child.try_wait().expect("wait").is_none(),
-            "the run ended before it was interrupted"
-        );
-        assert!(Instant::now() < deadline, "no pod got Running");
-        let pods = fx.engine_pods();
-        if pods.iter().any(|p| p["status"]["phase"] == "Running") {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let secrets = fx.items("/api/v1/namespaces/default/secrets");
-    let secret = secrets
-        .iter()
-        .find(|s| {
-            s["metadata"]["name"]
-                .as_str()
-                .is_some_and(|n| n.ends_with("-store"))
-        })
-        .expect("a store Secret while the run goes");
+    let watch = ns.watch_pods();
+    let out = run(&ns, dir.path(), &[]).wait(RUN_LIMIT);
+    let events = watch.stop();
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
+    let got = text(&dir.path().join("out/results.csv"));
+    assert_eq!(without_timings(&got), without_timings(&reference));
+    assert_eq!(without_timings(&got).1.len(), 6);
+    let pods = workers(&events);
+    assert!(!pods.is_empty(), "no worker pod was seen");
+    let most = most_alive(&events);
     assert!(
-        secret["metadata"]["ownerReferences"][0]["kind"] == "ConfigMap",
+        (1..=3).contains(&most),
+        "{most} pods alive at once (maximum = 3)"
+    );
+    ns.assert_clean("a successful run");
+}
+
+#[test]
+fn worker_pods_scale_within_bounds_and_carry_resources_labels_and_owner() {
+    let args = "shards = 12\nsleep_ms = 1500";
+    let reference = local_faulty(args);
+    let ns = Namespace::new("workers");
+    let dir = faulty(
+        args,
+        &on_pods(&ns, "{ minimum = 1, maximum = 3 }", IMAGE, SMALL),
+        LIMITS,
+        "out/result.csv",
+    );
+    let watch = ns.watch_pods();
+    let mut engine = run(&ns, dir.path(), &[]);
+    // The run's owner ConfigMap and store Secret, while it goes.
+    let (run_id, owner, secret) = wait_until(
+        "the run's ConfigMap and Secret",
+        Duration::from_secs(120),
+        || {
+            assert!(
+                engine.is_running(),
+                "the run ended before its objects were seen"
+            );
+            let pod = ns.pods().into_iter().next()?;
+            let run_id = pod["metadata"]["labels"]["engine.dev/run"]
+                .as_str()?
+                .to_owned();
+            let owner = ns.kubectl(&[
+                "get",
+                "configmap",
+                &format!("engine-{run_id}"),
+                "-o",
+                "json",
+            ]);
+            let secret = ns.kubectl(&[
+                "get",
+                "secret",
+                &format!("engine-{run_id}-store"),
+                "-o",
+                "json",
+            ]);
+            Some((
+                run_id,
+                serde_json::from_slice::<Value>(&owner.stdout).ok()?,
+                serde_json::from_slice::<Value>(&secret.stdout).ok()?,
+            ))
+        },
+    );
+    let out = engine.wait(RUN_LIMIT);
+    let events = watch.stop();
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
+    assert_eq!(read_csv(&dir.path().join("out/result.csv")), reference);
+
+    // The Secret holds the store's settings, owned by the ConfigMap.
+    let owner_uid = owner["metadata"]["uid"].as_str().expect("uid");
+    let keys: Vec<&str> = secret["data"]
+        .as_object()
+        .expect("data")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for k in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_ENDPOINT_URL",
+        "AWS_REGION",
+    ] {
+        assert!(keys.contains(&k), "{k} not in the Secret: {keys:?}");
+    }
+    assert_eq!(
+        secret["metadata"]["ownerReferences"][0]["uid"], owner_uid,
         "{secret:#}"
     );
-    let pod = &fx.engine_pods()[0];
-    assert!(
-        pod["spec"]["containers"][0]["envFrom"]
-            .to_string()
-            .contains("-store"),
-        "{pod:#}"
-    );
-    std::thread::sleep(Duration::from_millis(500));
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    let status = wait_timeout(&mut child, Duration::from_secs(40));
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert!(!status.success(), "{err}");
-    assert!(err.contains("interrupted"), "{err}");
-    fx.assert_clean();
-}
 
-#[test]
-fn a_forbidden_verb_is_named() {
-    let fx = Fixture::start(&["--deny", "create:pods"]);
-    let dir = k8s_config("shards = 2", "1", "image = \"example/engine:test\"");
-    let out = run_config(&fx, dir.path(), &[]);
-    let err = stderr(&out);
-    assert!(!out.status.success(), "{err}");
-    assert!(
-        err.contains("create") && err.contains("pods") && err.contains("Forbidden"),
-        "{err}"
-    );
-    fx.assert_clean();
-    // The owner ConfigMap made before the refusal is gone too.
-    assert!(
-        fx.items(
-            "/api/v1/namespaces/default/configmaps?labelSelector=app.kubernetes.io%2Fname%3Dengine"
-        )
-        .is_empty()
-    );
-}
-
-#[test]
-fn an_image_that_cannot_be_pulled_fails_the_run() {
-    let fx = Fixture::start(&[]);
-    let dir = k8s_config("shards = 2", "2", "image = \"example/does-not-exist:1\"");
-    let started = Instant::now();
-    let out = run_config(&fx, dir.path(), &[("ENGINE_K8S_START_TIMEOUT", "3s")]);
-    let err = stderr(&out);
-    assert!(!out.status.success(), "{err}");
-    assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "took {:?}",
-        started.elapsed()
-    );
-    assert!(
-        err.contains("ImagePullBackOff") || err.contains("ErrImagePull"),
-        "{err}"
-    );
-    assert!(err.contains("cannot start"), "{err}");
-    fx.assert_clean();
-}
-
-#[test]
-fn the_image_is_required() {
-    let fx = Fixture::start(&[]);
-    let dir = k8s_config("shards = 2", "1", "");
-    let out = run_config(&fx, dir.path(), &[]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("cluster.worker_config.image"),
-        "{}",
-        stderr(&out)
-    );
-}
-
-#[test]
-fn submit_creates_a_configmap_and_a_job() {
-    let fx = Fixture::start(&[]);
-    let dir = k8s_config("shards = 2", "1", "image = \"example/engine:test\"");
-    let out = fx
-        .engine()
-        .args([
-            "submit",
-            "config.toml",
-            "--plugins",
-            &plugins_arg(),
-            "--image",
-            "example/engine:submitted",
-        ])
-        .current_dir(dir.path())
-        .output()
-        .expect("start engine");
-    let printed = stdout(&out);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let jobs = fx.items("/apis/batch/v1/namespaces/default/jobs");
-    assert_eq!(jobs.len(), 1, "{jobs:#?}");
-    let job = &jobs[0];
-    let name = job["metadata"]["name"].as_str().unwrap();
-    assert!(
-        printed.contains(&format!("kubectl logs -f job/{name} -n default")),
-        "{printed}"
-    );
-    assert_eq!(job["spec"]["backoffLimit"], 0);
-    let pod = &job["spec"]["template"]["spec"];
-    assert_eq!(pod["serviceAccountName"], "engine");
-    let c = &pod["containers"][0];
-    assert_eq!(c["image"], "example/engine:submitted");
-    let command: Vec<&str> = c["command"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap())
+    // No worker lost a claim (deleted or killed while busy): each shard was
+    // claimed once, attempt 0.
+    let claims: Vec<String> = ns
+        .s3_keys("store/")
+        .into_iter()
+        .filter(|k| k.contains("/claims/"))
         .collect();
-    assert_eq!(&command[1..], ["run", "/config/config.toml"]);
-    let cm = fx.get(&format!("/api/v1/namespaces/default/configmaps/{name}"));
-    let written = std::fs::read_to_string(dir.path().join("config.toml")).unwrap();
-    assert_eq!(
-        cm["data"]["config.toml"].as_str(),
-        Some(written.as_str()),
-        "{cm:#}"
-    );
+    assert_eq!(claims.len(), 12, "{claims:#?}");
+    assert!(claims.iter().all(|k| k.ends_with("/0")), "{claims:#?}");
 
-    // An invalid config creates nothing.
-    let bad = k8s_config("shards = \"many\"", "1", "image = \"example/engine:test\"");
-    let out = fx
-        .engine()
-        .args(["submit", "config.toml", "--plugins", &plugins_arg()])
-        .current_dir(bad.path())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert_eq!(fx.items("/apis/batch/v1/namespaces/default/jobs").len(), 1);
+    let pods = workers(&events);
+    let most = most_alive(&events);
+    assert_eq!(most, 3, "the pool scales up to `maximum` and never past it");
+    let mut roles = Vec::new();
+    for (name, pod) in &pods {
+        assert!(name.starts_with(&format!("engine-{run_id}-")), "{name}");
+        let labels = &pod["metadata"]["labels"];
+        assert_eq!(labels["app.kubernetes.io/name"], "engine", "{name}");
+        assert_eq!(labels["app.kubernetes.io/component"], "worker", "{name}");
+        assert_eq!(labels["app.kubernetes.io/managed-by"], "engine", "{name}");
+        assert_eq!(labels["engine.dev/run"], run_id.as_str(), "{name}");
+        roles.push(labels["engine.dev/role"].clone());
+        let owners = pod["metadata"]["ownerReferences"]
+            .as_array()
+            .expect("ownerReferences");
+        assert_eq!(owners.len(), 1, "{name}: {owners:?}");
+        assert_eq!(owners[0]["kind"], "ConfigMap", "{name}");
+        assert_eq!(owners[0]["name"], format!("engine-{run_id}"), "{name}");
+        assert_eq!(owners[0]["uid"], owner_uid, "{name}");
+        let c = &pod["spec"]["containers"][0];
+        assert_eq!(c["image"], IMAGE, "{name}");
+        for kind in ["requests", "limits"] {
+            assert_eq!(
+                c["resources"][kind],
+                serde_json::json!({ "cpu": "250m", "memory": "256Mi" }),
+                "{name} {kind}"
+            );
+        }
+        assert_eq!(
+            c["envFrom"][0]["secretRef"]["name"],
+            format!("engine-{run_id}-store"),
+            "{name}"
+        );
+        assert!(
+            !c["env"].to_string().contains("AWS_"),
+            "{name}: store credentials in plain env"
+        );
+        // Pods end by themselves, never deleted while busy.
+        let seen = phases(&events, name);
+        assert!(
+            !seen.iter().any(|p| p == "Failed"),
+            "{name} failed: {seen:?}"
+        );
+        for status in pod["status"]["containerStatuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            if let Some(code) = status["state"]["terminated"]["exitCode"].as_i64() {
+                assert_eq!(code, 0, "{name}: {status:#}");
+            }
+        }
+    }
+    ns.assert_clean("a successful run");
+    assert!(
+        roles.iter().all(|r| r == "worker"),
+        "label engine.dev/role=worker on every worker pod: {roles:?}"
+    );
 }
 
-/// The first test against a real cluster. Not run by default:
-///
-/// ```sh
-/// kind create cluster                       # or: k3d cluster create
-/// cp deploy/dockerignore.example .dockerignore
-/// docker build -f deploy/Dockerfile -t engine:dev .
-/// kind load docker-image engine:dev         # or: k3d image import engine:dev
-/// # an S3 store the pods can reach, e.g. MinIO in the cluster, and its credentials:
-/// export AWS_ACCESS_KEY_ID=… AWS_SECRET_ACCESS_KEY=… AWS_ENDPOINT_URL=http://minio.example:9000 \
-///        AWS_REGION=us-east-1 AWS_ALLOW_HTTP=true
-/// ENGINE_K8S_TEST_IMAGE=engine:dev ENGINE_K8S_TEST_STORE=s3://engine-test/runs \
-///   cargo test -p engine-tests kubernetes::real_cluster -- --ignored
-/// ```
-///
-/// `KUBECONFIG` (or `~/.kube/config`) selects the cluster; the namespace is
-/// the context's. The function must be in the image (`faulty` is a test guest:
-/// copy `target/guests/faulty.wasm` into the image's plugin directory, or set
-/// `ENGINE_K8S_TEST_FUNCTION`/`ENGINE_K8S_TEST_ARGS` to a built-in plugin).
 #[test]
-#[ignore = "needs a real cluster, an image and an s3 store: see the doc comment"]
+fn a_run_with_a_failed_shard_leaves_nothing_behind() {
+    let args = "shards = 4\nbad = 1\nhow = \"trap\"";
+    let reference = local_faulty(args);
+    let ns = Namespace::new("failed-shard");
+    let dir = faulty(
+        args,
+        &on_pods(&ns, "2", IMAGE, SMALL),
+        LIMITS,
+        "out/result.csv",
+    );
+    let out = run(&ns, dir.path(), &[]).wait(RUN_LIMIT);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    let (header, rows) = read_csv(&dir.path().join("out/result.csv"));
+    assert_eq!((header.clone(), rows.clone()), reference);
+    assert!(
+        rows[1][error_column(&header)].starts_with("trap"),
+        "{rows:?}"
+    );
+    ns.assert_clean("a run with a failed shard");
+}
+
+#[test]
+fn ctrl_c_and_sigterm_leave_nothing_behind() {
+    let ns = Namespace::new("signals");
+    for signal in ["INT", "TERM"] {
+        let cluster = on_pods(&ns, "{ minimum = 2, maximum = 2 }", IMAGE, SMALL)
+            .replace(&ns.s3("store"), &ns.s3(&format!("store-{signal}")));
+        let dir = faulty(
+            "shards = 12\nsleep_ms = 4000",
+            &cluster,
+            LIMITS,
+            "out/result.csv",
+        );
+        let mut engine = run(&ns, dir.path(), &[]);
+        wait_until("a Running worker pod", Duration::from_secs(120), || {
+            assert!(
+                engine.is_running(),
+                "the run ended before it was interrupted"
+            );
+            ns.pods()
+                .iter()
+                .any(|p| p["status"]["phase"] == "Running")
+                .then_some(())
+        });
+        std::thread::sleep(Duration::from_secs(1));
+        let sent = std::time::Instant::now();
+        engine.signal(signal);
+        let out = engine.wait(Duration::from_secs(60));
+        let exited = sent.elapsed();
+        assert!(!out.status.success(), "SIG{signal}: {}", out.stderr);
+        assert!(
+            !dir.path().join("out/result.csv").exists(),
+            "SIG{signal}: an output"
+        );
+        if signal == "INT" {
+            assert!(out.stderr.contains("interrupted"), "{}", out.stderr);
+        }
+        ns.assert_clean(&format!("SIG{signal} to `engine run`"));
+        eprintln!(
+            "SIG{signal}: exited after {exited:.1?}, nothing left after {:.1?}",
+            sent.elapsed()
+        );
+    }
+}
+
+/// The `engine-store` Secret an operator creates for orchestrators run by
+/// `engine submit` (deploy/README.md), here with moto's settings.
+fn store_secret(ns: &Namespace) {
+    let mut cmd = ns.admin();
+    cmd.args(["create", "secret", "generic", "engine-store"]);
+    for (k, v) in &crate::cluster::moto().env {
+        cmd.arg(format!("--from-literal={k}={v}"));
+    }
+    crate::cluster::checked(&mut cmd);
+    crate::cluster::checked(ns.admin().args([
+        "label",
+        "secret",
+        "engine-store",
+        "engine.test/keep=1",
+    ]));
+}
+
+/// `engine submit config.toml` in `dir`; the Job's name.
+fn submit(ns: &Namespace, dir: &Path) -> String {
+    let out = Running::spawn(
+        ns.engine()
+            .args(["submit", "config.toml", "--plugins", &guests()])
+            .current_dir(dir),
+    )
+    .wait(Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
+    let job = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("job/")?.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no job in: {}", out.stdout))
+        .to_owned();
+    assert!(
+        out.stdout.contains(&format!("namespace {}", ns.name)),
+        "{}",
+        out.stdout
+    );
+    job
+}
+
+/// Wait for the Job to succeed (panics with its logs if it fails).
+fn job_succeeds(ns: &Namespace, job: &str) {
+    let logs = || util::stdout(&ns.kubectl(&["logs", &format!("job/{job}"), "--tail=40"]));
+    wait_until(&format!("job/{job} to succeed"), RUN_LIMIT, || {
+        let j = ns.get(&["job", job]);
+        let failed = j["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Failed" && c["status"] == "True");
+        assert!(
+            !failed,
+            "job/{job} failed: {:#}\nlogs:\n{}",
+            j["status"],
+            logs()
+        );
+        (j["status"]["succeeded"].as_i64() == Some(1)).then_some(())
+    });
+}
+
+#[test]
+fn a_submitted_run_writes_the_local_table_to_s3() {
+    let reference = local_deepecho();
+    let ns = Namespace::new("submit");
+    store_secret(&ns);
+    let cluster = on_pods(
+        &ns,
+        "{ minimum = 1, maximum = 2 }",
+        IMAGE,
+        "{ cpu = \"500m\", memory = \"512Mi\" }",
+    );
+
+    // An orchestrator in a pod cannot write to this machine's disk.
+    let local = deepecho(&cluster, "out/results.csv");
+    let out = Running::spawn(
+        ns.engine()
+            .args(["submit", "config.toml"])
+            .current_dir(local.path()),
+    )
+    .wait(Duration::from_secs(60));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a local output.path is refused: {}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("output.path"), "{}", out.stderr);
+    assert!(ns.items("jobs").is_empty(), "nothing is created");
+
+    let dir = deepecho(&cluster, &ns.s3("out/results.csv"));
+    let job = submit(&ns, dir.path());
+    job_succeeds(&ns, &job);
+    let got = ns
+        .s3_text("out/results.csv")
+        .expect("out/results.csv in the bucket");
+    assert_eq!(without_timings(&got), without_timings(&reference));
+    ns.assert_clean("a submitted run");
+}
+
+#[test]
+fn the_garbage_collector_removes_the_workers_of_a_deleted_orchestrator() {
+    let ns = Namespace::new("gc");
+    store_secret(&ns);
+    let dir = faulty(
+        "shards = 40\nsleep_ms = 3000",
+        &on_pods(&ns, "{ minimum = 2, maximum = 2 }", IMAGE, SMALL),
+        LIMITS,
+        &ns.s3("out/result.csv"),
+    );
+    let job = submit(&ns, dir.path());
+    let workers = || {
+        ns.pods()
+            .into_iter()
+            .filter(|p| p["metadata"]["labels"]["app.kubernetes.io/component"] == "worker")
+            .collect::<Vec<_>>()
+    };
+    let run_id = wait_until("a Running worker pod", Duration::from_secs(120), || {
+        let running = workers()
+            .into_iter()
+            .find(|p| p["status"]["phase"] == "Running")?;
+        Some(
+            running["metadata"]["labels"]["engine.dev/run"]
+                .as_str()?
+                .to_owned(),
+        )
+    });
+    let orchestrator = ns
+        .pods()
+        .into_iter()
+        .find(|p| p["metadata"]["labels"]["job-name"] == job.as_str())
+        .expect("the Job's pod");
+    let orchestrator = orchestrator["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let owner = ns.get(&["configmap", &format!("engine-{run_id}")]);
+    assert_eq!(
+        owner["metadata"]["ownerReferences"][0]["kind"], "Pod",
+        "{owner:#}"
+    );
+    assert_eq!(
+        owner["metadata"]["ownerReferences"][0]["name"],
+        orchestrator.as_str(),
+        "{owner:#}"
+    );
+
+    // Gone at once, its token with it: only the garbage collector can clean up.
+    crate::cluster::checked(ns.admin().args([
+        "delete",
+        "pod",
+        &orchestrator,
+        "--grace-period=0",
+        "--force",
+        "--wait=false",
+    ]));
+    wait_until(
+        "the garbage collector to delete the workers",
+        Duration::from_secs(90),
+        || {
+            let cm = ns.kubectl(&["get", "configmap", &format!("engine-{run_id}")]);
+            (workers().is_empty() && !cm.status.success()).then_some(())
+        },
+    );
+    ns.assert_clean("the orchestrator pod's deletion");
+}
+
+/// `rbac` (deploy/rbac.yaml) without `verb` in the rule for `resource`.
+fn without_verb(rbac: &str, resource: &str, verb: &str) -> String {
+    let mut in_rule = false;
+    let mut removed = false;
+    let lines: Vec<String> = rbac
+        .lines()
+        .map(|line| {
+            let t = line.trim_start();
+            if t.starts_with("resources:") {
+                in_rule = t.contains(&format!("\"{resource}\""));
+            }
+            if !(in_rule && t.starts_with("verbs:")) {
+                return line.to_owned();
+            }
+            in_rule = false;
+            let edited = line
+                .replace(&format!("\"{verb}\", "), "")
+                .replace(&format!(", \"{verb}\""), "");
+            removed |= edited != line;
+            edited
+        })
+        .collect();
+    assert!(
+        removed,
+        "no `{verb}` on `{resource}` in deploy/rbac.yaml:\n{rbac}"
+    );
+    lines.join("\n")
+}
+
+#[test]
+fn a_missing_verb_in_the_role_is_named() {
+    let ns = Namespace::with_rbac("rbac", |rbac| without_verb(&rbac, "pods", "create"));
+    let denied = ns.kubectl(&[
+        "auth",
+        "can-i",
+        "create",
+        "pods",
+        &format!("--as=system:serviceaccount:{}:engine", ns.name),
+    ]);
+    assert_eq!(
+        util::stdout(&denied).trim(),
+        "no",
+        "the edited Role still allows it"
+    );
+    let dir = faulty(
+        "shards = 2",
+        &on_pods(&ns, "1", IMAGE, SMALL),
+        LIMITS,
+        "out/result.csv",
+    );
+    let out = run(&ns, dir.path(), &[]).wait(RUN_LIMIT);
+    assert!(!out.status.success(), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("refused to create pods"),
+        "{}",
+        out.stderr
+    );
+    ns.assert_clean("a refused pod");
+}
+
+#[test]
+fn a_worker_no_node_can_hold_fails_with_the_schedulers_reason() {
+    let ns = Namespace::new("unschedulable");
+    let dir = faulty(
+        "shards = 2",
+        &on_pods(&ns, "1", IMAGE, "{ cpu = \"64\", memory = \"256Mi\" }"),
+        LIMITS,
+        "out/result.csv",
+    );
+    let out =
+        run(&ns, dir.path(), &[("ENGINE_K8S_START_TIMEOUT", "5s")]).wait(Duration::from_secs(90));
+    assert!(!out.status.success(), "{}", out.stderr);
+    assert!(out.stderr.contains("Unschedulable"), "{}", out.stderr);
+    assert!(out.stderr.contains("Insufficient cpu"), "{}", out.stderr);
+    ns.assert_clean("an unschedulable pod");
+}
+
+#[test]
+fn an_image_the_node_does_not_have_fails_the_run() {
+    let ns = Namespace::new("image");
+    let dir = faulty(
+        "shards = 2",
+        &on_pods(&ns, "1", "localhost/engine:not-built", SMALL),
+        LIMITS,
+        "out/result.csv",
+    );
+    let out =
+        run(&ns, dir.path(), &[("ENGINE_K8S_START_TIMEOUT", "5s")]).wait(Duration::from_secs(90));
+    assert!(!out.status.success(), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("ErrImagePull") || out.stderr.contains("ImagePullBackOff"),
+        "{}",
+        out.stderr
+    );
+    ns.assert_clean("an image pull error");
+}
+
+#[test]
+fn an_oom_killed_worker_loses_its_shard_and_the_run_completes() {
+    // Shard 3 allocates up to the sandbox's 1G; the pod may use 160Mi: the
+    // kernel kills the container first, each time the shard is offered again.
+    let ns = Namespace::new("oom");
+    let dir = faulty(
+        "shards = 4\nbad = 3\nhow = \"alloc\"",
+        &on_pods(
+            &ns,
+            "{ minimum = 1, maximum = 2 }",
+            IMAGE,
+            "{ cpu = \"500m\", memory = \"160Mi\" }",
+        ),
+        "memory = \"1G\"\ntimeout = \"60s\"",
+        "out/result.csv",
+    );
+    let watch = ns.watch_pods();
+    let out = run(&ns, dir.path(), &[]).wait(RUN_LIMIT);
+    let events = watch.stop();
+    assert_eq!(out.status.code(), Some(1), "a shard failed: {}", out.stderr);
+    let (header, rows) = read_csv(&dir.path().join("out/result.csv"));
+    let error = error_column(&header);
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    for (i, row) in rows.iter().enumerate().take(3) {
+        assert_eq!(row[error], "", "shard {i}: {row:?}");
+    }
+    assert!(rows[3][error].starts_with("crashed: "), "{:?}", rows[3]);
+    let oom_killed = workers(&events)
+        .values()
+        .filter(|p| {
+            p["status"]["containerStatuses"][0]["state"]["terminated"]["reason"] == "OOMKilled"
+        })
+        .count();
+    assert!(
+        oom_killed >= 3,
+        "{oom_killed} pods OOMKilled (the shard is lost 3 times)"
+    );
+    assert!(out.stderr.contains("OOMKilled"), "{}", out.stderr);
+    ns.assert_clean("OOM kills");
+}
+
+#[test]
+fn a_pod_quota_caps_the_pool_and_the_run_completes() {
+    let args = "shards = 8\nsleep_ms = 1500";
+    let reference = local_faulty(args);
+    let ns = Namespace::new("quota");
+    ns.apply("apiVersion: v1\nkind: ResourceQuota\nmetadata:\n  name: pods\nspec:\n  hard:\n    pods: \"2\"\n");
+    let dir = faulty(
+        args,
+        &on_pods(&ns, "{ minimum = 1, maximum = 4 }", IMAGE, SMALL),
+        LIMITS,
+        "out/result.csv",
+    );
+    let watch = ns.watch_pods();
+    let out = run(&ns, dir.path(), &[]).wait(RUN_LIMIT);
+    let events = watch.stop();
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
+    assert_eq!(read_csv(&dir.path().join("out/result.csv")), reference);
+    assert_eq!(
+        most_alive(&events),
+        2,
+        "the pool grows to the quota, no further"
+    );
+    ns.assert_clean("a run under a quota");
+}
+
+/// The same kind of run on any cluster, from `KUBECONFIG`: see deploy/README.md
+/// ("Testing on your own cluster") for kind.
+#[test]
+#[ignore = "needs a cluster of your own, an image and an S3 store: see deploy/README.md"]
 fn real_cluster() {
     let image = std::env::var("ENGINE_K8S_TEST_IMAGE").expect("ENGINE_K8S_TEST_IMAGE");
     let store = std::env::var("ENGINE_K8S_TEST_STORE").expect("ENGINE_K8S_TEST_STORE");
     let args = "shards = 8\nsleep_ms = 400";
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("config.toml"),
-        format!(
-            "[run]\nfunction = \"faulty.misbehave\"\nseed = 7\n[run.args]\n{args}\n\
-             [cluster]\nbackend = \"kubernetes\"\nworkers = {{ minimum = 1, maximum = 3 }}\nstore = \"{store}\"\n\
-             [cluster.worker_config]\nimage = \"{image}\"\nresources = {{ memory = \"256Mi\", cpu = \"250m\" }}\n\
-             [limits]\nmemory = \"64M\"\ntimeout = \"30s\"\n[output]\npath = \"out/result.csv\"\n"
+    let dir = faulty(
+        args,
+        &format!(
+            "backend = \"kubernetes\"\nworkers = {{ minimum = 1, maximum = 3 }}\nstore = \"{store}\"\n\
+             [cluster.worker_config]\nimage = \"{image}\"\nresources = {SMALL}\n"
         ),
-    )
-    .unwrap();
-    let out = engine()
-        .args(["run", "config.toml", "--plugins", &plugins_arg()])
+        LIMITS,
+        "out/result.csv",
+    );
+    let out = util::engine()
+        .args(["run", "config.toml", "--plugins", &guests()])
         .current_dir(dir.path())
         .output()
         .expect("start engine");
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", util::stderr(&out));
     assert_eq!(
         read_csv(&dir.path().join("out/result.csv")),
-        local_table(args)
+        local_faulty(args)
+    );
+    // Nothing of the run is left in the namespace.
+    let o = Command::new("kubectl")
+        .args([
+            "get",
+            "pods,secrets,configmaps",
+            "-l",
+            "app.kubernetes.io/managed-by=engine",
+            "-o",
+            "name",
+        ])
+        .output()
+        .expect("kubectl");
+    assert!(
+        o.status.success() && o.stdout.is_empty(),
+        "{}",
+        util::stdout(&o)
     );
 }

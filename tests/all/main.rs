@@ -1,5 +1,6 @@
 //! The integration tests: one binary, guests built once by `tests/build.rs`.
 
+mod cluster;
 mod util;
 
 mod authoring;
