@@ -232,8 +232,12 @@ fn worker_pods_scale_within_bounds_and_carry_resources_labels_and_owner() {
         .into_iter()
         .filter(|k| k.contains("/claims/"))
         .collect();
-    assert_eq!(claims.len(), 12, "{claims:#?}");
-    assert!(claims.iter().all(|k| k.ends_with("/0")), "{claims:#?}");
+    let records: Vec<String> = claims
+        .iter()
+        .map(|k| format!("{k}: {}", ns.s3_text(k).unwrap_or_default()))
+        .collect();
+    assert_eq!(claims.len(), 12, "{records:#?}");
+    assert!(claims.iter().all(|k| k.ends_with("/0")), "{records:#?}");
 
     let pods = workers(&events);
     let most = most_alive(&events);
