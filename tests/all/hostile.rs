@@ -308,8 +308,10 @@ fn padding_narrow_rows_to_a_wide_table_streams() {
         .unwrap()
         .len();
     assert!(size > 150 << 20, "{size}");
+    // Alone it peaks near 57 MB; beside the rest of the suite on 2 cores it
+    // reached 100 MB. Holding the output would take more than its 172 MB.
     assert!(
-        rss < 100 << 20,
+        rss < 140 << 20,
         "peak RSS {} MB for a {} MB output",
         rss >> 20,
         size >> 20
@@ -403,11 +405,11 @@ fn a_tampered_store_is_refused_not_trusted() {
     let run = run_folder(dir.path());
     let id = run.file_name().unwrap().to_string_lossy().into_owned();
 
-    // `run.json` pointed at a host directory: it no longer hashes to its id.
+    // `run.json` pointed at other data: it no longer hashes to its id.
     let spec_path = run.join("run.json");
     let good = std::fs::read_to_string(&spec_path).unwrap();
     let mut spec: serde_json::Value = serde_json::from_str(&good).unwrap();
-    spec["data_dir"] = serde_json::json!("/etc");
+    spec["data"] = serde_json::json!("0".repeat(64));
     std::fs::write(&spec_path, spec.to_string()).unwrap();
     for o in [
         run_faulty(dir.path(), &[]),
