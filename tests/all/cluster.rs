@@ -10,7 +10,7 @@
 use crate::util;
 use serde_json::Value;
 use std::io::{BufReader, Read};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 pub const IMAGE: &str = "localhost/engine:dev";
 /// Where pods reach the host: podman's bridge gateway.
 pub const GATEWAY: &str = "10.88.0.1";
-/// Label on every test namespace, so a crashed run's leftovers can be found.
+/// Label on every test namespace (its value: the test binary's pid), so a
+/// crashed run's leftovers can be found.
 const NS_LABEL: &str = "engine.test/kubernetes";
 
 /// The cluster `scripts/test` started.
@@ -79,9 +80,18 @@ pub fn cluster() -> &'static Cluster {
             "-o",
             "jsonpath={.clusters[0].cluster.server}",
         ]));
-        // Namespaces an earlier, killed test binary left behind.
-        if std::env::var_os("ENGINE_TEST_KEEP_NAMESPACE").is_none() {
-            kubectl(&["delete", "namespace", "-l", NS_LABEL, "--wait=false"]);
+        // Namespaces a test binary that is gone (killed, or run with
+        // ENGINE_TEST_KEEP_NAMESPACE) left behind; not those of one running now.
+        let namespaces = kubectl(&["get", "namespaces", "-l", NS_LABEL, "-o", "json"]);
+        let namespaces: Value = serde_json::from_slice(&namespaces.stdout).unwrap_or_default();
+        for ns in namespaces["items"].as_array().into_iter().flatten() {
+            let pid = ns["metadata"]["labels"][NS_LABEL].as_str().unwrap_or_default();
+            if std::env::var_os("ENGINE_TEST_KEEP_NAMESPACE").is_none()
+                && !Path::new(&format!("/proc/{pid}")).exists()
+                && let Some(name) = ns["metadata"]["name"].as_str()
+            {
+                kubectl(&["delete", "namespace", name, "--wait=false"]);
+            }
         }
         Cluster { admin, ca, server }
     })
@@ -161,11 +171,6 @@ impl Namespace {
             .unwrap()
             .subsec_nanos();
         let name = format!("t-{}-{:05x}", slug.trim_matches('-'), nanos & 0xfffff);
-        checked(c.kubectl().args(["create", "namespace", &name]));
-        checked(
-            c.kubectl()
-                .args(["label", "namespace", &name, &format!("{NS_LABEL}=1")]),
-        );
         let ns = Namespace {
             bucket: name.clone(),
             name,
@@ -173,6 +178,11 @@ impl Namespace {
             started: Instant::now(),
             _serial: serial,
         };
+        ns.apply(&format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {}\n  labels:\n    {NS_LABEL}: \"{}\"\n",
+            ns.name,
+            std::process::id()
+        ));
         let rbac = std::fs::read_to_string(util::root().join("deploy/rbac.yaml"))
             .expect("read deploy/rbac.yaml")
             .replace("namespace: engine", &format!("namespace: {}", ns.name));
@@ -225,6 +235,7 @@ impl Namespace {
             "ENGINE_K8S_START_TIMEOUT",
             "ENGINE_K8S_WORKER_COMMAND",
             "ENGINE_K8S_SERVICE_ACCOUNT",
+            "ENGINE_ARTIFACT_KEY",
             "AWS_SESSION_TOKEN",
             "AWS_DEFAULT_REGION",
             "AWS_ALLOW_HTTP",
@@ -539,6 +550,11 @@ fn venv_bin(name: &str) -> PathBuf {
     path
 }
 
+/// Where the moto server of this test binary logs (for a failure's report).
+fn moto_log() -> std::path::PathBuf {
+    util::root().join(format!("target/cluster/moto-{}.log", std::process::id()))
+}
+
 pub fn moto() -> &'static Moto {
     static MOTO: OnceLock<Moto> = OnceLock::new();
     MOTO.get_or_init(|| {
@@ -553,9 +569,10 @@ pub fn moto() -> &'static Moto {
         std::thread::spawn(move || {
             use std::os::unix::process::CommandExt;
             let mut cmd = Command::new(venv_bin("moto_server"));
+            let log = std::fs::File::create(moto_log()).expect("the moto log");
             cmd.args(["-H", "0.0.0.0", "-p", &port.to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
+                .stdout(log.try_clone().expect("the moto log"))
+                .stderr(log);
             // SAFETY: prctl is async-signal-safe.
             unsafe {
                 cmd.pre_exec(|| {
@@ -609,7 +626,15 @@ impl Moto {
         if o.status.code() == Some(3) {
             return None;
         }
-        assert!(o.status.success(), "boto3: {}", util::stderr(&o));
+        assert!(
+            o.status.success(),
+            "boto3: {}\nthe last lines of {}:\n{}",
+            util::stderr(&o),
+            moto_log().display(),
+            std::fs::read_to_string(moto_log())
+                .map(|l| l.lines().rev().take(15).collect::<Vec<_>>().join("\n"))
+                .unwrap_or_default()
+        );
         Some(util::stdout(&o))
     }
 
