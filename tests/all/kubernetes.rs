@@ -99,7 +99,7 @@ fn text(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
 }
 
-/// The reference: `dir`'s deepecho config on the local backend.
+/// The reference table: the deepecho config on the local backend.
 fn local_deepecho() -> String {
     let dir = deepecho("workers = 2\n", "out/results.csv");
     let o = util::run_in(dir.path(), &["run", "config.toml"]);
