@@ -29,6 +29,7 @@ pub struct ServeOptions {
 /// every shard has a part.
 pub async fn serve(opts: ServeOptions) -> Result<u64> {
     let started = std::time::Instant::now();
+    exit_on_signals()?;
     let base = Location::parse(&opts.store)?;
     let store = RunStore::new(&base, opts.tenant.as_deref(), &opts.run);
     let spec_bytes = store
@@ -94,4 +95,23 @@ pub async fn serve(opts: ServeOptions) -> Result<u64> {
     let ran = tokio::task::spawn_blocking(move || pool.join()).await??;
     tracing::info!(ran, "worker done: every shard has a part");
     Ok(ran)
+}
+
+/// Exit at once on SIGTERM or SIGINT. As a container's first process (a
+/// worker pod) there is no default action for them, so a deleted pod would
+/// wait out its whole grace period. A shard being run is not lost: its claim
+/// lapses with the heartbeat and it is offered again.
+fn exit_on_signals() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch for SIGINT")?;
+    tokio::spawn(async move {
+        let (name, code) = tokio::select! {
+            _ = term.recv() => ("SIGTERM", 143),
+            _ = int.recv() => ("SIGINT", 130),
+        };
+        eprintln!("engine worker: {name}: stopping; the shards it was running are offered again");
+        std::process::exit(code);
+    });
+    Ok(())
 }
