@@ -269,14 +269,26 @@ class Agent:
             for c in json.loads(podman("inspect", "--type", "container", *ids, check=False).stdout or "[]"):
                 labels = c["Config"]["Labels"]
                 s = c["State"]
-                if s["Status"] == "running" and not self.alive(s.get("Pid"), c["Id"]):
+                if (s["Status"] == "running" and not self.alive(s.get("Pid"), c["Id"])
+                        and not self.exists(s.get("ConmonPid"))):
                     # conmon shares the container's memory cgroup, and an OOM
                     # kill may take it too (this VM cannot exempt it: no
                     # CAP_SYS_RESOURCE for oom_score_adj -1000); podman then
-                    # never learns the exit and says `running` for ever.
+                    # never learns the exit and says `running` for ever. While
+                    # conmon lives, it records the real exit code: a container
+                    # that just exited 0 is not reported killed.
                     s.update(Status="exited", ExitCode=137, FinishedAt=micro())
                 out.setdefault(labels["io.kubernetes.pod.uid"], {})[labels["io.kubernetes.container.name"]] = c
         return out
+
+    @staticmethod
+    def exists(pid):
+        """Is `pid` a live (not zombie) process?"""
+        try:
+            with open(f"/proc/{int(pid)}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except (OSError, IndexError, TypeError, ValueError):
+            return False
 
     @staticmethod
     def alive(pid, cid):
