@@ -538,18 +538,6 @@ pub struct Moto {
     _child: Child,
 }
 
-fn venv_bin(name: &str) -> PathBuf {
-    let venv = std::env::var_os("ENGINE_TEST_VENV")
-        .map_or_else(|| util::root().join("target/venv-test"), PathBuf::from);
-    let path = venv.join("bin").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run the tests with scripts/test, which installs moto and boto3",
-        path.display()
-    );
-    path
-}
-
 /// Where the moto server of this test binary logs (for a failure's report).
 fn moto_log() -> std::path::PathBuf {
     util::root().join(format!("target/cluster/moto-{}.log", std::process::id()))
@@ -558,40 +546,7 @@ fn moto_log() -> std::path::PathBuf {
 pub fn moto() -> &'static Moto {
     static MOTO: OnceLock<Moto> = OnceLock::new();
     MOTO.get_or_init(|| {
-        let port = std::net::TcpListener::bind("0.0.0.0:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        // As in s3.rs: started from a thread that lives as long as the test
-        // binary, with PR_SET_PDEATHSIG, so the server dies with the binary.
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::os::unix::process::CommandExt;
-            let mut cmd = Command::new(venv_bin("moto_server"));
-            let log = std::fs::File::create(moto_log()).expect("the moto log");
-            cmd.args(["-H", "0.0.0.0", "-p", &port.to_string()])
-                .stdout(log.try_clone().expect("the moto log"))
-                .stderr(log);
-            // SAFETY: prctl is async-signal-safe.
-            unsafe {
-                cmd.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                    Ok(())
-                });
-            }
-            let _ = tx.send(cmd.spawn());
-            loop {
-                std::thread::park();
-            }
-        });
-        let child = rx
-            .recv()
-            .expect("the moto thread")
-            .expect("start moto_server");
-        wait_until("moto_server", Duration::from_secs(30), || {
-            std::net::TcpStream::connect((GATEWAY, port)).ok()
-        });
+        let (child, port) = util::spawn_moto("0.0.0.0", GATEWAY, &moto_log());
         let env = [
             ("AWS_ENDPOINT_URL", format!("http://{GATEWAY}:{port}")),
             ("AWS_ACCESS_KEY_ID", "test".into()),
@@ -612,7 +567,7 @@ impl Moto {
     /// Run a python script with `s3`, a boto3 client of this server: its
     /// stdout, or `None` when it exits with 3.
     fn boto3(&self, script: &str) -> Option<String> {
-        let o = Command::new(venv_bin("python"))
+        let o = Command::new(util::venv_bin("python"))
             .args([
                 "-c",
                 &format!(

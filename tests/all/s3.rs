@@ -3,10 +3,8 @@
 //! client (boto3).
 
 use crate::util::*;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
 struct Moto {
     port: u16,
@@ -21,61 +19,12 @@ impl Drop for ChildGuard {
     }
 }
 
-fn venv_bin(name: &str) -> PathBuf {
-    let venv = std::env::var_os("ENGINE_TEST_VENV")
-        .map_or_else(|| root().join("target/venv-test"), PathBuf::from);
-    let path = venv.join("bin").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run the tests with scripts/test, which installs moto and boto3",
-        path.display()
-    );
-    path
-}
-
 /// One moto server for the whole test binary; AWS_* point at it.
 fn moto() -> &'static Moto {
     static MOTO: OnceLock<Moto> = OnceLock::new();
     MOTO.get_or_init(|| {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        // Started from a thread that lives as long as the test binary, with
-        // PR_SET_PDEATHSIG: Linux kills the server when that thread ends,
-        // i.e. when the binary exits (a static is never dropped).
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::os::unix::process::CommandExt;
-            let mut cmd = Command::new(venv_bin("moto_server"));
-            cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            // SAFETY: prctl is async-signal-safe.
-            unsafe {
-                cmd.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                    Ok(())
-                });
-            }
-            let _ = tx.send(cmd.spawn());
-            loop {
-                std::thread::park();
-            }
-        });
-        let child = rx
-            .recv()
-            .expect("the moto thread")
-            .expect("start moto_server");
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "moto_server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let log = root().join(format!("target/moto-s3-{}.log", std::process::id()));
+        let (child, port) = spawn_moto("127.0.0.1", "127.0.0.1", &log);
         // SAFETY: set once, before any S3 test reads them; other tests ignore AWS_*.
         unsafe {
             std::env::set_var("AWS_ACCESS_KEY_ID", "test");

@@ -137,3 +137,64 @@ pub fn sigkill(pid: i32) {
         .success();
     assert!(ok, "kill -KILL {pid}");
 }
+
+/// A program of the test venv (`scripts/test` makes it: moto, boto3).
+pub fn venv_bin(name: &str) -> PathBuf {
+    let venv = std::env::var_os("ENGINE_TEST_VENV")
+        .map_or_else(|| root().join("target/venv-test"), PathBuf::from);
+    let path = venv.join("bin").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with scripts/test, which installs moto and boto3",
+        path.display()
+    );
+    path
+}
+
+/// A moto S3 server on `host` and a free port, logging to `log`, that dies
+/// with the test binary: started from a thread that lives as long as the
+/// binary, with PR_SET_PDEATHSIG (Linux kills the server when that thread
+/// ends). Returns once it accepts connections at `reach` (`host`, or where
+/// others reach it).
+pub fn spawn_moto(host: &str, reach: &str, log: &Path) -> (std::process::Child, u16) {
+    let port = std::net::TcpListener::bind((host, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (host, log_file) = (host.to_owned(), log.to_owned());
+    std::thread::spawn(move || {
+        use std::os::unix::process::CommandExt;
+        let out = std::fs::File::create(&log_file).expect("the moto log");
+        let mut cmd = Command::new(venv_bin("moto_server"));
+        cmd.args(["-H", &host, "-p", &port.to_string()])
+            .stdout(out.try_clone().expect("the moto log"))
+            .stderr(out);
+        // SAFETY: prctl is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let _ = tx.send(cmd.spawn());
+        loop {
+            std::thread::park();
+        }
+    });
+    let child = rx
+        .recv()
+        .expect("the moto thread")
+        .expect("start moto_server");
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect((reach, port)).is_err() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "moto_server did not start (log: {})",
+            log.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    (child, port)
+}
