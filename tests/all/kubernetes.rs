@@ -454,8 +454,35 @@ fn a_submitted_run_writes_the_local_table_to_s3() {
     assert!(out.stderr.contains("output.path"), "{}", out.stderr);
     assert!(ns.items("jobs").is_empty(), "nothing is created");
 
+    // A relative `run.data` and credentials in the config: the data goes to
+    // the store, the credentials to a Secret, neither into the ConfigMap.
     let dir = deepecho(&cluster, &ns.s3("out/results.csv"));
+    let data = util::root().join("plugins/deepecho/data");
+    std::os::unix::fs::symlink(&data, dir.path().join("data")).unwrap();
+    let config = dir.path().join("config.toml");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replacen(&format!("data = \"{}\"", data.display()), "data = \"data\"", 1)
+        .replacen(
+            "[output]\n",
+            "[output]\nkey = \"test\"\nsecret_key = \"submit-secret-2f9c\"\n",
+            1,
+        );
+    assert!(text.contains("data = \"data\""), "{text}");
+    std::fs::write(&config, text).unwrap();
     let job = submit(&ns, dir.path());
+    let uploaded = ns.get(&["configmap", &job])["data"]["config.toml"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        !uploaded.contains("submit-secret-2f9c") && !uploaded.contains("secret_key"),
+        "a credential in the ConfigMap: {uploaded}"
+    );
+    assert!(
+        uploaded.contains(&format!("data = \"{}", ns.s3("store/uploads/data-"))),
+        "run.data is not the uploaded copy: {uploaded}"
+    );
     job_succeeds(&ns, &job);
     let got = ns
         .s3_text("out/results.csv")
