@@ -462,7 +462,11 @@ fn a_submitted_run_writes_the_local_table_to_s3() {
     let config = dir.path().join("config.toml");
     let text = std::fs::read_to_string(&config)
         .unwrap()
-        .replacen(&format!("data = \"{}\"", data.display()), "data = \"data\"", 1)
+        .replacen(
+            &format!("data = \"{}\"", data.display()),
+            "data = \"data\"",
+            1,
+        )
         .replacen(
             "[output]\n",
             "[output]\nkey = \"test\"\nsecret_key = \"submit-secret-2f9c\"\n",
