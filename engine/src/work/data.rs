@@ -324,17 +324,33 @@ fn check_tree(tree: &Tree) -> Result<()> {
 
 async fn download(root: &RunStore, entry: &Entry, file: &Path) -> Result<()> {
     let source = root.root.child(&format!("blobs/{}", entry.sha256));
+    let (sha256, size) = save(&source, file, entry.size)
+        .await
+        .with_context(|| format!("for `{}`", entry.path))?;
+    if size != entry.size || sha256 != entry.sha256 {
+        bail!(
+            "the stored bytes of `{}` do not match the size and sha256 its tree gives: the store was modified",
+            entry.path
+        );
+    }
+    Ok(())
+}
+
+/// Write the object at `source` to `file` (its folder made), hashing it as
+/// it streams: its sha256 and size. Stops reading past `limit` bytes (a size
+/// past it means a changed object).
+async fn save(source: &Location, file: &Path, limit: u64) -> Result<(String, u64)> {
     if let Some(parent) = file.parent() {
         tokio::fs::create_dir_all(parent)
             .await
             .with_context(|| format!("cannot create `{}`", parent.display()))?;
     }
-    let got = source
+    let mut stream = source
         .store
         .get(&source.path)
         .await
-        .with_context(|| format!("cannot read `{}` (for `{}`)", source.display, entry.path))?;
-    let mut stream = got.into_stream();
+        .with_context(|| format!("cannot read `{}`", source.display))?
+        .into_stream();
     let mut out = tokio::fs::File::create(file)
         .await
         .with_context(|| format!("cannot write `{}`", file.display()))?;
@@ -346,7 +362,7 @@ async fn download(root: &RunStore, entry: &Entry, file: &Path) -> Result<()> {
         .with_context(|| format!("cannot read `{}`", source.display))?
     {
         size += chunk.len() as u64;
-        if size > entry.size {
+        if size > limit {
             break;
         }
         hasher.update(&chunk);
@@ -355,13 +371,7 @@ async fn download(root: &RunStore, entry: &Entry, file: &Path) -> Result<()> {
             .with_context(|| format!("cannot write `{}`", file.display()))?;
     }
     out.flush().await?;
-    if size != entry.size || hex::encode(hasher.finalize()) != entry.sha256 {
-        bail!(
-            "the stored bytes of `{}` do not match the size and sha256 its tree gives: the store was modified",
-            entry.path
-        );
-    }
-    Ok(())
+    Ok((hex::encode(hasher.finalize()), size))
 }
 
 /// Download every object below `url` into `<cache>/data/<id>/` and hash it:
@@ -387,7 +397,6 @@ pub async fn materialize(url: &Location, cache: &Path) -> Result<LocalData> {
         .with_context(|| format!("cannot create a folder in `{}`", dirs.display()))?;
     let strip = format!("{prefix}/");
     let mut downloads = futures::stream::iter(objects.into_iter().map(|meta| {
-        let store = url.store.clone();
         let rel = match prefix.as_ref() {
             "" => meta.location.as_ref().to_owned(),
             _ => meta
@@ -398,6 +407,11 @@ pub async fn materialize(url: &Location, cache: &Path) -> Result<LocalData> {
                 .to_owned(),
         };
         let file = tmp.path().join(&rel);
+        let source = Location {
+            store: url.store.clone(),
+            path: meta.location,
+            display: format!("{}/{rel}", url.display.trim_end_matches('/')),
+        };
         async move {
             if !Path::new(&rel)
                 .components()
@@ -405,15 +419,7 @@ pub async fn materialize(url: &Location, cache: &Path) -> Result<LocalData> {
             {
                 bail!("`{rel}` is not a plain relative object name");
             }
-            if let Some(parent) = file.parent() {
-                tokio::fs::create_dir_all(parent).await?;
-            }
-            let mut stream = store.get(&meta.location).await?.into_stream();
-            let mut out = tokio::fs::File::create(&file).await?;
-            while let Some(chunk) = stream.try_next().await? {
-                out.write_all(&chunk).await?;
-            }
-            out.flush().await?;
+            save(&source, &file, u64::MAX).await?;
             Ok::<(), anyhow::Error>(())
         }
     }))
@@ -479,6 +485,15 @@ mod tests {
             "1,2\n"
         );
         assert_eq!(hash_dir(&got.dir).unwrap().id, local.id);
+
+        // A URL's objects, downloaded: the same content, the same tree.
+        let url = Location::parse(&format!("file://{}", src.path().join("a").display())).unwrap();
+        let got = materialize(&url, cache.path()).await.unwrap();
+        assert_eq!(got.id, hash_dir(&src.path().join("a")).unwrap().id);
+        assert_eq!(
+            std::fs::read_to_string(got.dir.join("b/x.csv")).unwrap(),
+            "1,2\n"
+        );
 
         // Another tenant does not see it.
         let err = fetch(&base, Some("t"), &local.id, cache.path(), "run r")

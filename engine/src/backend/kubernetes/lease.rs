@@ -236,11 +236,6 @@ impl Lease {
             Err(e) => Err(e).context("cannot delete the owner ConfigMap"),
         }
     }
-
-    /// The renewer's handle, for a cleanup that outlives the runtime.
-    pub fn abort(&self) {
-        self.renewer.abort();
-    }
 }
 
 impl Drop for Lease {

@@ -604,10 +604,11 @@ impl Drop for KubePool {
         if !lease.held() {
             return;
         }
-        lease.abort();
         let config = self.config.clone();
         let cleanup = self.cleanup.clone();
         let owner = lease.name.clone();
+        // Dropping the lease stops its renewal.
+        drop(lease);
         let worker = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
