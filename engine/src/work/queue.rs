@@ -60,6 +60,14 @@ pub struct Heartbeat {
 }
 
 impl Heartbeat {
+    pub fn new(at_ms: u64, claims: Vec<String>) -> Heartbeat {
+        Heartbeat {
+            at_ms,
+            busy: claims.len(),
+            claims: Some(claims),
+        }
+    }
+
     /// Whether this (fresh) beat backs the claim `record` of `shard/attempt`.
     fn holds(&self, shard: usize, attempt: u32, record: &ClaimRecord) -> bool {
         match &self.claims {
@@ -69,6 +77,11 @@ impl Heartbeat {
             Some(claims) => claims.contains(&claim_name(shard, attempt)),
         }
     }
+}
+
+/// `parts/<shard>.csv`: where a finished shard's rows are.
+fn part_name(shard: usize) -> String {
+    format!("parts/{}.csv", shard_name(shard))
 }
 
 /// `<shard>/<attempt>`, as claims are named under `claims/`.
@@ -118,9 +131,19 @@ impl ActiveClaims {
         self.released.lock().ok()?.pop()
     }
 
-    /// The claims held for less than `stuck_after`: one held longer has run
-    /// far past its deadline, and is left for another worker.
-    pub fn listed(&self, stuck_after: Duration) -> Vec<String> {
+    /// This process's beat now, listing the claims held for less than
+    /// `stuck_after` (one held longer has run far past its deadline, and is
+    /// left for another worker).
+    ///
+    /// The beat is stamped *before* the claims are listed: a claim entered
+    /// after the listing then carries a stamp no older than the beat's, so
+    /// no reader takes it for given up.
+    pub fn heartbeat(&self, stuck_after: Duration) -> Heartbeat {
+        let at_ms = now_ms();
+        Heartbeat::new(at_ms, self.listed(stuck_after))
+    }
+
+    fn listed(&self, stuck_after: Duration) -> Vec<String> {
         let Ok(held) = self.held.lock() else {
             return Vec::new();
         };
@@ -297,6 +320,13 @@ impl Queue {
         let orphaned = state.orphaned(&open);
         self.open = Some(open);
         for (i, attempt) in orphaned {
+            // The state read parts before heartbeats: a beat that no longer
+            // lists a claim because its shard's part was stored just after
+            // that read would make a finished shard look orphaned. Parts
+            // stored before the beat are seen now.
+            if self.store.exists(&part_name(i)).await? {
+                continue;
+            }
             if self.claim(i, attempt + 1).await? {
                 tracing::info!(
                     shard = i,
@@ -311,21 +341,14 @@ impl Queue {
 
     /// Store a shard's part; `false` if another worker's part was first.
     pub async fn complete(&self, i: usize, part: bytes::Bytes) -> Result<bool> {
-        self.store
-            .create(&format!("parts/{}.csv", shard_name(i)), part)
-            .await
+        self.store.create(&part_name(i), part).await
     }
 }
 
-/// Write this process's heartbeat, listing the claims it still holds.
-pub async fn beat(store: &RunStore, process: &str, claims: Vec<String>) -> Result<()> {
-    let hb = Heartbeat {
-        at_ms: now_ms(),
-        busy: claims.len(),
-        claims: Some(claims),
-    };
+/// Write this process's heartbeat.
+pub async fn beat(store: &RunStore, process: &str, hb: &Heartbeat) -> Result<()> {
     store
-        .put(&format!("heartbeats/{process}"), serde_json::to_vec(&hb)?)
+        .put(&format!("heartbeats/{process}"), serde_json::to_vec(hb)?)
         .await
 }
 
@@ -389,7 +412,7 @@ impl QueueState {
         let mut s = QueueState::default();
         for &i in shards {
             let name = shard_name(i);
-            if store.exists(&format!("parts/{name}.csv")).await? {
+            if store.exists(&part_name(i)).await? {
                 s.done.insert(i);
                 continue;
             }
@@ -508,7 +531,13 @@ mod tests {
         for (rel, bytes) in objects {
             assert!(store.create(rel, bytes).await.unwrap(), "{rel}");
         }
-        beat(&store, "live", vec![claim_name(2, 0)]).await.unwrap();
+        beat(
+            &store,
+            "live",
+            &Heartbeat::new(now_ms(), vec![claim_name(2, 0)]),
+        )
+        .await
+        .unwrap();
         store
     }
 
@@ -537,7 +566,9 @@ mod tests {
         let lease = Duration::from_secs(60);
         let active = Arc::new(ActiveClaims::default());
         let mut queue = Queue::new(store.clone(), 6, "me", "me/0", lease, cursor, active);
-        beat(&store, "me", vec![]).await.unwrap();
+        beat(&store, "me", &Heartbeat::new(now_ms(), vec![]))
+            .await
+            .unwrap();
         assert_eq!(queue.next().await.unwrap(), Next::Run(3, 2));
         // 2 is held by a live process, 3 now by this one, 4 and 5 are left
         // to the fast path of whoever claims them.
@@ -578,7 +609,9 @@ mod tests {
             .create("claims/00000001/0", record(now - 5000))
             .await
             .unwrap();
-        beat(&store, "p", vec![claim_name(1, 0)]).await.unwrap();
+        beat(&store, "p", &Heartbeat::new(now, vec![claim_name(1, 0)]))
+            .await
+            .unwrap();
         store
             .create("claims/00000002/0", record(now + 60_000))
             .await
@@ -588,6 +621,127 @@ mod tests {
             .unwrap();
         assert_eq!(state.orphaned(&[0, 1, 2]), vec![(0, 0)]);
         assert_eq!(state.running(), 2);
+    }
+
+    /// A memory store that, just before the first read of `trigger`, writes
+    /// `then` (another worker acting between two of the reader's requests).
+    #[derive(Debug)]
+    struct Interleaved {
+        inner: object_store::memory::InMemory,
+        trigger: object_store::path::Path,
+        then: std::sync::Mutex<Vec<(object_store::path::Path, Vec<u8>)>>,
+    }
+
+    impl std::fmt::Display for Interleaved {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Interleaved")
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl object_store::ObjectStore for Interleaved {
+        async fn put_opts(
+            &self,
+            p: &object_store::path::Path,
+            payload: object_store::PutPayload,
+            opts: object_store::PutOptions,
+        ) -> object_store::Result<object_store::PutResult> {
+            self.inner.put_opts(p, payload, opts).await
+        }
+        async fn put_multipart_opts(
+            &self,
+            p: &object_store::path::Path,
+            opts: object_store::PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+            self.inner.put_multipart_opts(p, opts).await
+        }
+        async fn get_opts(
+            &self,
+            p: &object_store::path::Path,
+            opts: object_store::GetOptions,
+        ) -> object_store::Result<object_store::GetResult> {
+            if *p == self.trigger {
+                let then = std::mem::take(&mut *self.then.lock().unwrap());
+                for (q, bytes) in then {
+                    self.inner.put(&q, bytes.into()).await?;
+                }
+            }
+            self.inner.get_opts(p, opts).await
+        }
+        async fn delete(&self, p: &object_store::path::Path) -> object_store::Result<()> {
+            self.inner.delete(p).await
+        }
+        fn list(
+            &self,
+            prefix: Option<&object_store::path::Path>,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>>
+        {
+            self.inner.list(prefix)
+        }
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&object_store::path::Path>,
+        ) -> object_store::Result<object_store::ListResult> {
+            self.inner.list_with_delimiter(prefix).await
+        }
+        async fn copy(
+            &self,
+            from: &object_store::path::Path,
+            to: &object_store::path::Path,
+        ) -> object_store::Result<()> {
+            self.inner.copy(from, to).await
+        }
+        async fn copy_if_not_exists(
+            &self,
+            from: &object_store::path::Path,
+            to: &object_store::path::Path,
+        ) -> object_store::Result<()> {
+            self.inner.copy_if_not_exists(from, to).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_shard_finished_while_the_queue_is_read_is_not_run_again() {
+        // Process p holds shard 0. Between the waiting worker's look at the
+        // parts and its read of p's heartbeat, p stores the part and beats
+        // without the claim: the CI run where a finished shard ran twice.
+        let run = "runs/r";
+        let claim = serde_json::to_vec(&ClaimRecord {
+            process: "p".into(),
+            worker: "p/0".into(),
+            at_ms: now_ms() - 1000,
+        })
+        .unwrap();
+        let beat_after = serde_json::to_vec(&Heartbeat::new(now_ms(), vec![])).unwrap();
+        let path = |rel: &str| object_store::path::Path::from(format!("{run}/{rel}"));
+        let store = Interleaved {
+            inner: object_store::memory::InMemory::new(),
+            trigger: path("heartbeats/p"),
+            then: std::sync::Mutex::new(vec![
+                (path("parts/00000000.csv"), b"a\n1\n".to_vec()),
+                (path("heartbeats/p"), beat_after),
+            ]),
+        };
+        let base = Location {
+            store: Arc::new(store),
+            path: object_store::path::Path::from(""),
+            display: "interleaved://".into(),
+        };
+        let store = RunStore::new(&base, None, "r");
+        store.create("claims/00000000/0", claim).await.unwrap();
+        let before = Heartbeat::new(now_ms() - 500, vec![claim_name(0, 0)]);
+        beat(&store, "p", &before).await.unwrap();
+
+        let cursor = Arc::new(AtomicUsize::new(1)); // the fast path is over
+        let active = Arc::new(ActiveClaims::default());
+        let lease = Duration::from_secs(60);
+        let mut queue = Queue::new(store.clone(), 1, "me", "me/0", lease, cursor, active);
+        beat(&store, "me", &Heartbeat::new(now_ms(), vec![]))
+            .await
+            .unwrap();
+        assert_eq!(queue.next().await.unwrap(), Next::Wait);
+        assert!(!store.exists("claims/00000000/1").await.unwrap());
+        assert_eq!(queue.next().await.unwrap(), Next::Done);
     }
 
     #[tokio::test]

@@ -291,12 +291,14 @@ pub fn spawn_heartbeat(
     stuck_after: Duration,
 ) -> Result<tokio::task::JoinHandle<()>> {
     let handle = tokio::runtime::Handle::current();
-    tokio::task::block_in_place(|| handle.block_on(beat(&store, &process, Vec::new())))?;
+    tokio::task::block_in_place(|| {
+        handle.block_on(beat(&store, &process, &active.heartbeat(stuck_after)))
+    })?;
     let every = (lease / 4).max(Duration::from_millis(20));
     Ok(tokio::spawn(async move {
         loop {
             tokio::time::sleep(every).await;
-            if let Err(e) = beat(&store, &process, active.listed(stuck_after)).await {
+            if let Err(e) = beat(&store, &process, &active.heartbeat(stuck_after)).await {
                 tracing::warn!("heartbeat failed (will retry): {e:#}");
             }
         }
