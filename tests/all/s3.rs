@@ -3,8 +3,9 @@
 //! client (boto3).
 
 use crate::util::*;
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 struct Moto {
     port: u16,
@@ -41,12 +42,15 @@ fn moto() -> &'static Moto {
 
 /// Run python with boto3 against moto; returns stdout.
 fn boto3(script: &str) -> String {
-    let moto = moto();
+    boto3_at(moto().port, script)
+}
+
+/// Run python with boto3 against the moto server on `port`; returns stdout.
+fn boto3_at(port: u16, script: &str) -> String {
     let o = Command::new(venv_bin("python"))
         .args(["-c", &format!(
-            "import boto3\ns3 = boto3.client('s3', endpoint_url='http://127.0.0.1:{}', aws_access_key_id='test', \
-             aws_secret_access_key='test', region_name='us-east-1')\n{script}",
-            moto.port
+            "import boto3\ns3 = boto3.client('s3', endpoint_url='http://127.0.0.1:{port}', aws_access_key_id='test', \
+             aws_secret_access_key='test', region_name='us-east-1')\n{script}"
         )])
         .output()
         .unwrap();
@@ -157,4 +161,106 @@ fn create_if_absent_is_honoured_by_the_server() {
             "first"
         );
     });
+}
+
+/// A store that stalls mid-run (its server stopped with SIGSTOP for 45 s,
+/// then continued) costs the run time, not the run: the orchestrator and the
+/// workers wait it out, no worker process exits, and every shard's row is in
+/// the output exactly once.
+#[test]
+fn a_store_stalled_mid_run_costs_time_not_the_run() {
+    // A moto of this test's own: stopping the shared one would stall the others.
+    let log = root().join(format!("target/moto-s3-stall-{}.log", std::process::id()));
+    let (child, port) = spawn_moto("127.0.0.1", "127.0.0.1", &log);
+    let pid = child.id() as i32;
+    let _moto = ChildGuard(child);
+    boto3_at(port, "s3.create_bucket(Bucket='stalled')");
+
+    let args = "shards = 100\nsleep_ms = 50";
+    let local = faulty_config(args, 2, "");
+    let o = run_in(
+        local.path(),
+        &[
+            "run",
+            "config.toml",
+            "--plugins",
+            guests_dir().to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let dir = faulty_config(args, 2, "")
+        .tap_config("backend = \"processes\"\nlease = \"5s\"\nstore = \"s3://stalled/store\"\n");
+    let err_path = dir.path().join("stderr.txt");
+    let mut engine = engine();
+    engine
+        .args([
+            "run",
+            "config.toml",
+            "--plugins",
+            guests_dir().to_str().unwrap(),
+        ])
+        .current_dir(dir.path())
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
+        // A request times out after 2 s instead of 30: the S3 client's own
+        // retries (10) then run out within the stall, as they do with the
+        // default timeout in a stall of over three minutes.
+        .env("AWS_TIMEOUT", "2s")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err_path).unwrap());
+    let run = ChildGuard(engine.spawn().expect("cannot start the engine binary"));
+    let run_stderr = || std::fs::read_to_string(&err_path).unwrap_or_default();
+
+    // Once some shards are finished (and most are not), stall the store.
+    let parts = boto3_at(
+        port,
+        "import time\n\
+         deadline = time.time() + 60\n\
+         while True:\n\
+         \x20   r = s3.list_objects_v2(Bucket='stalled', Prefix='store/')\n\
+         \x20   n = sum('/parts/' in o['Key'] for o in r.get('Contents', []))\n\
+         \x20   if n >= 10 or time.time() > deadline: break\n\
+         \x20   time.sleep(0.2)\n\
+         print(n)",
+    );
+    let parts: usize = parts.trim().parse().unwrap();
+    assert!(parts >= 10, "no parts after a minute: {}", run_stderr());
+    assert!(parts < 60, "the run went too fast to stall it mid-run");
+    // SAFETY: plain signals to the moto server this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    std::thread::sleep(Duration::from_secs(45));
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+
+    // A guard against a hang, not a timing assertion: far past any backoff.
+    let mut run = run;
+    let waited = Instant::now();
+    let status = loop {
+        if let Some(status) = run.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            waited.elapsed() < Duration::from_secs(300),
+            "the run did not finish within 5 minutes of the store's return: {}",
+            run_stderr()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let err = run_stderr();
+    assert!(status.success(), "{err}");
+    assert!(
+        err.contains("retrying for up to"),
+        "the stall went unnoticed: {err}"
+    );
+    assert!(
+        !err.contains("exited with") && !err.contains("restarting"),
+        "a worker process exited during the stall: {err}"
+    );
+    assert_eq!(
+        read_csv(&dir.path().join("out/result.csv")),
+        read_csv(&local.path().join("out/result.csv")),
+        "{err}"
+    );
 }

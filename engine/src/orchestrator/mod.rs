@@ -602,11 +602,13 @@ async fn publish(
 
 /// Wait until every shard has a part; returns how many failed. Workers in
 /// this process are counted as they finish, on top of the parts and failures
-/// `before` they started; others are seen by listing the store.
+/// `before` they started; others are seen by listing the store. A store that
+/// fails is waited out (as the workers do) for up to
+/// [`STORE_PATIENCE`](worker::STORE_PATIENCE).
 async fn watch(
     store: &RunStore,
     n: usize,
-    (before_done, before_failed): (usize, usize),
+    before: (usize, usize),
     pool: &mut Box<dyn WorkerPool>,
     progress: &mut Progress,
 ) -> Result<usize> {
@@ -616,38 +618,63 @@ async fn watch(
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot watch for SIGTERM")?;
     let finished = pool.finished();
+    // The store failing to count, or to let the backend look (a backend
+    // that reads the queue to scale: kubernetes), each waited out.
+    let (mut counting, mut polling) = (worker::Outage::default(), worker::Outage::default());
+    // As last counted, for the message of an interrupted run.
+    let mut done = before.0;
+    // Why every worker stopped, once none is left.
+    let mut stopped: Option<String> = None;
+    // Listing an in-memory store is cheap; a directory or a bucket less so.
+    let every = match (&finished, store.root.is_memory()) {
+        (Some(_), _) => 250,
+        (None, true) => 50,
+        (None, false) => 400,
+    };
     loop {
-        let (done, failed) = match &finished {
-            Some(f) => (
-                before_done + f.done.load(Ordering::Relaxed),
-                before_failed + f.failed.load(Ordering::Relaxed),
-            ),
-            None => (store.count("parts").await?, store.count("failed").await?),
+        let tried = Instant::now();
+        // Once every worker stopped, only the store knows.
+        let here = finished.as_deref().filter(|_| stopped.is_none());
+        // A store that does not answer does not keep Ctrl-C waiting.
+        let counted = tokio::select! {
+            counted = count_finished(store, n, before, here) => counted,
+            _ = &mut ctrl_c => bail!("interrupted with {done} of {n} shards finished"),
+            _ = term.recv() => bail!("terminated (SIGTERM) with {done} of {n} shards finished"),
         };
-        progress.update(done as u64, failed as u64);
-        if done >= n {
-            if before_done > 0 {
-                // A resumed run: count failures exactly, once.
-                return store.count("failed").await;
+        let mut wait = Duration::from_millis(every);
+        match counted {
+            Ok((counted, failed)) => {
+                counting.over(COUNTING);
+                done = counted;
+                progress.update(done as u64, failed as u64);
+                if done >= n {
+                    return Ok(failed);
+                }
+                // Counted after every worker stopped: what is left stays so.
+                if let Some(why) = &stopped {
+                    bail!(
+                        "every worker stopped with {} of {n} shards unfinished: {why}",
+                        n - done
+                    );
+                }
             }
-            return Ok(failed);
+            Err(e) => wait = counting.failed(COUNTING, e, tried)?,
         }
-        if let Some(e) = pool.poll().await? {
-            let done = store.count("parts").await?;
-            if done >= n {
-                return store.count("failed").await;
+        if stopped.is_none() {
+            let tried = Instant::now();
+            match pool.poll().await {
+                // Count once more: they may have finished the run as they went.
+                Ok(Some(why)) => {
+                    stopped = Some(why);
+                    continue;
+                }
+                Ok(None) => polling.over(POLLING),
+                Err(e) if is_store_error(&e) => {
+                    wait = wait.max(polling.failed(POLLING, e, tried)?);
+                }
+                Err(e) => return Err(e),
             }
-            bail!(
-                "every worker stopped with {} of {n} shards unfinished: {e}",
-                n - done
-            );
         }
-        // Listing an in-memory store is cheap; a directory or a bucket less so.
-        let every = match (&finished, store.root.is_memory()) {
-            (Some(_), _) => 250,
-            (None, true) => 50,
-            (None, false) => 400,
-        };
         let woken = async {
             match &finished {
                 Some(f) => f.notify.notified().await,
@@ -655,10 +682,43 @@ async fn watch(
             }
         };
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(every)) => {}
-            _ = woken => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = woken, if !counting.is_on() && !polling.is_on() => {}
             _ = &mut ctrl_c => bail!("interrupted with {done} of {n} shards finished"),
             _ = term.recv() => bail!("terminated (SIGTERM) with {done} of {n} shards finished"),
         }
     }
+}
+
+/// What [`watch`] asks the store, for its messages.
+const COUNTING: &str = "counting the finished shards in the store";
+const POLLING: &str = "looking after the workers";
+
+/// Shards finished and failed: as counted by the workers in this process
+/// (`finished`), on top of those `before` they started; else listed in the
+/// store. Once every shard has a part, the failures of a resumed run are
+/// counted in the store, exactly.
+async fn count_finished(
+    store: &RunStore,
+    n: usize,
+    (before_done, before_failed): (usize, usize),
+    finished: Option<&worker::Finished>,
+) -> Result<(usize, usize)> {
+    let (done, failed) = match finished {
+        Some(f) => (
+            before_done + f.done.load(Ordering::Relaxed),
+            before_failed + f.failed.load(Ordering::Relaxed),
+        ),
+        None => (store.count("parts").await?, store.count("failed").await?),
+    };
+    if done >= n && before_done > 0 && finished.is_some() {
+        return Ok((done, store.count("failed").await?));
+    }
+    Ok((done, failed))
+}
+
+/// Whether `e` is the store's (an outage to wait out), not the backend's.
+fn is_store_error(e: &anyhow::Error) -> bool {
+    e.chain()
+        .any(|c| c.downcast_ref::<object_store::Error>().is_some())
 }

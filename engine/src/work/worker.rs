@@ -57,32 +57,83 @@ impl WorkerCtx {
     }
 }
 
-/// `op` until it succeeds, waiting between tries (doubling from 200 ms to
-/// 15 s) for up to [`STORE_PATIENCE`] in all: a store outage costs time, not
-/// the run.
+/// `op` until it succeeds, waited out as an [`Outage`]: a store outage
+/// costs time, not the run.
 fn retrying<T>(what: &str, mut op: impl FnMut() -> Result<T>) -> Result<T> {
-    let started = Instant::now();
-    let mut wait = Duration::from_millis(200);
+    let mut outage = Outage::default();
     loop {
+        let tried = Instant::now();
         match op() {
-            Ok(v) => return Ok(v),
-            Err(e) if started.elapsed() + wait >= STORE_PATIENCE => {
-                return Err(e.context(format!(
-                    "{what} kept failing for {}s",
-                    STORE_PATIENCE.as_secs()
-                )));
+            Ok(v) => {
+                outage.over(what);
+                return Ok(v);
             }
-            Err(e) => {
-                tracing::warn!("{what} failed (retrying in {wait:?}): {e:#}");
-                std::thread::sleep(wait);
-                wait = (wait * 2).min(Duration::from_secs(15));
-            }
+            Err(e) => std::thread::sleep(outage.failed(what, e, tried)?),
         }
     }
 }
 
-/// How long a worker keeps retrying a failing store before it gives up.
-const STORE_PATIENCE: Duration = Duration::from_secs(300);
+/// How long a worker, or the orchestrator waiting for the workers, keeps
+/// retrying a failing store before it gives up.
+pub(crate) const STORE_PATIENCE: Duration = Duration::from_secs(300);
+
+/// A store that keeps failing, waited out: tries doubling apart from 200 ms
+/// to 15 s, the last one [`STORE_PATIENCE`] after the start of the first
+/// failed try. The first failure is warned about; the rest are debug logs.
+#[derive(Debug, Default)]
+pub(crate) struct Outage {
+    /// When the first failed try started, and the last wait.
+    since: Option<(Instant, Duration)>,
+}
+
+impl Outage {
+    /// `what`, tried at `tried`, failed with `e`: how long to wait before
+    /// trying again, or `e` once the store has failed for [`STORE_PATIENCE`].
+    pub(crate) fn failed(
+        &mut self,
+        what: &str,
+        e: anyhow::Error,
+        tried: Instant,
+    ) -> Result<Duration> {
+        let (since, wait) = match self.since {
+            Some((since, last)) => (since, (last * 2).min(Duration::from_secs(15))),
+            None => (tried, Duration::from_millis(200)),
+        };
+        let Some(left) = STORE_PATIENCE.checked_sub(since.elapsed()) else {
+            return Err(e.context(format!(
+                "{what} kept failing for {}s",
+                since.elapsed().as_secs()
+            )));
+        };
+        // The last try comes when the patience runs out.
+        let wait = wait.min(left);
+        if self.since.is_none() {
+            tracing::warn!(
+                "{what} failed; retrying for up to {}s: {e:#}",
+                STORE_PATIENCE.as_secs()
+            );
+        } else {
+            tracing::debug!("{what} failed again (retrying in {wait:?}): {e:#}");
+        }
+        self.since = Some((since, wait));
+        Ok(wait)
+    }
+
+    /// `what` succeeded: the outage, if there was one, is over.
+    pub(crate) fn over(&mut self, what: &str) {
+        if let Some((since, _)) = self.since.take() {
+            tracing::info!(
+                "{what} succeeded after {:.1}s of store errors",
+                since.elapsed().as_secs_f64()
+            );
+        }
+    }
+
+    /// Whether the store is failing.
+    pub(crate) fn is_on(&self) -> bool {
+        self.since.is_some()
+    }
+}
 
 /// Parts stored by the workers of this process, for a watcher in the same
 /// process (the local backend): counting them is cheaper than listing the store.
