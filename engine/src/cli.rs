@@ -272,6 +272,20 @@ async fn run_command(args: RunArgs, quiet: bool) -> Result<ExitCode> {
         s.elapsed.as_secs_f64(),
         s.output
     );
+    if let Some(r) = &s.requests {
+        let (workers, reporting) = r.workers;
+        let total = r.orchestrator.add(&workers).total();
+        let (waiting, waited) = r.waiting;
+        eprintln!(
+            "store requests: {total} ({:.2} a shard); this process {}: {}; {reporting} worker processes {}: {}; while waiting {:.1}/s",
+            total as f64 / s.shards.max(1) as f64,
+            r.orchestrator.total(),
+            r.orchestrator,
+            workers.total(),
+            workers,
+            waiting.total() as f64 / waited.as_secs_f64().max(1e-3),
+        );
+    }
     if summary {
         match results_summary(&s.output).await {
             Ok(text) => eprint!("\n{}", escape_controls(&text)),
@@ -444,7 +458,10 @@ async fn status(run: &str, store_url: &str, tenant: Option<&str>) -> Result<Exit
         anyhow::bail!("no run `{run}` in the store `{store_url}`");
     };
     let spec: crate::work::RunSpec = serde_json::from_slice(&spec)?;
-    let state = QueueState::read(&store, std::time::Duration::from_millis(spec.lease_ms)).await?;
+    // One look: every process with a heartbeat counts as alive (liveness is
+    // judged by watching beats change, which one look cannot).
+    let lease = std::time::Duration::from_millis(spec.lease_ms);
+    let state = QueueState::read(&store, lease, &mut Default::default()).await?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "run        {run}")?;
     writeln!(out, "function   {}", one_line(&spec.function))?;

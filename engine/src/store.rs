@@ -22,12 +22,16 @@
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
 use std::sync::Arc;
+
+pub mod counted;
+
+use counted::Counted;
 
 /// A store and a path inside it: where a file or a directory lives.
 #[derive(Clone)]
@@ -69,7 +73,7 @@ impl Location {
         let display = text.to_owned();
         if let Some(rest) = text.strip_prefix("memory://") {
             return Ok(Location {
-                store: Arc::new(InMemory::new()),
+                store: Arc::new(Counted(InMemory::new())),
                 path: ObjPath::from(rest),
                 display,
             });
@@ -111,7 +115,7 @@ impl Location {
                     .with_context(|| format!("cannot configure S3 for `{text}`"))?;
                 let path = ObjPath::from(url.path().trim_start_matches('/'));
                 return Ok(Location {
-                    store: Arc::new(store),
+                    store: Arc::new(Counted(store)),
                     path,
                     display,
                 });
@@ -120,7 +124,7 @@ impl Location {
                 format!("`{text}`: unsupported store; use a local path, `file://` or `s3://`")
             })?;
             return Ok(Location {
-                store: Arc::from(store),
+                store: Arc::new(Counted(store)),
                 path,
                 display,
             });
@@ -152,7 +156,7 @@ fn local(path: &std::path::Path, display: String) -> Result<Location> {
     let path = ObjPath::from_absolute_path(&absolute)
         .with_context(|| format!("bad path `{}`", absolute.display()))?;
     Ok(Location {
-        store: Arc::new(LocalFileSystem::new()),
+        store: Arc::new(Counted(LocalFileSystem::new())),
         path,
         display,
     })
@@ -229,24 +233,25 @@ impl RunStore {
         }
     }
 
-    /// The first bytes of an object (for headers).
+    /// The first bytes of an object (for headers): one ranged GET, the
+    /// whole object if it is shorter.
     pub async fn get_prefix(&self, rel: &str, len: u64) -> Result<Bytes> {
         let path = self.path(rel);
-        let meta = self
-            .root
-            .store
-            .head(&path)
-            .await
-            .with_context(|| format!("cannot read `{path}`"))?;
-        let end = meta.size.min(len);
-        if end == 0 {
-            return Ok(Bytes::new());
+        let opts = object_store::GetOptions {
+            range: Some((0..len.max(1)).into()),
+            ..Default::default()
+        };
+        match self.root.store.get_opts(&path, opts).await {
+            Ok(r) => r
+                .bytes()
+                .await
+                .with_context(|| format!("cannot read `{path}`")),
+            // An empty object has no first byte to range over.
+            Err(object_store::Error::NotFound { .. }) => {
+                Err(anyhow::anyhow!("cannot read `{path}`: not found"))
+            }
+            Err(_) => Ok(self.get(rel).await?.unwrap_or_default()),
         }
-        self.root
-            .store
-            .get_range(&path, 0..end)
-            .await
-            .with_context(|| format!("cannot read `{path}`"))
     }
 
     /// Whether an object exists.
@@ -266,6 +271,25 @@ impl RunStore {
         self.root
             .store
             .list(Some(&prefix))
+            .try_filter_map(|m| {
+                let name = m.location.as_ref().strip_prefix(&strip).map(str::to_owned);
+                std::future::ready(Ok(name))
+            })
+            .try_collect()
+            .await
+            .with_context(|| format!("cannot list `{prefix}`"))
+    }
+
+    /// Up to `limit` names below `rel/` that sort after `rel/<after>`, in
+    /// order: one request of a listing that S3 serves `start-after`.
+    pub async fn list_from(&self, rel: &str, after: &str, limit: usize) -> Result<Vec<String>> {
+        let prefix = self.path(rel);
+        let strip = format!("{prefix}/");
+        let offset = self.path(&format!("{rel}/{after}"));
+        self.root
+            .store
+            .list_with_offset(Some(&prefix), &offset)
+            .take(limit)
             .try_filter_map(|m| {
                 let name = m.location.as_ref().strip_prefix(&strip).map(str::to_owned);
                 std::future::ready(Ok(name))

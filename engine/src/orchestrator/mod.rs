@@ -10,6 +10,7 @@ use crate::backend::{self, WorkerAccess, WorkerPool};
 use crate::config::{self, Backend, Config, Source};
 use crate::plugins::{self, SearchPath};
 use crate::runtime::{Plugin, Runtime, Shard};
+use crate::store::counted::{self, Requests};
 use crate::store::{Location, RunStore};
 use crate::work::artifact;
 use crate::work::data::{self, LocalData};
@@ -88,6 +89,20 @@ pub struct Summary {
     pub output: String,
     /// Shards finished by an earlier, interrupted run of the same config.
     pub resumed: usize,
+    /// What the run cost in store requests; `None` for a memory store.
+    pub requests: Option<RunRequests>,
+}
+
+/// The store requests of a run, as counted by its processes.
+#[derive(Debug, Clone)]
+pub struct RunRequests {
+    /// This process's (in-process workers' included).
+    pub orchestrator: Requests,
+    /// This process's while it waited for the workers, and how long that was.
+    pub waiting: (Requests, Duration),
+    /// Those the worker processes reported when they ended (`stats/`), and
+    /// how many reported.
+    pub workers: (Requests, usize),
 }
 
 /// Parse and validate everything before anything runs.
@@ -406,7 +421,12 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
 
     let mut progress = Progress::new(opts.progress, n as u64);
     let before = (resumed, failed_before);
+    let (before_wait, wait_started) = (counted::requests(), Instant::now());
     let watched = watch(&store, n, before, &mut pool, &mut progress).await;
+    let waiting = (
+        counted::requests().since(&before_wait),
+        wait_started.elapsed(),
+    );
     progress.finish();
     pool.stop();
     let failed = match watched {
@@ -423,6 +443,14 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
 
     let output = Location::parse_with(&prepared.output, credentials.as_ref())?;
     let rows = write_output(&prepared, &run, &output).await?;
+    let requests = match store.root.is_memory() {
+        true => None,
+        false => Some(RunRequests {
+            orchestrator: counted::requests(),
+            waiting,
+            workers: reported_requests(&store).await,
+        }),
+    };
     Ok(Summary {
         run_id,
         shards: n,
@@ -431,7 +459,21 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
         elapsed: started.elapsed(),
         output: prepared.output,
         resumed,
+        requests,
     })
+}
+
+/// The sum of what worker processes wrote into `stats/` as they ended.
+async fn reported_requests(store: &RunStore) -> (Requests, usize) {
+    let mut sum = (Requests::default(), 0);
+    for name in store.list("stats").await.unwrap_or_default() {
+        if let Ok(Some(bytes)) = store.get(&format!("stats/{name}")).await
+            && let Ok(r) = serde_json::from_slice::<Requests>(&bytes)
+        {
+            sum = (sum.0.add(&r), sum.1 + 1);
+        }
+    }
+    sum
 }
 
 /// The run as an earlier, interrupted run published it (a resume), else

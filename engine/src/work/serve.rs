@@ -88,12 +88,24 @@ pub async fn serve(opts: ServeOptions) -> Result<u64> {
         plugin,
         spec: Arc::new(spec),
         shards: Arc::new(shards),
-        store,
+        store: store.clone(),
         data_dir,
     };
     let pool = Threads::start(threads, &run, &process)?;
     let ran = tokio::task::spawn_blocking(move || pool.join()).await??;
-    tracing::info!(ran, "worker done: every shard has a part");
+    // What this process cost in store requests, for the orchestrator's total
+    // (this last write itself is not in it).
+    let requests = crate::store::counted::requests();
+    if let Err(e) = store
+        .put(
+            &format!("stats/{process}.json"),
+            serde_json::to_vec(&requests)?,
+        )
+        .await
+    {
+        tracing::warn!("cannot store this worker's request counts: {e:#}");
+    }
+    tracing::info!(ran, %requests, "worker done: every shard has a part");
     Ok(ran)
 }
 
