@@ -243,3 +243,166 @@ fn an_unwritable_output_keeps_the_results_and_a_rerun_writes_them() {
     );
     assert_eq!(read_csv(&dir.path().join("out/result.csv")).1.len(), 4);
 }
+
+/// The id of the (only) run in the store under `dir`, once it is published.
+fn published_run(dir: &Path) -> String {
+    let started = Instant::now();
+    loop {
+        if let Some(run) = std::fs::read_dir(dir.join("store/runs"))
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(|e| e.ok())
+            .filter(|e| e.path().join("run.json").exists())
+        {
+            return run.file_name().to_string_lossy().into_owned();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the run was never published"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// An `engine worker` on the run in `dir`'s store, named `id`, whose wall
+/// clock is off by `skew_ms`.
+fn skewed_worker(dir: &Path, run: &str, id: &str, skew_ms: i64) -> std::process::Child {
+    engine()
+        .args(["worker", "--store", "store", "--run", run, "--id", id])
+        .env("ENGINE_CLOCK_SKEW_MS", skew_ms.to_string())
+        .current_dir(dir)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Every claim object of the run in `dir` (`<shard>/<attempt>`), with the
+/// process that made it.
+fn claims(dir: &Path, run: &str) -> Vec<(String, String)> {
+    let mut v = Vec::new();
+    let root = dir.join(format!("store/runs/{run}/claims"));
+    for shard in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        for attempt in std::fs::read_dir(shard.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let Ok(text) = std::fs::read_to_string(attempt.path()) else {
+                continue;
+            };
+            // A claim being written may not be whole yet.
+            let Ok(record) = serde_json::from_str::<serde_json::Value>(&text) else {
+                continue;
+            };
+            v.push((
+                format!(
+                    "{}/{}",
+                    shard.file_name().to_string_lossy(),
+                    attempt.file_name().to_string_lossy()
+                ),
+                record["process"].as_str().unwrap().to_owned(),
+            ));
+        }
+    }
+    v.sort();
+    v
+}
+
+#[test]
+fn a_worker_whose_clock_is_ten_minutes_off_takes_no_live_claim() {
+    // One long shard, claimed by the run's own worker; then a second worker
+    // joins and waits. With liveness judged by comparing clocks, a joiner
+    // 10 minutes ahead, or a run 10 minutes behind, takes the live claim
+    // over at once (the shard runs twice, attempt 1 appears).
+    for (run_skew, joiner_skew) in [(0, 600_000), (-600_000, 0)] {
+        let dir = processes_config("shards = 1\nsleep_ms = 4000", 1, "1s");
+        let child = engine()
+            .args([
+                "run",
+                "config.toml",
+                "--plugins",
+                guests_dir().to_str().unwrap(),
+            ])
+            .env("ENGINE_CLOCK_SKEW_MS", run_skew.to_string())
+            .current_dir(dir.path())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let run = published_run(dir.path());
+        let started = Instant::now();
+        while claims(dir.path(), &run).is_empty() {
+            assert!(started.elapsed() < Duration::from_secs(60), "never claimed");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let mut joiner = skewed_worker(dir.path(), &run, "joiner", joiner_skew);
+        let o = child.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(joiner.wait().unwrap().success());
+        let claims = claims(dir.path(), &run);
+        assert_eq!(
+            claims.iter().map(|(c, _)| c.as_str()).collect::<Vec<_>>(),
+            ["00000000/0"],
+            "skews {run_skew} / {joiner_skew} ms: {claims:?}"
+        );
+        assert_ne!(claims[0].1, "joiner");
+        let (_, rows) = read_csv(&dir.path().join("out/result.csv"));
+        assert_eq!(rows.len(), 1);
+    }
+}
+
+#[test]
+fn a_killed_worker_whose_clock_is_ahead_has_its_shard_taken_over() {
+    // With liveness judged by comparing clocks, the dead worker's last beat
+    // would look fresh for 10 minutes, and the run would wait that long.
+    let dir = processes_config("shards = 12\nsleep_ms = 500", 1, "1s");
+    let mut child = engine()
+        .args([
+            "run",
+            "config.toml",
+            "--plugins",
+            guests_dir().to_str().unwrap(),
+        ])
+        .current_dir(dir.path())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let run = published_run(dir.path());
+    let mut ahead = skewed_worker(dir.path(), &run, "ahead", 600_000);
+    let started = Instant::now();
+    let held = loop {
+        let parts = dir.path().join(format!("store/runs/{run}/parts"));
+        let open = claims(dir.path(), &run)
+            .into_iter()
+            .find(|(c, p)| p == "ahead" && !parts.join(format!("{}.csv", &c[..8])).exists());
+        if let Some((claim, _)) = open {
+            break claim;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the worker ahead never held a shard"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    ahead.kill().unwrap();
+    let _ = ahead.wait();
+    // The run ends well before the 10 minutes (a guard, not a timing test).
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            panic!("the run still waits for the dead worker after 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success());
+    let (_, rows) = read_csv(&dir.path().join("out/result.csv"));
+    assert_eq!(rows.len(), 12, "one row per shard");
+    let again = format!("{}/1", &held[..8]);
+    assert!(
+        claims(dir.path(), &run).iter().any(|(c, _)| *c == again),
+        "shard {held} was taken over"
+    );
+}

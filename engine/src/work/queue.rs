@@ -26,8 +26,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Near the end of a run, when at most this many shards are unfinished, a
 /// waiting worker looks at those shards alone instead of listing the run.
@@ -157,6 +156,178 @@ impl ActiveClaims {
     }
 }
 
+/// The order in which one process's workers try first claims (the fast
+/// path), shared by them so that they do not race each other.
+///
+/// Each process starts at its own point of the shard space (a hash of its
+/// name) and walks forward, wrapping around. A refused claim means another
+/// process got there first: rather than follow it shard by shard (a refused
+/// conditional PUT each, about P × N of them in all), the walk lists the next
+/// claims in one request, skips those, and jumps to a random unvisited shard.
+/// Over a remote store it also lists before walking into shards it has not
+/// seen listed, so a worker joining late, or a resumed run, skips finished
+/// stretches 1,000 claims a request.
+#[derive(Debug)]
+pub struct Walk {
+    state: std::sync::Mutex<Option<WalkState>>,
+    seed: u64,
+}
+
+#[derive(Debug)]
+struct WalkState {
+    /// Shards tried, or seen claimed in a listing.
+    visited: Vec<u64>,
+    unvisited: usize,
+    /// Next shard to look at.
+    pos: usize,
+    /// Shards in `pos..listed_to` seen claimed by the last listing; those
+    /// not in it were free then.
+    listed: HashSet<usize>,
+    listed_to: usize,
+    rng: u64,
+}
+
+/// What the walk offers a worker.
+enum Step {
+    /// Try to claim this shard.
+    Try(usize),
+    /// List the claims from this shard on first.
+    List(usize),
+    /// Every shard was tried or seen claimed.
+    Over,
+}
+
+/// Claims read in one listing request (an S3 page).
+const LIST_PAGE: usize = 1000;
+
+impl Walk {
+    /// The walk of process `process`.
+    pub fn new(process: &str) -> Walk {
+        let seed = Sha256Seed::of(process);
+        Walk {
+            state: std::sync::Mutex::new(None),
+            seed,
+        }
+    }
+
+    /// A walk that is over (the fast path done), for tests.
+    #[cfg(test)]
+    fn over() -> Walk {
+        let w = Walk::new("over");
+        *w.state.lock().unwrap() = Some(WalkState {
+            visited: Vec::new(),
+            unvisited: 0,
+            pos: 0,
+            listed: HashSet::new(),
+            listed_to: 0,
+            rng: 1,
+        });
+        w
+    }
+
+    /// The next thing to do; `spread`: start at this process's own point
+    /// (else at shard 0, for a store no other process sees).
+    fn step(&self, n: usize, spread: bool, list_first: bool) -> Step {
+        let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let st = guard.get_or_insert_with(|| WalkState {
+            visited: vec![0; n.div_ceil(64)],
+            unvisited: n,
+            pos: match spread {
+                true => (self.seed % n.max(1) as u64) as usize,
+                false => 0,
+            },
+            listed: HashSet::new(),
+            listed_to: 0,
+            rng: self.seed | 1,
+        });
+        while st.unvisited > 0 {
+            let i = st.next_unvisited(n);
+            if list_first && !(i < st.listed_to && st.pos <= i) {
+                st.pos = i;
+                return Step::List(i);
+            }
+            st.visit(i);
+            st.pos = i + 1;
+            if i < st.listed_to && st.listed.contains(&i) {
+                continue;
+            }
+            return Step::Try(i);
+        }
+        Step::Over
+    }
+
+    /// A listing from shard `from` saw these shards claimed, up to `to`
+    /// (exclusive; `n` when the listing reached the end).
+    fn listed(&self, from: usize, to: usize, claimed: HashSet<usize>) {
+        let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(st) = guard.as_mut() {
+            st.pos = from;
+            st.listed_to = to;
+            st.listed = claimed;
+        }
+    }
+
+    /// Claiming `shard` was refused: someone else is working here. Skip
+    /// what the listing `claimed` shows and go elsewhere.
+    fn refused(&self, n: usize, claimed: &HashSet<usize>) {
+        let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(st) = guard.as_mut() {
+            for &i in claimed {
+                if !st.is_visited(i) {
+                    st.visit(i);
+                }
+            }
+            st.listed.clear();
+            st.listed_to = 0;
+            // xorshift64: a new place to start from.
+            st.rng ^= st.rng << 13;
+            st.rng ^= st.rng >> 7;
+            st.rng ^= st.rng << 17;
+            st.pos = (st.rng % n.max(1) as u64) as usize;
+        }
+    }
+}
+
+impl WalkState {
+    fn is_visited(&self, i: usize) -> bool {
+        self.visited[i / 64] & (1 << (i % 64)) != 0
+    }
+
+    fn visit(&mut self, i: usize) {
+        self.visited[i / 64] |= 1 << (i % 64);
+        self.unvisited -= 1;
+    }
+
+    /// The first unvisited shard from `pos` on, wrapping around (some exists).
+    fn next_unvisited(&self, n: usize) -> usize {
+        let mut i = self.pos % n;
+        loop {
+            let word = self.visited[i / 64] | ((1u64 << (i % 64)) - 1);
+            if word != u64::MAX {
+                let j = (i / 64) * 64 + word.trailing_ones() as usize;
+                if j < n {
+                    return j;
+                }
+            }
+            i = ((i / 64) + 1) * 64;
+            if i >= n {
+                i = 0;
+            }
+        }
+    }
+}
+
+/// A number from a process name, to spread start points.
+struct Sha256Seed;
+
+impl Sha256Seed {
+    fn of(name: &str) -> u64 {
+        use sha2::{Digest, Sha256};
+        let d = Sha256::digest(name.as_bytes());
+        u64::from_le_bytes(d[..8].try_into().unwrap_or_default())
+    }
+}
+
 /// The answer to "what should I do next?".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {
@@ -171,10 +342,49 @@ pub enum Next {
     GiveUp(usize, u32),
 }
 
+/// This machine's wall clock, in ms. Only ever compared with stamps of the
+/// same process (a claim with that process's heartbeat), never with another
+/// machine's. `ENGINE_CLOCK_SKEW_MS` (signed) shifts it, so that the tests
+/// can run a worker whose clock is wrong.
 pub fn now_ms() -> u64 {
-    SystemTime::now()
+    static SKEW: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    let skew = *SKEW.get_or_init(|| {
+        std::env::var("ENGINE_CLOCK_SKEW_MS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    });
+    let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+        .map_or(0, |d| d.as_millis() as u64);
+    now.saturating_add_signed(skew)
+}
+
+/// Which processes are alive, judged by watching their heartbeats change on
+/// this process's own monotonic clock, never by comparing two machines'
+/// clocks: a process is dead once its beat has been seen unchanged for a
+/// lease. A beat seen for the first time counts as alive, so a reader that
+/// just started needs a lease of watching before it takes a claim over.
+#[derive(Debug, Default)]
+pub struct Liveness {
+    seen: HashMap<String, (u64, Instant)>,
+}
+
+impl Liveness {
+    fn alive(&mut self, name: &str, hb: &Heartbeat, lease: Duration) -> bool {
+        match self.seen.get_mut(name) {
+            Some((at, since)) if *at == hb.at_ms => since.elapsed() < lease,
+            Some(e) => {
+                *e = (hb.at_ms, Instant::now());
+                true
+            }
+            None => {
+                self.seen
+                    .insert(name.to_owned(), (hb.at_ms, Instant::now()));
+                true
+            }
+        }
+    }
 }
 
 /// One worker's view of the queue.
@@ -184,11 +394,13 @@ pub struct Queue {
     process: String,
     worker: String,
     lease: Duration,
-    /// Next never-claimed shard to try (the fast path), shared by the
-    /// workers of one process so that they do not race for the same shards.
-    cursor: Arc<AtomicUsize>,
+    /// Where first claims are tried (the fast path), shared by the workers
+    /// of one process so that they do not race for the same shards.
+    walk: Arc<Walk>,
     /// Once the fast path is done: the shards not yet seen finished.
     open: Option<Vec<usize>>,
+    /// The other processes' heartbeats, as this worker has watched them.
+    liveness: Liveness,
     active: Arc<ActiveClaims>,
 }
 
@@ -199,7 +411,7 @@ impl Queue {
         process: &str,
         worker: &str,
         lease: Duration,
-        cursor: Arc<AtomicUsize>,
+        walk: Arc<Walk>,
         active: Arc<ActiveClaims>,
     ) -> Queue {
         Queue {
@@ -208,8 +420,9 @@ impl Queue {
             process: process.into(),
             worker: worker.into(),
             lease,
-            cursor,
+            walk,
             open: None,
+            liveness: Liveness::default(),
             active,
         }
     }
@@ -235,6 +448,25 @@ impl Queue {
             self.active.leave(shard, attempt);
         }
         created
+    }
+
+    /// The claimed shards from `from` on, as one listing request shows
+    /// them, and where that listing stopped (`shards` when it reached the end).
+    async fn claimed_from(&self, from: usize) -> Result<(HashSet<usize>, usize)> {
+        let names = self
+            .store
+            .list_from("claims", &shard_name(from), LIST_PAGE)
+            .await?;
+        let claimed: HashSet<usize> = names
+            .iter()
+            .filter_map(|n| n.split_once('/')?.0.parse().ok())
+            .collect();
+        let to = match names.len() < LIST_PAGE {
+            true => self.shards,
+            // The last shard listed may have more attempts past the page.
+            false => claimed.iter().max().copied().unwrap_or(from).max(from),
+        };
+        Ok((claimed, to))
     }
 
     /// What to do with a shard claimed at `attempt`.
@@ -273,17 +505,30 @@ impl Queue {
                 return Ok(Queue::run_or_give_up(i, attempt));
             }
         }
-        while self.cursor.load(Ordering::Relaxed) < self.shards {
-            let i = self.cursor.fetch_add(1, Ordering::Relaxed);
-            if i >= self.shards {
-                break;
-            }
-            if private {
-                self.active.enter(i, 0);
-                return Ok(Next::Run(i, 0));
-            }
-            if self.claim(i, 0).await? {
-                return Ok(Next::Run(i, 0));
+        // A listing of a directory walks all of it: there, refused creates
+        // are cheaper than listings.
+        let listing = !self.store.root.is_local();
+        loop {
+            match self.walk.step(self.shards, !private, listing) {
+                Step::Over => break,
+                Step::List(from) => {
+                    let (claimed, to) = self.claimed_from(from).await?;
+                    self.walk.listed(from, to, claimed);
+                }
+                Step::Try(i) if private => {
+                    self.active.enter(i, 0);
+                    return Ok(Next::Run(i, 0));
+                }
+                Step::Try(i) => {
+                    if self.claim(i, 0).await? {
+                        return Ok(Next::Run(i, 0));
+                    }
+                    let claimed = match listing {
+                        true => self.claimed_from(i).await?.0,
+                        false => HashSet::new(),
+                    };
+                    self.walk.refused(self.shards, &claimed);
+                }
             }
         }
         if private {
@@ -307,8 +552,10 @@ impl Queue {
         };
         let state = match open.len() {
             0 => return Ok(Next::Done),
-            n if n <= FEW_OPEN => QueueState::read_shards(&self.store, self.lease, &open).await?,
-            _ => QueueState::read(&self.store, self.lease).await?,
+            n if n <= FEW_OPEN => {
+                QueueState::read_shards(&self.store, self.lease, &mut self.liveness, &open).await?
+            }
+            _ => QueueState::read(&self.store, self.lease, &mut self.liveness).await?,
         };
         let open: Vec<usize> = open
             .into_iter()
@@ -327,13 +574,15 @@ impl Queue {
             if self.store.exists(&part_name(i)).await? {
                 continue;
             }
-            if self.claim(i, attempt + 1).await? {
-                tracing::info!(
-                    shard = i,
-                    attempt = attempt + 1,
-                    "re-offering a shard whose worker stopped"
-                );
-                return Ok(Queue::run_or_give_up(i, attempt + 1));
+            if self.claim(i, attempt).await? {
+                if attempt > 0 {
+                    tracing::info!(
+                        shard = i,
+                        attempt,
+                        "re-offering a shard whose worker stopped"
+                    );
+                }
+                return Ok(Queue::run_or_give_up(i, attempt));
             }
         }
         Ok(Next::Wait)
@@ -369,7 +618,11 @@ pub struct QueueState {
 
 impl QueueState {
     /// The whole run: every part, failure and claim is listed.
-    pub async fn read(store: &RunStore, lease: Duration) -> Result<QueueState> {
+    pub async fn read(
+        store: &RunStore,
+        lease: Duration,
+        liveness: &mut Liveness,
+    ) -> Result<QueueState> {
         let mut s = QueueState {
             done: QueueState::list_done(store).await?,
             ..Default::default()
@@ -388,7 +641,7 @@ impl QueueState {
             };
             s.add_claim(i, a);
         }
-        s.read_holders(store, lease).await?;
+        s.read_holders(store, lease, liveness).await?;
         Ok(s)
     }
 
@@ -407,6 +660,7 @@ impl QueueState {
     pub async fn read_shards(
         store: &RunStore,
         lease: Duration,
+        liveness: &mut Liveness,
         shards: &[usize],
     ) -> Result<QueueState> {
         let mut s = QueueState::default();
@@ -422,7 +676,7 @@ impl QueueState {
                 }
             }
         }
-        s.read_holders(store, lease).await?;
+        s.read_holders(store, lease, liveness).await?;
         Ok(s)
     }
 
@@ -433,14 +687,18 @@ impl QueueState {
     }
 
     /// Which processes are alive, and who holds the claims of unfinished shards.
-    async fn read_holders(&mut self, store: &RunStore, lease: Duration) -> Result<()> {
-        let now = now_ms();
+    async fn read_holders(
+        &mut self,
+        store: &RunStore,
+        lease: Duration,
+        liveness: &mut Liveness,
+    ) -> Result<()> {
         for name in store.list("heartbeats").await? {
             let Some(bytes) = store.get(&format!("heartbeats/{name}")).await? else {
                 continue;
             };
             if let Ok(hb) = serde_json::from_slice::<Heartbeat>(&bytes)
-                && now.saturating_sub(hb.at_ms) < lease.as_millis() as u64
+                && liveness.alive(&name, &hb, lease)
             {
                 self.alive.insert(name, hb);
             }
@@ -465,17 +723,18 @@ impl QueueState {
         Ok(())
     }
 
-    /// Of the given shards, the unfinished ones whose claim is held by no
-    /// live process, with the attempt number of that claim. Unclaimed shards
-    /// count as attempt -1 in spirit: they are left to the fast path.
+    /// Of the given shards, the unfinished ones no live process holds, with
+    /// the attempt to claim next: the one after their newest claim, or 0 for
+    /// a shard never claimed (a first claim whose create failed, say: once
+    /// a process's fast path is over, nobody else would take it).
     pub fn orphaned(&self, shards: &[usize]) -> Vec<(usize, u32)> {
         let mut v: Vec<(usize, u32)> = shards
             .iter()
             .copied()
             .filter(|i| !self.done.contains(i))
-            .filter_map(|i| {
-                let (a, _) = self.claims.get(&i)?;
-                (!self.held(i)).then_some((i, *a))
+            .filter_map(|i| match self.claims.get(&i) {
+                None => Some((i, 0)),
+                Some((a, _)) => (!self.held(i)).then_some((i, a + 1)),
             })
             .collect();
         v.sort();
@@ -506,6 +765,7 @@ impl QueueState {
 mod tests {
     use super::*;
     use crate::store::Location;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A directory store with shards 0..6: 0 and 1 finished, 2 claimed by a
     /// live process, 3 by a dead one (attempts 0 and 1), 4 and 5 unclaimed.
@@ -547,11 +807,15 @@ mod tests {
         let store = queue_store(dir.path()).await;
         let lease = Duration::from_secs(60);
         let all: Vec<usize> = (0..6).collect();
-        let full = QueueState::read(&store, lease).await.unwrap();
-        let some = QueueState::read_shards(&store, lease, &all).await.unwrap();
+        let full = QueueState::read(&store, lease, &mut Liveness::default())
+            .await
+            .unwrap();
+        let some = QueueState::read_shards(&store, lease, &mut Liveness::default(), &all)
+            .await
+            .unwrap();
         for s in [&full, &some] {
             assert_eq!(s.done, HashSet::from([0, 1]));
-            assert_eq!(s.orphaned(&all), vec![(3, 1)]);
+            assert_eq!(s.orphaned(&all), vec![(3, 2), (4, 0), (5, 0)]);
             assert_eq!(s.running(), 1);
         }
         // Only a full read sees the claims of finished shards.
@@ -562,7 +826,7 @@ mod tests {
     async fn a_waiting_worker_takes_over_a_dead_claim_then_waits_then_ends() {
         let dir = tempfile::tempdir().unwrap();
         let store = queue_store(dir.path()).await;
-        let cursor = Arc::new(AtomicUsize::new(6)); // the fast path is over
+        let cursor = Arc::new(Walk::over()); // the fast path is over
         let lease = Duration::from_secs(60);
         let active = Arc::new(ActiveClaims::default());
         let mut queue = Queue::new(store.clone(), 6, "me", "me/0", lease, cursor, active);
@@ -570,8 +834,11 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(queue.next().await.unwrap(), Next::Run(3, 2));
-        // 2 is held by a live process, 3 now by this one, 4 and 5 are left
-        // to the fast path of whoever claims them.
+        // 4 and 5 were never claimed: with the fast path over, this worker
+        // takes them (a first claim whose create failed is not lost).
+        assert_eq!(queue.next().await.unwrap(), Next::Run(4, 0));
+        assert_eq!(queue.next().await.unwrap(), Next::Run(5, 0));
+        // 2 is held by a live process, 3 to 5 by this one.
         assert_eq!(queue.next().await.unwrap(), Next::Wait);
         for i in 2..6 {
             store
@@ -616,10 +883,10 @@ mod tests {
             .create("claims/00000002/0", record(now + 60_000))
             .await
             .unwrap();
-        let state = QueueState::read(&store, Duration::from_secs(60))
+        let state = QueueState::read(&store, Duration::from_secs(60), &mut Liveness::default())
             .await
             .unwrap();
-        assert_eq!(state.orphaned(&[0, 1, 2]), vec![(0, 0)]);
+        assert_eq!(state.orphaned(&[0, 1, 2]), vec![(0, 1)]);
         assert_eq!(state.running(), 2);
     }
 
@@ -630,6 +897,21 @@ mod tests {
         inner: object_store::memory::InMemory,
         trigger: object_store::path::Path,
         then: std::sync::Mutex<Vec<(object_store::path::Path, Vec<u8>)>>,
+        /// Creates refused, listings started.
+        refused: AtomicUsize,
+        listings: AtomicUsize,
+    }
+
+    impl Interleaved {
+        fn new(trigger: &str, then: Vec<(object_store::path::Path, Vec<u8>)>) -> Interleaved {
+            Interleaved {
+                inner: object_store::memory::InMemory::new(),
+                trigger: object_store::path::Path::from(trigger),
+                then: std::sync::Mutex::new(then),
+                refused: AtomicUsize::new(0),
+                listings: AtomicUsize::new(0),
+            }
+        }
     }
 
     impl std::fmt::Display for Interleaved {
@@ -646,7 +928,11 @@ mod tests {
             payload: object_store::PutPayload,
             opts: object_store::PutOptions,
         ) -> object_store::Result<object_store::PutResult> {
-            self.inner.put_opts(p, payload, opts).await
+            let r = self.inner.put_opts(p, payload, opts).await;
+            if matches!(r, Err(object_store::Error::AlreadyExists { .. })) {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+            }
+            r
         }
         async fn put_multipart_opts(
             &self,
@@ -676,7 +962,17 @@ mod tests {
             prefix: Option<&object_store::path::Path>,
         ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>>
         {
+            self.listings.fetch_add(1, Ordering::Relaxed);
             self.inner.list(prefix)
+        }
+        fn list_with_offset(
+            &self,
+            prefix: Option<&object_store::path::Path>,
+            offset: &object_store::path::Path,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>>
+        {
+            self.listings.fetch_add(1, Ordering::Relaxed);
+            self.inner.list_with_offset(prefix, offset)
         }
         async fn list_with_delimiter(
             &self,
@@ -700,6 +996,94 @@ mod tests {
         }
     }
 
+    /// `store` as a remote store is seen (listings are used).
+    fn remote(store: Arc<Interleaved>) -> Location {
+        Location {
+            store,
+            path: object_store::path::Path::from(""),
+            display: "interleaved://".into(),
+        }
+    }
+
+    /// `processes` queues, asked for work in turn, until every shard ran:
+    /// how often each shard ran.
+    async fn drain(store: &RunStore, shards: usize, processes: usize) -> Vec<usize> {
+        let lease = Duration::from_secs(60);
+        let mut queues: Vec<Queue> = (0..processes)
+            .map(|p| {
+                let name = format!("p{p}");
+                let walk = Arc::new(Walk::new(&name));
+                let active = Arc::new(ActiveClaims::default());
+                Queue::new(
+                    store.clone(),
+                    shards,
+                    &name,
+                    &format!("{name}/0"),
+                    lease,
+                    walk,
+                    active,
+                )
+            })
+            .collect();
+        let mut ran = vec![0; shards];
+        let mut done = vec![false; processes];
+        while done.iter().any(|d| !d) {
+            for (p, q) in queues.iter_mut().enumerate() {
+                if done[p] {
+                    continue;
+                }
+                match q.next().await.unwrap() {
+                    Next::Run(i, 0) => {
+                        ran[i] += 1;
+                        q.complete(i, "a\n1\n".into()).await.unwrap();
+                        q.active.leave(i, 0);
+                    }
+                    Next::Done => done[p] = true,
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        ran
+    }
+
+    #[tokio::test]
+    async fn processes_starting_together_rarely_collide() {
+        // Before: each process tried every shard, (P - 1) x N = 6,000
+        // refused creates here.
+        let raw = Arc::new(Interleaved::new("-", vec![]));
+        let store = RunStore::new(&remote(raw.clone()), None, "r");
+        let ran = drain(&store, 2000, 4).await;
+        assert!(ran.iter().all(|&r| r == 1), "every shard once");
+        let (refused, listings) = (
+            raw.refused.load(Ordering::Relaxed),
+            raw.listings.load(Ordering::Relaxed),
+        );
+        eprintln!("{refused} refused creates, {listings} listings");
+        assert!(refused <= 200, "{refused} refused creates");
+        assert!(listings <= 400, "{listings} listings");
+        // A process joining after the end skips the claims by listing them
+        // (about 1 listing a 1,000 claims, a refused create now and then).
+        let (r0, l0) = (refused, listings);
+        let ran = drain(&store, 2000, 1).await;
+        assert!(ran.iter().all(|&r| r == 0));
+        let refused = raw.refused.load(Ordering::Relaxed) - r0;
+        let listings = raw.listings.load(Ordering::Relaxed) - l0;
+        assert!(
+            refused <= 3 && listings <= 10,
+            "{refused} refused, {listings} listings"
+        );
+    }
+
+    #[tokio::test]
+    async fn over_a_directory_every_shard_is_claimed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = Location::parse(dir.path().to_str().unwrap()).unwrap();
+        let store = RunStore::new(&base, None, "r");
+        let ran = drain(&store, 300, 3).await;
+        assert!(ran.iter().all(|&r| r == 1), "{ran:?}");
+        assert_eq!(store.count("claims").await.unwrap(), 300);
+    }
+
     #[tokio::test]
     async fn a_shard_finished_while_the_queue_is_read_is_not_run_again() {
         // Process p holds shard 0. Between the waiting worker's look at the
@@ -714,25 +1098,19 @@ mod tests {
         .unwrap();
         let beat_after = serde_json::to_vec(&Heartbeat::new(now_ms(), vec![])).unwrap();
         let path = |rel: &str| object_store::path::Path::from(format!("{run}/{rel}"));
-        let store = Interleaved {
-            inner: object_store::memory::InMemory::new(),
-            trigger: path("heartbeats/p"),
-            then: std::sync::Mutex::new(vec![
+        let store = Interleaved::new(
+            "runs/r/heartbeats/p",
+            vec![
                 (path("parts/00000000.csv"), b"a\n1\n".to_vec()),
                 (path("heartbeats/p"), beat_after),
-            ]),
-        };
-        let base = Location {
-            store: Arc::new(store),
-            path: object_store::path::Path::from(""),
-            display: "interleaved://".into(),
-        };
-        let store = RunStore::new(&base, None, "r");
+            ],
+        );
+        let store = RunStore::new(&remote(Arc::new(store)), None, "r");
         store.create("claims/00000000/0", claim).await.unwrap();
         let before = Heartbeat::new(now_ms() - 500, vec![claim_name(0, 0)]);
         beat(&store, "p", &before).await.unwrap();
 
-        let cursor = Arc::new(AtomicUsize::new(1)); // the fast path is over
+        let cursor = Arc::new(Walk::over()); // the fast path is over
         let active = Arc::new(ActiveClaims::default());
         let lease = Duration::from_secs(60);
         let mut queue = Queue::new(store.clone(), 1, "me", "me/0", lease, cursor, active);
@@ -748,14 +1126,13 @@ mod tests {
     async fn a_shard_whose_claim_was_lost_too_often_is_given_up() {
         let store = RunStore::new(&Location::parse("memory://").unwrap(), None, "r");
         let active = Arc::new(ActiveClaims::default());
-        let cursor = Arc::new(AtomicUsize::new(0));
         let mut queue = Queue::new(
             store,
             1,
             "me",
             "me/0",
             Duration::from_secs(60),
-            cursor,
+            Arc::new(Walk::new("me")),
             active.clone(),
         );
         assert_eq!(queue.next().await.unwrap(), Next::Run(0, 0));

@@ -1,11 +1,11 @@
 //! Worker threads in this process, sharing one wasmtime engine and one
 //! heartbeat: the `local` backend's workers, and those of `engine worker`.
 
-use super::queue::ActiveClaims;
+use super::queue::{ActiveClaims, Walk};
 use super::worker::{Finished, LoadedRun, WorkerCtx, spawn_heartbeat, stuck_after, work};
 use anyhow::{Result, anyhow};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -35,7 +35,7 @@ impl Threads {
         let stop = Arc::new(AtomicBool::new(false));
         let active = Arc::new(ActiveClaims::default());
         let finished = Arc::new(Finished::default());
-        let cursor = Arc::new(AtomicUsize::new(0));
+        let walk = Arc::new(Walk::new(process));
         let handle = tokio::runtime::Handle::current();
         let lease = Duration::from_millis(run.spec.lease_ms);
         let heartbeat = spawn_heartbeat(
@@ -54,7 +54,7 @@ impl Threads {
                     stop: stop.clone(),
                     active: active.clone(),
                     finished: finished.clone(),
-                    cursor: cursor.clone(),
+                    walk: walk.clone(),
                     handle: handle.clone(),
                 };
                 std::thread::Builder::new()

@@ -39,7 +39,7 @@ pub struct WorkerCtx {
     /// Parts this process stored.
     pub finished: Arc<Finished>,
     /// The next shard this process's workers have not tried to claim.
-    pub cursor: Arc<AtomicUsize>,
+    pub walk: Arc<super::queue::Walk>,
     pub handle: tokio::runtime::Handle,
 }
 
@@ -155,7 +155,7 @@ pub fn work(ctx: &WorkerCtx) -> Result<u64> {
         &ctx.process,
         &ctx.worker_id,
         lease,
-        ctx.cursor.clone(),
+        ctx.walk.clone(),
         ctx.active.clone(),
     );
     let args = serde_json::Value::Object(ctx.run.spec.args.clone()).to_string();
@@ -402,7 +402,7 @@ mod tests {
             "p",
             "p/0",
             Duration::from_secs(60),
-            Arc::new(AtomicUsize::new(0)),
+            Arc::new(crate::work::queue::Walk::new("p")),
             Arc::new(ActiveClaims::default()),
         );
         let good = output(b"a\n1\n", false, "good");

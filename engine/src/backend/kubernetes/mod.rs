@@ -168,6 +168,8 @@ pub struct KubePool {
     store: RunStore,
     shards: usize,
     claim_lease: Duration,
+    /// The workers' heartbeats, as this orchestrator has watched them.
+    liveness: crate::work::queue::Liveness,
     cleanup: Cleanup,
     cleaned: bool,
 }
@@ -264,6 +266,7 @@ impl KubePool {
             store: run.store.clone(),
             shards: run.spec.shards,
             claim_lease: Duration::from_millis(run.spec.lease_ms),
+            liveness: Default::default(),
             cleanup: Cleanup {
                 ns,
                 secret: secret_name,
@@ -527,7 +530,7 @@ impl KubePool {
         if self.failures > self.max_failures {
             return Ok(());
         }
-        let state = QueueState::read(&self.store, self.claim_lease).await?;
+        let state = QueueState::read(&self.store, self.claim_lease, &mut self.liveness).await?;
         let remaining = self.shards.saturating_sub(state.done.len());
         let want = wanted(self.minimum, self.maximum, remaining, state.running());
         while self.live.len() < want {
