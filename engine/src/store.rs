@@ -24,12 +24,12 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::local::LocalFileSystem;
-use object_store::memory::InMemory;
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
 use std::sync::Arc;
 
 pub mod counted;
+pub mod memory;
 
 use counted::Counted;
 
@@ -73,7 +73,7 @@ impl Location {
         let display = text.to_owned();
         if let Some(rest) = text.strip_prefix("memory://") {
             return Ok(Location {
-                store: Arc::new(Counted(InMemory::new())),
+                store: Arc::new(Counted(memory::Memory::new())),
                 path: ObjPath::from(rest),
                 display,
             });

@@ -172,6 +172,13 @@ fn a_killed_orchestrator_resumes_without_rerunning_finished_shards() {
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
+    // The workers die with it, a moment later (PR_SET_PDEATHSIG): one may
+    // store a part in between.
+    let started = Instant::now();
+    while !worker_pids(dir.path()).is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(10), "workers outlived the orchestrator");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let finished_before = parts();
     assert!(finished_before < 12, "killed mid-run");
     let s = status(dir.path());

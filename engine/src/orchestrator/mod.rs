@@ -667,11 +667,15 @@ async fn watch(
     let mut done = before.0;
     // Why every worker stopped, once none is left.
     let mut stopped: Option<String> = None;
-    // Listing an in-memory store is cheap; a directory or a bucket less so.
+    // Listing an in-memory store is cheap; a directory or a bucket less so:
+    // counting the parts there lists 1,000 a request, so it is done at most
+    // every 400 ms and, up to 300,000 shards, at most 10 listing requests a
+    // second; at least every 30 s.
+    let pages = n.div_ceil(1000) as u64;
     let every = match (&finished, store.root.is_memory()) {
         (Some(_), _) => 250,
         (None, true) => 50,
-        (None, false) => 400,
+        (None, false) => (pages * 100).clamp(400, 30_000),
     };
     loop {
         let tried = Instant::now();

@@ -447,6 +447,9 @@ impl Runtime {
             }
         }));
         let shards = called.map_err(|f| with_stderr_tail(f, &pipes[1]))?;
+        // The guest's memory (its own copy of the list) goes before the list
+        // is converted: a plan of millions of shards holds one copy at a time.
+        drop(store);
         Ok(shards
             .into_iter()
             .map(|s| Shard {

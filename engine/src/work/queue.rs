@@ -641,7 +641,7 @@ impl QueueState {
             };
             s.add_claim(i, a);
         }
-        s.read_holders(store, lease, liveness).await?;
+        s.read_holders(store, lease, liveness, true).await?;
         Ok(s)
     }
 
@@ -676,7 +676,7 @@ impl QueueState {
                 }
             }
         }
-        s.read_holders(store, lease, liveness).await?;
+        s.read_holders(store, lease, liveness, false).await?;
         Ok(s)
     }
 
@@ -686,14 +686,42 @@ impl QueueState {
         e.0 = e.0.max(attempt);
     }
 
-    /// Which processes are alive, and who holds the claims of unfinished shards.
+    /// Who holds the claims of unfinished shards, and which processes are
+    /// alive: every process with a heartbeat (`all_beats`, for `engine
+    /// status` and the scaler), or only those holding such claims (a waiting
+    /// worker: a GET a holder, not one for every process of the run).
     async fn read_holders(
         &mut self,
         store: &RunStore,
         lease: Duration,
         liveness: &mut Liveness,
+        all_beats: bool,
     ) -> Result<()> {
-        for name in store.list("heartbeats").await? {
+        let open: Vec<(usize, u32)> = self
+            .claims
+            .iter()
+            .filter(|(i, _)| !self.done.contains(i))
+            .map(|(i, (a, _))| (*i, *a))
+            .collect();
+        let mut holders = HashSet::new();
+        for (i, a) in open {
+            let rel = format!("claims/{}/{a}", shard_name(i));
+            let record = store
+                .get(&rel)
+                .await?
+                .and_then(|b| serde_json::from_slice::<ClaimRecord>(&b).ok());
+            if let Some(r) = &record {
+                holders.insert(r.process.clone());
+            }
+            if let Some(e) = self.claims.get_mut(&i) {
+                e.1 = record;
+            }
+        }
+        let names: Vec<String> = match all_beats {
+            true => store.list("heartbeats").await?,
+            false => holders.into_iter().collect(),
+        };
+        for name in names {
             let Some(bytes) = store.get(&format!("heartbeats/{name}")).await? else {
                 continue;
             };
@@ -701,23 +729,6 @@ impl QueueState {
                 && liveness.alive(&name, &hb, lease)
             {
                 self.alive.insert(name, hb);
-            }
-        }
-        // Who holds the claims of unfinished shards.
-        let open: Vec<(usize, u32)> = self
-            .claims
-            .iter()
-            .filter(|(i, _)| !self.done.contains(i))
-            .map(|(i, (a, _))| (*i, *a))
-            .collect();
-        for (i, a) in open {
-            let rel = format!("claims/{}/{a}", shard_name(i));
-            let record = store
-                .get(&rel)
-                .await?
-                .and_then(|b| serde_json::from_slice::<ClaimRecord>(&b).ok());
-            if let Some(e) = self.claims.get_mut(&i) {
-                e.1 = record;
             }
         }
         Ok(())

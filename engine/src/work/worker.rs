@@ -159,9 +159,13 @@ pub fn work(ctx: &WorkerCtx) -> Result<u64> {
         ctx.active.clone(),
     );
     let args = serde_json::Value::Object(ctx.run.spec.args.clone()).to_string();
-    // Near the end of a run, idle workers ask again this often (the slow path
-    // lists the store) and leave within a few ms once the run is stopped.
-    let poll = (lease / 4).clamp(Duration::from_millis(50), Duration::from_millis(250));
+    // Near the end of a run, idle workers ask again (the slow path reads the
+    // open shards' claims and their holders' heartbeats): first soon, then
+    // less and less often, up to half a lease or 2 s (a worker process ends,
+    // and with it the run, only once it has seen every part), so that idle
+    // workers cost the store less; they leave within a few ms once stopped.
+    let first_poll = (lease / 4).clamp(Duration::from_millis(50), Duration::from_millis(250));
+    let mut poll = first_poll;
     let mut ran = 0;
     while !ctx.stop.load(Ordering::Relaxed) {
         let next = retrying("asking the store for work", || ctx.block_on(queue.next()))?;
@@ -172,6 +176,7 @@ pub fn work(ctx: &WorkerCtx) -> Result<u64> {
                 while !ctx.stop.load(Ordering::Relaxed) && Instant::now() < until {
                     std::thread::sleep(Duration::from_millis(5));
                 }
+                poll = (poll * 2).min((lease / 2).min(Duration::from_secs(2)).max(first_poll));
                 continue;
             }
             Next::GiveUp(i, attempt) => {
@@ -189,7 +194,10 @@ pub fn work(ctx: &WorkerCtx) -> Result<u64> {
                 settle(ctx, &queue, i, attempt, output)?;
                 continue;
             }
-            Next::Run(i, attempt) => (i, attempt),
+            Next::Run(i, attempt) => {
+                poll = first_poll;
+                (i, attempt)
+            }
         };
         let output = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             run_with_retries(ctx, &args, i)
