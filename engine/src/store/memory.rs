@@ -284,12 +284,12 @@ impl ObjectStore for Memory {
         options.check_preconditions(&meta)?;
         let (range, data) = match &options.range {
             Some(range) => {
-                let r = range
-                    .as_range(data.len() as u64)
-                    .map_err(|source| object_store::Error::Generic {
+                let r = range.as_range(data.len() as u64).map_err(|source| {
+                    object_store::Error::Generic {
                         store: "Memory",
                         source: Box::new(source),
-                    })?;
+                    }
+                })?;
                 (r.clone(), data.slice(r.start as usize..r.end as usize))
             }
             None => (0..data.len() as u64, data),
@@ -419,7 +419,10 @@ mod tests {
         }
         let p = Path::from("runs/r/parts/00000002.csv");
         let again = m.put_opts(&p, "z".into(), create.clone()).await;
-        assert!(matches!(again, Err(object_store::Error::AlreadyExists { .. })));
+        assert!(matches!(
+            again,
+            Err(object_store::Error::AlreadyExists { .. })
+        ));
         m.put(&Path::from("runs/r/parts/100000000.csv"), "n".into())
             .await
             .unwrap();
@@ -484,6 +487,9 @@ mod tests {
         m.copy(&Path::from("runs/r/parts/00000003.csv"), &p)
             .await
             .unwrap();
-        assert_eq!(&m.get(&p).await.unwrap().bytes().await.unwrap()[..], b"a\n3\n");
+        assert_eq!(
+            &m.get(&p).await.unwrap().bytes().await.unwrap()[..],
+            b"a\n3\n"
+        );
     }
 }
