@@ -168,6 +168,24 @@ pub struct RunStore {
     pub root: Location,
 }
 
+/// The first `limit` names of a listing of `prefix`, relative to it.
+async fn names(
+    listing: futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>>,
+    prefix: &ObjPath,
+    limit: usize,
+) -> Result<Vec<String>> {
+    let strip = format!("{prefix}/");
+    listing
+        .take(limit)
+        .try_filter_map(|m| {
+            let name = m.location.as_ref().strip_prefix(&strip).map(str::to_owned);
+            std::future::ready(Ok(name))
+        })
+        .try_collect()
+        .await
+        .with_context(|| format!("cannot list `{prefix}`"))
+}
+
 /// The store key of a shard index.
 pub fn shard_name(i: usize) -> String {
     format!("{i:08}")
@@ -267,36 +285,17 @@ impl RunStore {
     /// The names directly or indirectly below `rel/`, relative to it.
     pub async fn list(&self, rel: &str) -> Result<Vec<String>> {
         let prefix = self.path(rel);
-        let strip = format!("{prefix}/");
-        self.root
-            .store
-            .list(Some(&prefix))
-            .try_filter_map(|m| {
-                let name = m.location.as_ref().strip_prefix(&strip).map(str::to_owned);
-                std::future::ready(Ok(name))
-            })
-            .try_collect()
-            .await
-            .with_context(|| format!("cannot list `{prefix}`"))
+        let listing = self.root.store.list(Some(&prefix));
+        names(listing, &prefix, usize::MAX).await
     }
 
     /// Up to `limit` names below `rel/` that sort after `rel/<after>`, in
     /// order: one request of a listing that S3 serves `start-after`.
     pub async fn list_from(&self, rel: &str, after: &str, limit: usize) -> Result<Vec<String>> {
         let prefix = self.path(rel);
-        let strip = format!("{prefix}/");
         let offset = self.path(&format!("{rel}/{after}"));
-        self.root
-            .store
-            .list_with_offset(Some(&prefix), &offset)
-            .take(limit)
-            .try_filter_map(|m| {
-                let name = m.location.as_ref().strip_prefix(&strip).map(str::to_owned);
-                std::future::ready(Ok(name))
-            })
-            .try_collect()
-            .await
-            .with_context(|| format!("cannot list `{prefix}`"))
+        let listing = self.root.store.list_with_offset(Some(&prefix), &offset);
+        names(listing, &prefix, limit).await
     }
 
     /// How many objects are below `rel/`, without keeping their names.

@@ -101,14 +101,7 @@ fn three_worker_processes_give_the_same_table_as_threads() {
 #[test]
 fn a_killed_worker_s_shard_is_run_again_and_counted_once() {
     let dir = processes_config("shards = 8\nsleep_ms = 700", 2, "1s");
-    let child = engine()
-        .args([
-            "run",
-            "config.toml",
-            "--plugins",
-            guests_dir().to_str().unwrap(),
-        ])
-        .current_dir(dir.path())
+    let child = run_command(dir.path())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -145,16 +138,7 @@ fn a_killed_worker_s_shard_is_run_again_and_counted_once() {
 #[test]
 fn a_killed_orchestrator_resumes_without_rerunning_finished_shards() {
     let dir = processes_config("shards = 12\nsleep_ms = 300", 2, "1s");
-    let mut child = engine()
-        .args([
-            "run",
-            "config.toml",
-            "--plugins",
-            guests_dir().to_str().unwrap(),
-        ])
-        .current_dir(dir.path())
-        .spawn()
-        .unwrap();
+    let mut child = run_command(dir.path()).spawn().unwrap();
     // Let some shards finish, then kill the orchestrator (its workers die with it).
     let parts = || -> usize {
         let runs = dir.path().join("store/runs");
@@ -176,7 +160,10 @@ fn a_killed_orchestrator_resumes_without_rerunning_finished_shards() {
     // store a part in between.
     let started = Instant::now();
     while !worker_pids(dir.path()).is_empty() {
-        assert!(started.elapsed() < Duration::from_secs(10), "workers outlived the orchestrator");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "workers outlived the orchestrator"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     let finished_before = parts();
@@ -362,14 +349,7 @@ fn a_killed_worker_whose_clock_is_ahead_has_its_shard_taken_over() {
     // With liveness judged by comparing clocks, the dead worker's last beat
     // would look fresh for 10 minutes, and the run would wait that long.
     let dir = processes_config("shards = 12\nsleep_ms = 500", 1, "1s");
-    let mut child = engine()
-        .args([
-            "run",
-            "config.toml",
-            "--plugins",
-            guests_dir().to_str().unwrap(),
-        ])
-        .current_dir(dir.path())
+    let mut child = run_command(dir.path())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();

@@ -178,29 +178,14 @@ fn a_store_stalled_mid_run_costs_time_not_the_run() {
 
     let args = "shards = 100\nsleep_ms = 50";
     let local = faulty_config(args, 2, "");
-    let o = run_in(
-        local.path(),
-        &[
-            "run",
-            "config.toml",
-            "--plugins",
-            guests_dir().to_str().unwrap(),
-        ],
-    );
+    let o = run_command(local.path()).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
 
     let dir = faulty_config(args, 2, "")
         .tap_config("backend = \"processes\"\nlease = \"5s\"\nstore = \"s3://stalled/store\"\n");
     let err_path = dir.path().join("stderr.txt");
-    let mut engine = engine();
+    let mut engine = run_command(dir.path());
     engine
-        .args([
-            "run",
-            "config.toml",
-            "--plugins",
-            guests_dir().to_str().unwrap(),
-        ])
-        .current_dir(dir.path())
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test")
         .env("AWS_REGION", "us-east-1")

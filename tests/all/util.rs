@@ -26,6 +26,19 @@ pub fn engine() -> Command {
     cmd
 }
 
+/// `engine run config.toml` in `dir`, with the test guests, to spawn.
+pub fn run_command(dir: &Path) -> Command {
+    let mut cmd = engine();
+    cmd.args([
+        "run",
+        "config.toml",
+        "--plugins",
+        guests_dir().to_str().unwrap(),
+    ])
+    .current_dir(dir);
+    cmd
+}
+
 /// Run `engine ARGS…` in `dir`.
 pub fn run_in(dir: &Path, args: &[&str]) -> Output {
     engine()
