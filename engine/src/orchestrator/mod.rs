@@ -489,7 +489,7 @@ async fn publish_or_resume(
     }
     let shards = tokio::task::block_in_place(|| plan(runtime, prepared))?;
     let spec = RunSpec {
-        format: 2,
+        format: crate::work::FORMAT,
         run_id: run_id.to_owned(),
         function: prepared.config.run.function.clone(),
         args: prepared.args.clone(),

@@ -24,6 +24,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+/// The version of the run layout and of what a run's results depend on.
+/// 3: shard seeds derive from the shard (its key and payload), not its
+/// index. It is part of the run id, so a run of an older engine, whose
+/// shards were seeded otherwise, is never resumed by this one.
+pub const FORMAT: u32 = 3;
+
 /// The run as published in the store (`run.json`): everything a worker needs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunSpec {
@@ -51,6 +57,14 @@ impl RunSpec {
     /// Refuse a spec that does not hash to the run id it is stored under:
     /// the store was changed by something other than the engine.
     pub fn check_id(&self, run_id: &str) -> Result<()> {
+        if self.format != FORMAT {
+            bail!(
+                "run `{run_id}` was stored by an engine of run format {} (this one is format {FORMAT}, \
+                 whose shards are seeded differently): it cannot be resumed or served here; \
+                 run the config again with this engine (it gets a new run id)",
+                self.format
+            );
+        }
         let id = identity(
             &self.function,
             &self.args,
@@ -114,6 +128,7 @@ pub fn identity(
     limits: &Limits,
 ) -> String {
     let identity = serde_json::json!({
+        "format": FORMAT,
         "function": function,
         "args": args,
         "component": component,

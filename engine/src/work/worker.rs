@@ -221,7 +221,7 @@ pub fn work(ctx: &WorkerCtx) -> Result<u64> {
 
 fn run_with_retries(ctx: &WorkerCtx, args: &str, i: usize) -> ShardOutput {
     let shard = &ctx.run.shards[i];
-    let sandbox = sandbox_for(&ctx.run.spec, ctx.run.data_dir.as_deref(), i);
+    let sandbox = sandbox_for(&ctx.run.spec, ctx.run.data_dir.as_deref(), shard);
     let mut retry = 0;
     loop {
         let output = ctx.run.runtime.run(
@@ -309,9 +309,9 @@ pub async fn store_result(
     Ok(true)
 }
 
-/// The sandbox of shard `i`: the run's limits, its data and its own seed.
-pub fn sandbox_for(spec: &RunSpec, data_dir: Option<&Path>, i: usize) -> Sandbox {
-    sandbox(&spec.limits, data_dir, shard_seed(spec.seed, i as u64))
+/// The sandbox of `shard`: the run's limits, its data and its own seed.
+pub fn sandbox_for(spec: &RunSpec, data_dir: Option<&Path>, shard: &Shard) -> Sandbox {
+    sandbox(&spec.limits, data_dir, cell_seed(spec.seed, shard))
 }
 
 /// A sandbox with the run's limits.
@@ -328,13 +328,19 @@ pub fn sandbox(limits: &Limits, data_dir: Option<&Path>, seed: u64) -> Sandbox {
     }
 }
 
-/// splitmix64 of the run seed and the shard index: independent of which
-/// worker runs the shard, so results do not depend on the worker count.
-fn shard_seed(seed: u64, index: u64) -> u64 {
-    let mut z = seed ^ index.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+/// A shard's seed: a hash of the run seed and the shard itself (its key
+/// cells and payload), not of its index. Independent of which worker runs
+/// it, and of the rest of the plan: adding a model to a sweep does not
+/// change the other cells' randomness. (Two shards with the same key and
+/// payload are the same cell, and get the same seed.)
+pub fn cell_seed(seed: u64, shard: &Shard) -> u64 {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"engine cell seed 1\0");
+    h.update(seed.to_le_bytes());
+    h.update(serde_json::to_vec(shard).unwrap_or_default());
+    let d = h.finalize();
+    u64::from_le_bytes(d[..8].try_into().unwrap_or_default())
 }
 
 /// Keep this process's heartbeat fresh until the returned handle is aborted,

@@ -131,7 +131,7 @@ mod tests {
 
     fn spec() -> RunSpec {
         RunSpec {
-            format: 2,
+            format: crate::work::FORMAT,
             run_id: "abc".into(),
             function: "f.g".into(),
             args: Default::default(),

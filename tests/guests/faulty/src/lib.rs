@@ -25,6 +25,7 @@ impl Plugin for Faulty {
                 .default("trap"),
             )
             .param(Param::new("sleep_ms", "int", "Every shard sleeps this long first.").default(0))
+            .param(Param::new("first", "int", "The first shard's number (plans `first..first+shards`).").default(0))
             .param(Param::new("rows", "int", "Rows each good shard pushes.").default(1))
             .param(
                 Param::new("emit", "string", "A side output every good shard writes (its index).")
@@ -51,7 +52,8 @@ impl Plugin for Faulty {
             "escape" => bail!("plan says \x1b[2J\x1b]0;pwned\x07hello\r"),
             _ => {}
         }
-        (0..n)
+        let first: i64 = call.arg("first")?;
+        (first..first + n)
             .map(|i| Shard::new().key("shard", i).payload(i))
             .collect()
     }
