@@ -163,3 +163,38 @@ fn a_cell_keeps_its_randomness_when_the_plan_around_it_changes() {
     // The column is random (else this showed nothing).
     assert_ne!(all[1].1, all[2].1);
 }
+
+#[test]
+fn a_provenance_record_sits_beside_the_table_without_secrets() {
+    let dir = faulty_config("shards = 3\nbad = 1\nhow = \"error\"", 2, "");
+    let path = dir.path().join("config.toml");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "[output]\n",
+        "[output]\nkey = \"AKIDEXAMPLE\"\nsecret_key = \"very-secret-value\"\n",
+    );
+    std::fs::write(&path, text).unwrap();
+    let o = run_command(dir.path()).output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let meta_path = dir.path().join("out/result.meta.json");
+    let text = std::fs::read_to_string(&meta_path).expect("out/result.meta.json");
+    assert!(
+        !text.contains("very-secret-value") && !text.contains("AKIDEXAMPLE"),
+        "{text}"
+    );
+    let meta: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let component = std::fs::read(guests_dir().join("faulty.wasm")).unwrap();
+    assert_eq!(
+        meta["run"]["component"]["sha256"],
+        engine::runtime::sha256_hex(&component)
+    );
+    assert_eq!(meta["engine"]["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(meta["run"]["function"], "faulty.misbehave");
+    assert_eq!(meta["run"]["seed"], 7);
+    // The config as resolved, without its secrets.
+    assert_eq!(meta["config"]["output"]["path"], "out/result.csv");
+    assert!(meta["config"]["output"].get("secret_key").is_none());
+    assert_eq!(meta["cells"]["shards"], 3);
+    assert_eq!(meta["cells"]["failed"], 1);
+    assert!(meta["run"]["wit"].as_str().is_some_and(|v| !v.is_empty()));
+    assert!(meta["host"]["cpus"].as_u64().is_some_and(|n| n >= 1));
+}

@@ -4,6 +4,7 @@
 
 mod merge;
 pub mod progress;
+mod provenance;
 
 use crate::InputError;
 use crate::backend::{self, WorkerAccess, WorkerPool};
@@ -371,6 +372,7 @@ pub fn plan(runtime: &Runtime, p: &Prepared) -> Result<Vec<Shard>> {
 /// against a persistent store resumes: finished shards are not run again.
 pub async fn run(opts: RunOptions) -> Result<Summary> {
     let started = Instant::now();
+    let started_at = chrono::Utc::now();
     let loaded = config::load(&opts.config).map_err(InputError::from)?;
     let runtime = Arc::new(tokio::task::block_in_place(|| {
         Runtime::new(threads_needed(&opts, &loaded.1))
@@ -443,6 +445,18 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
 
     let output = Location::parse_with(&prepared.output, credentials.as_ref())?;
     let rows = write_output(&prepared, &run, &output).await?;
+    let facts = provenance::Facts {
+        run_id: &run_id,
+        shards: n,
+        rows,
+        failed,
+        resumed,
+        started: started_at,
+    };
+    let meta = provenance::write(&prepared, &store, &output, &facts)
+        .await
+        .context("the table is written, but not its provenance record")?;
+    tracing::info!(%meta, "provenance written");
     let requests = match store.root.is_memory() {
         true => None,
         false => Some(RunRequests {
