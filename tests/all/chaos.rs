@@ -136,7 +136,7 @@ fn check_seed(seed: u64, shards: usize) {
     }
     for f in files(&dir.path().join("out")) {
         assert!(
-            f == "result.csv" || f.starts_with("result.outputs/"),
+            f == "result.csv" || f == "result.meta.json" || f.starts_with("result.outputs/"),
             "seed {seed}: wrote `out/{f}`"
         );
     }
