@@ -30,15 +30,8 @@ fn run_guarded(mut cmd: Command, limit: Duration) -> Output {
 }
 
 fn run_faulty(dir: &Path, extra: &[&str]) -> Output {
-    let mut cmd = engine();
-    cmd.args([
-        "run",
-        "config.toml",
-        "--plugins",
-        guests_dir().to_str().unwrap(),
-    ])
-    .args(extra)
-    .current_dir(dir);
+    let mut cmd = run_command(dir);
+    cmd.args(extra);
     run_guarded(cmd, Duration::from_secs(120))
 }
 
