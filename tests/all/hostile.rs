@@ -342,17 +342,11 @@ fn a_shard_that_keeps_killing_its_worker_gets_an_error_row() {
     // Shard 1 sleeps (well inside its timeout); whoever runs it is SIGKILLed,
     // as an OOM kill or an abort would end it.
     let dir = processes_config("shards = 4\nbad = 1\nhow = \"sleep\"", 2, "1s");
-    let mut cmd = engine();
-    cmd.args([
-        "run",
-        "config.toml",
-        "--plugins",
-        guests_dir().to_str().unwrap(),
-    ])
-    .current_dir(dir.path())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
+    let mut child = run_command(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let started = Instant::now();
     let mut kills = 0;
     let status = loop {
