@@ -180,9 +180,8 @@ struct WalkState {
     unvisited: usize,
     /// Next shard to look at.
     pos: usize,
-    /// Shards in `pos..listed_to` seen claimed by the last listing; those
-    /// not in it were free then.
-    listed: HashSet<usize>,
+    /// The last listing covered the shards up to here: those in
+    /// `pos..listed_to` it saw claimed are visited, the others were free.
     listed_to: usize,
     rng: u64,
 }
@@ -203,7 +202,7 @@ const LIST_PAGE: usize = 1000;
 impl Walk {
     /// The walk of process `process`.
     pub fn new(process: &str) -> Walk {
-        let seed = Sha256Seed::of(process);
+        let seed = name_seed(process);
         Walk {
             state: std::sync::Mutex::new(None),
             seed,
@@ -218,7 +217,6 @@ impl Walk {
             visited: Vec::new(),
             unvisited: 0,
             pos: 0,
-            listed: HashSet::new(),
             listed_to: 0,
             rng: 1,
         });
@@ -236,34 +234,30 @@ impl Walk {
                 true => (self.seed % n.max(1) as u64) as usize,
                 false => 0,
             },
-            listed: HashSet::new(),
             listed_to: 0,
             rng: self.seed | 1,
         });
-        while st.unvisited > 0 {
-            let i = st.next_unvisited(n);
-            if list_first && !(i < st.listed_to && st.pos <= i) {
-                st.pos = i;
-                return Step::List(i);
-            }
-            st.visit(i);
-            st.pos = i + 1;
-            if i < st.listed_to && st.listed.contains(&i) {
-                continue;
-            }
-            return Step::Try(i);
+        if st.unvisited == 0 {
+            return Step::Over;
         }
-        Step::Over
+        let i = st.next_unvisited(n);
+        if list_first && !(i < st.listed_to && st.pos <= i) {
+            st.pos = i;
+            return Step::List(i);
+        }
+        st.visit(i);
+        st.pos = i + 1;
+        Step::Try(i)
     }
 
     /// A listing from shard `from` saw these shards claimed, up to `to`
     /// (exclusive; `n` when the listing reached the end).
-    fn listed(&self, from: usize, to: usize, claimed: HashSet<usize>) {
+    fn listed(&self, from: usize, to: usize, claimed: &HashSet<usize>) {
         let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(st) = guard.as_mut() {
+            st.skip(claimed);
             st.pos = from;
             st.listed_to = to;
-            st.listed = claimed;
         }
     }
 
@@ -272,12 +266,7 @@ impl Walk {
     fn refused(&self, n: usize, claimed: &HashSet<usize>) {
         let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(st) = guard.as_mut() {
-            for &i in claimed {
-                if !st.is_visited(i) {
-                    st.visit(i);
-                }
-            }
-            st.listed.clear();
+            st.skip(claimed);
             st.listed_to = 0;
             // xorshift64: a new place to start from.
             st.rng ^= st.rng << 13;
@@ -289,8 +278,13 @@ impl Walk {
 }
 
 impl WalkState {
-    fn is_visited(&self, i: usize) -> bool {
-        self.visited[i / 64] & (1 << (i % 64)) != 0
+    /// Mark shards seen claimed as visited: they are not tried.
+    fn skip(&mut self, claimed: &HashSet<usize>) {
+        for &i in claimed {
+            if self.visited[i / 64] & (1 << (i % 64)) == 0 {
+                self.visit(i);
+            }
+        }
     }
 
     fn visit(&mut self, i: usize) {
@@ -318,14 +312,10 @@ impl WalkState {
 }
 
 /// A number from a process name, to spread start points.
-struct Sha256Seed;
-
-impl Sha256Seed {
-    fn of(name: &str) -> u64 {
-        use sha2::{Digest, Sha256};
-        let d = Sha256::digest(name.as_bytes());
-        u64::from_le_bytes(d[..8].try_into().unwrap_or_default())
-    }
+fn name_seed(name: &str) -> u64 {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(name.as_bytes());
+    u64::from_le_bytes(d[..8].try_into().unwrap_or_default())
 }
 
 /// The answer to "what should I do next?".
@@ -372,18 +362,12 @@ pub struct Liveness {
 
 impl Liveness {
     fn alive(&mut self, name: &str, hb: &Heartbeat, lease: Duration) -> bool {
-        match self.seen.get_mut(name) {
-            Some((at, since)) if *at == hb.at_ms => since.elapsed() < lease,
-            Some(e) => {
-                *e = (hb.at_ms, Instant::now());
-                true
-            }
-            None => {
-                self.seen
-                    .insert(name.to_owned(), (hb.at_ms, Instant::now()));
-                true
-            }
+        let now = Instant::now();
+        let (at, since) = self.seen.entry(name.to_owned()).or_insert((hb.at_ms, now));
+        if *at != hb.at_ms {
+            (*at, *since) = (hb.at_ms, now);
         }
+        since.elapsed() < lease
     }
 }
 
@@ -513,7 +497,7 @@ impl Queue {
                 Step::Over => break,
                 Step::List(from) => {
                     let (claimed, to) = self.claimed_from(from).await?;
-                    self.walk.listed(from, to, claimed);
+                    self.walk.listed(from, to, &claimed);
                 }
                 Step::Try(i) if private => {
                     self.active.enter(i, 0);
