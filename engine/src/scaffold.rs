@@ -219,10 +219,12 @@ use serde::{Deserialize, Serialize};
 
 struct __TYPE__;
 
-/// What one shard works on (any serde value; it travels as JSON).
+/// What one shard works on (any serde value; it travels as JSON). `run`
+/// sees only its shard, not the call's arguments: everything it needs is here.
 #[derive(Serialize, Deserialize)]
 struct Work {
     size: i64,
+    repeats: i64,
 }
 
 impl Plugin for __TYPE__ {
@@ -241,27 +243,30 @@ impl Plugin for __TYPE__ {
     }
 
     /// Split a call into shards: one per size. The key cells name a shard in
-    /// the result table (and in the row written if it fails).
+    /// the result table (and in the row written if it fails); the payload
+    /// carries all the shard's `run` needs. A shard that reads data would
+    /// also name its folders with `.reads(["folder"])`.
     fn plan(call: &Call) -> Result<Vec<Shard>> {
         let sizes: Vec<i64> = call.arg("sizes")?;
+        let repeats: i64 = call.arg("repeats")?;
+        if repeats < 1 {
+            guest_sdk::bail!("repeats must be >= 1, got {repeats}");
+        }
         sizes
             .iter()
             .map(|&size| {
                 if size < 0 {
                     guest_sdk::bail!("sizes must be >= 0, got {size}");
                 }
-                Shard::new().key("size", size).payload(Work { size })
+                Shard::new().key("size", size).payload(Work { size, repeats })
             })
             .collect()
     }
 
     /// Do one shard's work and push its row(s).
-    fn run(call: &Call, shard: &Shard, out: &mut Table) -> Result<()> {
+    fn run(_function: &str, shard: &Shard, out: &mut Table) -> Result<()> {
         let work: Work = shard.get()?;
-        let repeats: i64 = call.arg("repeats")?;
-        if repeats < 1 {
-            guest_sdk::bail!("repeats must be >= 1, got {repeats}");
-        }
+        let repeats = work.repeats;
         let mut best = f64::INFINITY;
         let mut checksum = 0u64;
         for round in 0..repeats {

@@ -17,7 +17,7 @@
 //!         let names: Vec<String> = call.arg("names")?;
 //!         names.iter().map(|n| Shard::new().key("name", n.as_str()).payload(n)).collect()
 //!     }
-//!     fn run(_call: &Call, shard: &Shard, out: &mut Table) -> Result<()> {
+//!     fn run(_function: &str, shard: &Shard, out: &mut Table) -> Result<()> {
 //!         let name: String = shard.get()?;
 //!         out.push(Row::new().set("name", name.as_str()).set("greeting", format!("hello, {name}")))
 //!     }
@@ -25,6 +25,12 @@
 //!
 //! guest_sdk::export!(Hello);
 //! ```
+//!
+//! `run` sees the shard and nothing else of the call: `plan` puts everything a
+//! shard needs into its payload. That is what lets the engine reuse a shard's
+//! result (a cell) in any later call that plans the same shard, e.g. after a
+//! model is added to a sweep. A shard that reads data names its directories
+//! with [`Shard::reads`]; its sandbox then mounts only those.
 //!
 //! Plugin logic also builds natively, so it can be unit-tested with plain
 //! `cargo test` through [`testing`].
@@ -56,7 +62,7 @@ use bindings::engine::plugin::{host, types as wit};
 pub mod testing;
 
 /// The version of the WIT contract this SDK speaks.
-pub const WIT_VERSION: &str = "0.1.0";
+pub const WIT_VERSION: &str = "0.2.0";
 
 /// Where the run's read-only data directory is mounted inside the sandbox.
 ///
@@ -303,7 +309,8 @@ impl Function {
 
 // ---------------------------------------------------------------- calls and shards
 
-/// One call of a function: its name and its arguments (defaults filled in).
+/// One call of a function: its name and its arguments (defaults filled in), as
+/// `plan` sees it. `run` does not: it gets only a shard.
 #[derive(Debug, Clone)]
 pub struct Call {
     function: String,
@@ -343,11 +350,13 @@ impl Call {
     }
 }
 
-/// One independent piece of a call.
+/// One independent piece of a call: the key cells that name it, the payload
+/// that carries everything its `run` needs, and the data directories it reads.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Shard {
     key: Vec<(String, Cell)>,
     payload: String,
+    reads: Vec<String>,
 }
 
 impl Shard {
@@ -356,6 +365,7 @@ impl Shard {
         Shard {
             key: Vec::new(),
             payload: "null".into(),
+            reads: Vec::new(),
         }
     }
 
@@ -365,15 +375,32 @@ impl Shard {
         self
     }
 
-    /// Attach the data the shard needs, serialized as JSON.
+    /// Attach everything the shard's `run` needs, serialized as JSON (`run`
+    /// is not given the call's arguments).
     pub fn payload(mut self, value: impl Serialize) -> Result<Self> {
         self.payload = serde_json::to_string(&value)?;
         Ok(self)
     }
 
+    /// Declare data directories the shard's `run` reads, relative to
+    /// [`data_dir`] (`/`-separated segments of `[A-Za-z0-9._-]`, no `.` or
+    /// `..`), e.g. `.reads(["BasicMotions"])`. The engine then mounts only
+    /// these, each at `/data/<dir>`, and refuses the plan if one is not a
+    /// directory of the run's data. A shard that declares none sees all of
+    /// `/data`.
+    pub fn reads<S: Into<String>>(mut self, dirs: impl IntoIterator<Item = S>) -> Self {
+        self.reads.extend(dirs.into_iter().map(Into::into));
+        self
+    }
+
     /// The identifying cells.
     pub fn keys(&self) -> &[(String, Cell)] {
         &self.key
+    }
+
+    /// The data directories the shard reads (empty: all of them).
+    pub fn read_dirs(&self) -> &[String] {
+        &self.reads
     }
 
     /// Read the payload back.
@@ -388,10 +415,12 @@ impl Shard {
 pub trait Plugin {
     /// The functions this plugin offers, with their parameters.
     fn describe() -> Vec<Function>;
-    /// Split a call into independent shards.
+    /// Split a call into independent shards, each carrying in its payload
+    /// everything its `run` needs.
     fn plan(call: &Call) -> Result<Vec<Shard>>;
-    /// Run one shard, pushing result rows into `out`.
-    fn run(call: &Call, shard: &Shard, out: &mut Table) -> Result<()>;
+    /// Run one shard of `function`, pushing result rows into `out`. It sees
+    /// the shard, not the call's arguments.
+    fn run(function: &str, shard: &Shard, out: &mut Table) -> Result<()>;
 }
 
 // ---------------------------------------------------------------- host services
@@ -456,23 +485,19 @@ impl<P: Plugin> bindings::Guest for Exports<P> {
             .map(|s| wit::Shard {
                 key: s.key,
                 payload: s.payload,
+                reads: s.reads,
             })
             .collect())
     }
 
-    fn run(
-        function: String,
-        args: String,
-        shard: wit::Shard,
-        out: &host::TableWriter,
-    ) -> Result<(), String> {
-        let call = Call::new(&function, &args).map_err(|e| e.0)?;
+    fn run(function: String, shard: wit::Shard, out: &host::TableWriter) -> Result<(), String> {
         let shard = Shard {
             key: shard.key,
             payload: shard.payload,
+            reads: shard.reads,
         };
         P::run(
-            &call,
+            &function,
             &shard,
             &mut Table {
                 sink: Sink::Host(out),

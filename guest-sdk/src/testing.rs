@@ -50,12 +50,28 @@ pub fn with_defaults<P: Plugin>(function: &str, args_json: &str) -> Result<Strin
 }
 
 /// Plan and run a whole call in this process, shard after shard, returning
-/// all rows. The first failing shard's error is returned.
+/// all rows. The first failing shard's error is returned. As in the engine,
+/// `run` gets only the shard. Each of a shard's `reads` must be a directory
+/// of [`crate::data_dir`], as the engine checks; natively `run` can still
+/// read outside them (the engine's sandbox cannot).
 pub fn call<P: Plugin>(function: &str, args_json: &str) -> Result<Vec<Row>> {
     let call = Call::new(function, &with_defaults::<P>(function, args_json)?)?;
     let mut rows = Vec::new();
     for shard in P::plan(&call)? {
-        P::run(&call, &shard, &mut Table::in_memory(&mut rows))?;
+        for dir in shard.read_dirs() {
+            let plain = dir
+                .split('/')
+                .all(|s| !s.is_empty() && s != "." && s != ".." && !s.contains('\\'));
+            let path = crate::data_dir().join(dir);
+            if !plain || !path.is_dir() {
+                return Err(Error::new(format!(
+                    "a shard ({:?}) reads `{dir}`, which is not a directory of the data (`{}`)",
+                    shard.keys(),
+                    crate::data_dir().display()
+                )));
+            }
+        }
+        P::run(function, &shard, &mut Table::in_memory(&mut rows))?;
     }
     Ok(rows)
 }

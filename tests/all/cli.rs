@@ -87,18 +87,25 @@ fn a_core_module_is_refused_with_its_name() {
 #[test]
 fn a_plugin_built_for_another_wit_version_is_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        guests_dir().join("oldwit.wasm"),
-        dir.path().join("oldwit.wasm"),
-    )
-    .unwrap();
+    for guest in ["oldwit.wasm", "wit010.wasm"] {
+        std::fs::copy(guests_dir().join(guest), dir.path().join(guest)).unwrap();
+    }
     let o = run_in(
         &root(),
         &["functions", "--plugins", dir.path().to_str().unwrap()],
     );
     let err = stderr(&o);
     assert!(
-        err.contains("oldwit.wasm` was built against `engine:plugin/host@0.0.9`, but this engine speaks `engine:plugin@0.1.0`"),
+        err.contains("oldwit.wasm` was built against `engine:plugin@0.0.9`, but this engine speaks `engine:plugin@0.2.0`; rebuild it against this engine's guest SDK"),
+        "{err}"
+    );
+    // 0.1.0's `run` took the call's arguments: the message says what changed.
+    assert!(
+        err.contains(
+            "wit010.wasm` was built against `engine:plugin@0.1.0`, but this engine speaks \
+             `engine:plugin@0.2.0`; since 0.2.0, `run` no longer receives the call's arguments; \
+             a shard's payload carries what it needs; rebuild against this engine's guest SDK"
+        ),
         "{err}"
     );
 }

@@ -193,3 +193,31 @@ fn a_python_plan_refusal_stops_the_run() {
     );
     assert!(!dir.path().join("out").exists(), "nothing ran");
 }
+
+#[test]
+fn a_python_shard_reads_its_file_through_the_mount_of_its_folder() {
+    // Each file's shard declares `reads = [its folder]`: CPython (wasi-libc)
+    // opens `/data/a/one.txt` through the `/data/a` preopen, the only one.
+    let dir = config(
+        "[run]\nfunction = \"pywords.count\"\ndata = \"data\"\n[run.args]\ntexts = []\n\
+         files = [\"a/one.txt\", \"b/two.txt\"]\n[output]\npath = \"out/words.csv\"\n",
+    );
+    for (folder, file, text) in [("a", "one.txt", "one two two"), ("b", "two.txt", "three 3")] {
+        let folder = dir.path().join("data").join(folder);
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::write(folder.join(file), text).unwrap();
+    }
+    let plugins = pywords_plugins().to_str().unwrap();
+    let o = run_in(dir.path(), &["run", "config.toml", "--plugins", plugins]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (header, rows) = read_csv(&dir.path().join("out/words.csv"));
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let got: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| (r[col("file")].as_str(), r[col("top")].as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [("a/one.txt", "two:2 one:1"), ("b/two.txt", "three:1 3:1")]
+    );
+}

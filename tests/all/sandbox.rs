@@ -206,3 +206,99 @@ fn ten_million_shards_are_refused_without_hurting_the_host() {
         "{e}"
     );
 }
+
+/// `data/a/x` and `data/b/y` beside the config in `dir`, as its `run.data`.
+fn with_data(dir: tempfile::TempDir) -> tempfile::TempDir {
+    let data = dir.path().join("data");
+    for (folder, file, text) in [("a", "x", "in a"), ("b", "y", "in b")] {
+        std::fs::create_dir_all(data.join(folder)).unwrap();
+        std::fs::write(data.join(folder).join(file), text).unwrap();
+    }
+    let path = dir.path().join("config.toml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("seed = 7", "seed = 7\ndata = \"data\"");
+    std::fs::write(&path, text).unwrap();
+    dir
+}
+
+#[test]
+fn a_shard_reads_only_the_data_directories_it_declares() {
+    // Every shard declares `reads = ["a"]`: its sandbox mounts `/data/a` alone.
+    let dir = with_data(faulty_config(
+        "shards = 3\nreads = [\"a\"]\nread = [\"/data/a/x\", \"/data/b/y\", \"/data/a/../b/y\"]",
+        1,
+        "",
+    ));
+    let o = run_command(dir.path()).output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("3 shards (1 ok, 2 failed)"),
+        "{}",
+        stderr(&o)
+    );
+    let (header, rows) = read_csv(&dir.path().join("out/result.csv"));
+    assert_eq!(header, ["shard", "square", "random", "read", "error"]);
+    assert_eq!((rows[0][3].as_str(), rows[0][4].as_str()), ("in a", ""));
+    assert!(
+        rows[1][4].starts_with("guest-error: cannot read `/data/b/y`: No such file or directory"),
+        "{:?}",
+        rows[1]
+    );
+    // Nor does a path climbing out of `/data/a` reach `b`.
+    assert!(
+        rows[2][4].starts_with("guest-error: cannot read `/data/a/../b/y`: "),
+        "{:?}",
+        rows[2]
+    );
+    let all = std::fs::read_to_string(dir.path().join("out/result.csv")).unwrap();
+    assert!(!all.contains("in b"), "{all}");
+
+    // Without `reads`, the same shards see all of `/data`.
+    let dir = with_data(faulty_config(
+        "shards = 2\nread = [\"/data/a/x\", \"/data/b/y\"]",
+        1,
+        "",
+    ));
+    let o = run_command(dir.path()).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (_, rows) = read_csv(&dir.path().join("out/result.csv"));
+    assert_eq!((rows[0][3].as_str(), rows[1][3].as_str()), ("in a", "in b"));
+}
+
+#[test]
+fn a_read_that_is_not_a_data_directory_is_refused_at_plan_time() {
+    let refused = |reads: &str, data: bool| {
+        let dir = faulty_config(&format!("shards = 2\nreads = {reads}"), 1, "");
+        let dir = if data { with_data(dir) } else { dir };
+        let o = run_command(dir.path()).output().unwrap();
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        assert!(!dir.path().join("out/result.csv").exists(), "nothing ran");
+        let data = std::fs::canonicalize(dir.path()).unwrap().join("data");
+        (stderr(&o), data)
+    };
+    let (e, data) = refused("[\"a\", \"Foo\"]", true);
+    assert!(
+        e.contains(&format!(
+            "error: `faulty.misbehave` planned shard (shard=0) reading `Foo`, which is not a \
+             directory of `run.data` ({})",
+            data.display()
+        )),
+        "{e}"
+    );
+    let (e, _) = refused("[\"a/x\"]", true);
+    assert!(
+        e.contains("reading `a/x`, which is not a directory of `run.data`"),
+        "{e}"
+    );
+    let (e, _) = refused("[\"../b\"]", true);
+    assert!(
+        e.contains("reading `../b`, which is not a data directory path"),
+        "{e}"
+    );
+    let (e, _) = refused("[\"a\"]", false);
+    assert!(
+        e.contains("reading `a`, but the run has no data (`run.data` is not set)"),
+        "{e}"
+    );
+}

@@ -29,6 +29,7 @@ fn sandbox() -> Sandbox {
         outputs: 1000,
         columns: 1000,
         data_dir: None,
+        reads: Vec::new(),
         seed: 0,
     }
 }
@@ -43,24 +44,26 @@ fn shard_call(c: &mut Criterion) {
     let runtime = Runtime::new(2).expect("a runtime");
     let plugin = runtime.load_file(&path).expect("the bench guest loads");
     let sandbox = sandbox();
-    let args = r#"{"shards": 1}"#;
-    let shards = runtime
-        .plan(&plugin, "bench.noop", args, &sandbox)
-        .expect("bench.noop plans");
-    let shard = &shards[0];
+    let shard = |function: &str, args: &str| {
+        runtime
+            .plan(&plugin, function, args, &sandbox)
+            .unwrap_or_else(|e| panic!("{function} plans: {e}"))
+            .remove(0)
+    };
+    let noop = shard("bench.noop", r#"{"shards": 1}"#);
+    let rows = shard("bench.rows", r#"{"shards": 1, "rows": 1000}"#);
     let mut group = c.benchmark_group("shard");
     group.bench_function("noop call", |b| {
         b.iter(|| {
-            let out = runtime.run(&plugin, "bench.noop", args, shard, &sandbox);
+            let out = runtime.run(&plugin, "bench.noop", &noop, &sandbox);
             assert!(out.failure.is_none());
             black_box(out.part)
         })
     });
-    let rows = r#"{"shards": 1, "rows": 1000}"#;
     group.throughput(Throughput::Elements(1000));
     group.bench_function("1000-row call", |b| {
         b.iter(|| {
-            let out = runtime.run(&plugin, "bench.rows", rows, shard, &sandbox);
+            let out = runtime.run(&plugin, "bench.rows", &rows, &sandbox);
             assert!(out.failure.is_none());
             black_box(out.part)
         })

@@ -365,6 +365,15 @@ pub fn plan(runtime: &Runtime, p: &Prepared) -> Result<Vec<Shard>> {
             p.config.limits.max_shards
         );
     }
+    crate::runtime::check_reads(
+        &p.config.run.function,
+        &shards,
+        data_dir(p),
+        p.data
+            .iter()
+            .flat_map(|d| &d.tree.files)
+            .map(|f| f.path.as_str()),
+    )?;
     Ok(shards)
 }
 

@@ -4,6 +4,7 @@
 mod cache;
 mod failure;
 mod host;
+mod reads;
 
 use crate::table::{Cell, error_part};
 use anyhow::{Context, Result, bail};
@@ -22,6 +23,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx};
 pub use cache::{cache_dir, sha256_hex};
 pub use failure::{ErrorKind, GuestFailure};
 use failure::{classify, root_message, with_stderr_tail};
+pub use reads::{READS_MAX, check_read, check_reads};
 
 /// How often the epoch ticks; deadlines are counted in ticks.
 const TICK: Duration = Duration::from_millis(10);
@@ -67,6 +69,11 @@ pub struct FunctionInfo {
 pub struct Shard {
     pub key: Vec<(String, Cell)>,
     pub payload: String,
+    /// The data directories its `run` reads (relative to the data
+    /// directory); empty: all of it. Left out of `shards.json` when empty,
+    /// so such a shard serializes (and is seeded) as before WIT 0.2.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reads: Vec<String>,
 }
 
 /// The sandbox of one call.
@@ -80,8 +87,11 @@ pub struct Sandbox {
     pub outputs: u64,
     /// Most columns one call's rows may use.
     pub columns: u64,
-    /// Mounted read-only at [`GUEST_DATA_DIR`].
+    /// Mounted read-only at [`GUEST_DATA_DIR`], all of it, or only `reads`.
     pub data_dir: Option<PathBuf>,
+    /// The directories of `data_dir` to mount, each at `/data/<dir>`
+    /// (a shard's `reads`); empty: all of `data_dir`.
+    pub reads: Vec<String>,
     /// Seeds `wasi:random` so a shard's randomness is reproducible.
     pub seed: u64,
 }
@@ -97,6 +107,7 @@ impl Sandbox {
             outputs: 0,
             columns: 0,
             data_dir: None,
+            reads: Vec::new(),
             seed: 0,
         }
     }
@@ -311,13 +322,20 @@ impl Runtime {
                 .component_type()
                 .imports(&self.engine)
                 .map(|(name, _)| name.to_owned())
-                .find(|name| name.starts_with("engine:plugin/") && !name.ends_with(&format!("@{}", crate::WIT_VERSION)));
+                .find(|name| {
+                    name.starts_with("engine:plugin/")
+                        && !name.ends_with(&format!("@{}", crate::WIT_VERSION))
+                });
             match wit {
-                Some(name) => anyhow::anyhow!(
-                    "`{origin}` was built against `{name}`, but this engine speaks `engine:plugin@{}`; \
-                     rebuild it with the matching guest-sdk",
-                    crate::WIT_VERSION
-                ),
+                Some(name) => {
+                    let theirs = name.rsplit_once('@').map_or("?", |(_, v)| v);
+                    anyhow::anyhow!(
+                        "`{origin}` was built against `engine:plugin@{theirs}`, but this engine \
+                         speaks `engine:plugin@{}`{}",
+                        crate::WIT_VERSION,
+                        wit_upgrade(theirs)
+                    )
+                }
                 None => anyhow::anyhow!(
                     "`{origin}` cannot run in the sandbox: {why}; a plugin may import only \
                      `engine:plugin/host` and WASI (filesystem, clocks, random, cli)"
@@ -357,12 +375,29 @@ impl Runtime {
         ];
         let mut wasi = WasiCtx::builder();
         wasi.stdout(pipes[0].clone()).stderr(pipes[1].clone());
-        if let Some(dir) = &sandbox.data_dir {
-            wasi.preopened_dir(dir, GUEST_DATA_DIR, FsPerms::ReadOnly)
-                .map_err(|e| GuestFailure {
-                    kind: ErrorKind::Denied,
-                    message: format!("cannot open the data directory `{}`: {e}", dir.display()),
-                })?;
+        let denied = |message: String| GuestFailure {
+            kind: ErrorKind::Denied,
+            message,
+        };
+        match (&sandbox.data_dir, sandbox.reads.first()) {
+            (Some(dir), _) => {
+                for (host, guest) in reads::mounts(dir, &sandbox.reads).map_err(denied)? {
+                    wasi.preopened_dir(&host, &guest, FsPerms::ReadOnly)
+                        .map_err(|e| {
+                            denied(format!(
+                                "cannot open the data directory `{}`: {e}",
+                                host.display()
+                            ))
+                        })?;
+                }
+            }
+            (None, Some(read)) => {
+                return Err(denied(format!(
+                    "the shard reads `{}`, but the run has no data",
+                    crate::text::escape_controls(&crate::text::truncate(read, 200))
+                )));
+            }
+            (None, None) => {}
         }
         use rand::SeedableRng;
         wasi.secure_random(rand::rngs::StdRng::seed_from_u64(sandbox.seed))
@@ -459,16 +494,18 @@ impl Runtime {
                     .map(|(k, v)| (k, host::from_wit(v)))
                     .collect(),
                 payload: s.payload,
+                reads: s.reads,
             })
             .collect())
     }
 
-    /// Run one shard in a fresh sandbox. Never fails: a failure is data.
+    /// Run one shard in a fresh sandbox (mounting the data directories of
+    /// `sandbox.reads`). It sees the shard, never the call's arguments.
+    /// Never fails: a failure is data.
     pub fn run(
         &self,
         plugin: &Plugin,
         function: &str,
-        args: &str,
         shard: &Shard,
         sandbox: &Sandbox,
     ) -> ShardOutput {
@@ -498,6 +535,7 @@ impl Runtime {
                 .map(|(k, v)| (k.clone(), host::to_wit(v)))
                 .collect(),
             payload: shard.payload.clone(),
+            reads: shard.reads.clone(),
         };
         let called = self.block_on(guarded(sandbox.timeout, async {
             let bindings = instantiate(plugin, &mut store, sandbox).await?;
@@ -506,7 +544,7 @@ impl Runtime {
                 .new_writer()
                 .map_err(|e| GuestFailure::new(ErrorKind::Denied, &format!("{e:#}")))?;
             match bindings
-                .call_run(&mut store, function, args, &wit_shard, writer)
+                .call_run(&mut store, function, &wit_shard, writer)
                 .await
             {
                 Ok(Ok(())) => Ok(()),
@@ -587,6 +625,27 @@ fn timed_out(timeout: Duration) -> GuestFailure {
             "the call ran past `limits.timeout` ({})",
             humantime::format_duration(timeout)
         ),
+    }
+}
+
+/// What to do about a component built against another version of the WIT
+/// (`0.1.0`): what changed since, and how to rebuild it.
+fn wit_upgrade(theirs: &str) -> &'static str {
+    let version = |v: &str| -> Option<(u64, u64, u64)> {
+        let mut parts = v.split('.').map(|p| p.parse().ok());
+        let v = (parts.next()??, parts.next()??, parts.next()??);
+        parts.next().is_none().then_some(v)
+    };
+    let (theirs, ours) = (version(theirs), version(crate::WIT_VERSION));
+    match (theirs, ours) {
+        (Some(theirs), Some(ours)) if theirs > ours => {
+            "; it needs a newer engine (or rebuild it against this engine's guest SDK)"
+        }
+        (Some((0, 1, _)), _) => {
+            "; since 0.2.0, `run` no longer receives the call's arguments; a shard's payload \
+             carries what it needs; rebuild against this engine's guest SDK"
+        }
+        _ => "; rebuild it against this engine's guest SDK",
     }
 }
 

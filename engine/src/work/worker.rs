@@ -158,7 +158,6 @@ pub fn work(ctx: &WorkerCtx) -> Result<u64> {
         ctx.walk.clone(),
         ctx.active.clone(),
     );
-    let args = serde_json::Value::Object(ctx.run.spec.args.clone()).to_string();
     // Near the end of a run, idle workers ask again (the slow path reads the
     // open shards' claims and their holders' heartbeats): first soon, then
     // less and less often, up to half a lease or 2 s (a worker process ends,
@@ -199,9 +198,8 @@ pub fn work(ctx: &WorkerCtx) -> Result<u64> {
                 (i, attempt)
             }
         };
-        let output = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            run_with_retries(ctx, &args, i)
-        }));
+        let output =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_with_retries(ctx, i)));
         let Ok(output) = output else {
             // A bug of ours, not the guest's: give the claim back, to be
             // tried again (at most LOST_MAX times), and go on.
@@ -219,18 +217,15 @@ pub fn work(ctx: &WorkerCtx) -> Result<u64> {
     Ok(ran)
 }
 
-fn run_with_retries(ctx: &WorkerCtx, args: &str, i: usize) -> ShardOutput {
+fn run_with_retries(ctx: &WorkerCtx, i: usize) -> ShardOutput {
     let shard = &ctx.run.shards[i];
     let sandbox = sandbox_for(&ctx.run.spec, ctx.run.data_dir.as_deref(), shard);
     let mut retry = 0;
     loop {
-        let output = ctx.run.runtime.run(
-            &ctx.run.plugin,
-            &ctx.run.spec.function,
-            args,
-            shard,
-            &sandbox,
-        );
+        let output = ctx
+            .run
+            .runtime
+            .run(&ctx.run.plugin, &ctx.run.spec.function, shard, &sandbox);
         match &output.failure {
             Some(f) if retry < ctx.run.spec.limits.retries => {
                 retry += 1;
@@ -309,12 +304,16 @@ pub async fn store_result(
     Ok(true)
 }
 
-/// The sandbox of `shard`: the run's limits, its data and its own seed.
+/// The sandbox of `shard`: the run's limits, the data directories it reads
+/// and its own seed.
 pub fn sandbox_for(spec: &RunSpec, data_dir: Option<&Path>, shard: &Shard) -> Sandbox {
-    sandbox(&spec.limits, data_dir, cell_seed(spec.seed, shard))
+    Sandbox {
+        reads: shard.reads.clone(),
+        ..sandbox(&spec.limits, data_dir, cell_seed(spec.seed, shard))
+    }
 }
 
-/// A sandbox with the run's limits.
+/// A sandbox with the run's limits and all of its data (`plan`'s).
 pub fn sandbox(limits: &Limits, data_dir: Option<&Path>, seed: u64) -> Sandbox {
     Sandbox {
         memory: limits.memory,
@@ -324,6 +323,7 @@ pub fn sandbox(limits: &Limits, data_dir: Option<&Path>, seed: u64) -> Sandbox {
         outputs: limits.outputs,
         columns: limits.columns,
         data_dir: data_dir.map(Path::to_path_buf),
+        reads: Vec::new(),
         seed,
     }
 }

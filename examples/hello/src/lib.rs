@@ -1,8 +1,18 @@
 //! The smallest plugin: one function, one shard per name, one row per shard.
 
 use guest_sdk::{Call, Function, Param, Plugin, Result, Row, Shard, Table};
+use serde::{Deserialize, Serialize};
 
 struct Hello;
+
+/// What one shard needs: `run` sees only its shard, so the plan puts the
+/// greeting and the repeat count in every payload.
+#[derive(Serialize, Deserialize)]
+struct Greet {
+    name: String,
+    greeting: String,
+    repeat: i64,
+}
 
 impl Plugin for Hello {
     fn describe() -> Vec<Function> {
@@ -16,16 +26,27 @@ impl Plugin for Hello {
 
     fn plan(call: &Call) -> Result<Vec<Shard>> {
         let names: Vec<String> = call.arg("names")?;
+        let greeting: String = call.arg("greeting")?;
+        let repeat: i64 = call.arg("repeat")?;
         names
             .iter()
-            .map(|n| Shard::new().key("name", n.as_str()).payload(n))
+            .map(|n| {
+                Shard::new().key("name", n.as_str()).payload(Greet {
+                    name: n.clone(),
+                    greeting: greeting.clone(),
+                    repeat,
+                })
+            })
             .collect()
     }
 
-    fn run(call: &Call, shard: &Shard, out: &mut Table) -> Result<()> {
-        let name: String = shard.get()?;
-        let greeting: String = call.arg("greeting")?;
-        for i in 0..call.arg::<i64>("repeat")? {
+    fn run(_function: &str, shard: &Shard, out: &mut Table) -> Result<()> {
+        let Greet {
+            name,
+            greeting,
+            repeat,
+        } = shard.get()?;
+        for i in 0..repeat {
             out.push(
                 Row::new()
                     .set("name", name.as_str())

@@ -383,15 +383,18 @@ impl Plugin for DeepEcho {
         jobs(call)?
             .into_iter()
             .map(|j| {
-                Shard::new()
+                // `run_job` reads `<data>/<dataset>/` and nothing else: the
+                // shard's sandbox mounts only that folder.
+                Ok(Shard::new()
                     .key("model", j.model.as_str())
                     .key("dataset", j.dataset.as_str())
-                    .payload(&j)
+                    .payload(&j)?
+                    .reads([j.dataset.as_str()]))
             })
             .collect()
     }
 
-    fn run(_call: &Call, shard: &Shard, out: &mut Table) -> Result<()> {
+    fn run(_function: &str, shard: &Shard, out: &mut Table) -> Result<()> {
         let job: Job = shard.get()?;
         out.push(run_job(&job)?)
     }

@@ -9,6 +9,7 @@ so every module used at run time is imported here, at the top level.
 
 import heapq  # noqa: F401 -- Counter.most_common imports it lazily; see below
 import json
+import posixpath
 from collections import Counter
 
 import wit_world
@@ -36,6 +37,12 @@ class WitWorld(wit_world.WitWorld):
                 params=[
                     Param(name="texts", type="list<string>", default=None, doc="The texts to count."),
                     Param(name="top", type="int", default="2", doc="How many of the most frequent words to list."),
+                    Param(
+                        name="files",
+                        type="list<string>",
+                        default="[]",
+                        doc="Text files below /data to count too, one shard each; a shard reads only its file's folder.",
+                    ),
                 ],
             )
         ]
@@ -46,14 +53,34 @@ class WitWorld(wit_world.WitWorld):
         call = json.loads(args)
         if call["top"] < 1:
             raise Err(f"`top` must be at least 1, not {call['top']}")
-        return [
-            Shard(key=[("text", Cell_Integer(i))], payload=json.dumps(text))
+        # `run` sees only its shard: the payload carries `top` too.
+        top = call["top"]
+        shards = [
+            Shard(key=[("text", Cell_Integer(i))], payload=json.dumps({"text": text, "top": top}), reads=[])
             for i, text in enumerate(call["texts"])
         ]
+        for path in call["files"]:
+            folder = posixpath.dirname(path)
+            shards.append(
+                Shard(
+                    key=[("file", Cell_Text(path))],
+                    payload=json.dumps({"file": path, "top": top}),
+                    reads=[folder] if folder else [],
+                )
+            )
+        return shards
 
-    def run(self, function: str, args: str, shard: Shard, out: host.TableWriter) -> None:
-        top = json.loads(args)["top"]
-        text = json.loads(shard.payload)
+    def run(self, function: str, shard: Shard, out: host.TableWriter) -> None:
+        work = json.loads(shard.payload)
+        top = work["top"]
+        if "file" in work:
+            try:
+                with open(posixpath.join("/data", work["file"]), encoding="utf-8") as f:
+                    text = f.read()
+            except OSError as e:
+                raise Err(f"cannot read `{work['file']}`: {e}")
+        else:
+            text = work["text"]
         words = [w.strip(".,;:!?\"'()").lower() for w in text.split()]
         words = [w for w in words if w]
         if not words:

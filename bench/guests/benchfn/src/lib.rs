@@ -28,20 +28,27 @@ impl Plugin for Bench {
         ]
     }
 
+    /// The payload is `[i, n]`: the shard's index and its `work` or `rows`
+    /// (`run` sees only the shard).
     fn plan(call: &Call) -> Result<Vec<Shard>> {
         let shards: i64 = call.arg("shards")?;
-        (0..shards).map(|i| Shard::new().payload(i)).collect()
+        let n: i64 = match call.function() {
+            "bench.spin" => call.arg("work")?,
+            "bench.rows" => call.arg("rows")?,
+            _ => 0,
+        };
+        (0..shards).map(|i| Shard::new().payload((i, n))).collect()
     }
 
-    fn run(call: &Call, shard: &Shard, out: &mut Table) -> Result<()> {
-        let i: i64 = shard.get()?;
-        match call.function() {
+    fn run(function: &str, shard: &Shard, out: &mut Table) -> Result<()> {
+        let (i, n): (i64, i64) = shard.get()?;
+        match function {
             "bench.spin" => {
-                let x = spin(call.arg("work")?, i);
+                let x = spin(n, i);
                 out.push(Row::new().set("shard", i).set("x", x))
             }
             "bench.rows" => {
-                let rows: i64 = call.arg("rows")?;
+                let rows = n;
                 for r in 0..rows {
                     out.push(
                         Row::new()

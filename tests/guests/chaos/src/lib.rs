@@ -118,22 +118,24 @@ impl guest_sdk::bindings::Guest for Chaos {
     fn plan(_function: String, args: String) -> Result<Vec<Shard>, String> {
         let args: serde_json::Value = serde_json::from_str(&args).map_err(|e| e.to_string())?;
         let n = args["shards"].as_i64().unwrap_or(6);
+        let (seed, steps) = (&args["seed"], &args["steps"]);
         Ok((0..n)
             .map(|i| Shard {
                 key: vec![("shard".into(), Cell::Integer(i))],
-                payload: i.to_string(),
+                payload: serde_json::json!({"index": i, "seed": seed, "steps": steps}).to_string(),
+                reads: Vec::new(),
             })
             .collect())
     }
 
-    fn run(_function: String, args: String, shard: Shard, out: &TableWriter) -> Result<(), String> {
-        let args: serde_json::Value = serde_json::from_str(&args).map_err(|e| e.to_string())?;
-        let index: u64 = shard
-            .payload
-            .parse()
-            .map_err(|_| "bad payload".to_owned())?;
-        let seed = args["seed"].as_u64().unwrap_or(0);
-        let steps = args["steps"].as_u64().unwrap_or(60);
+    fn run(_function: String, shard: Shard, out: &TableWriter) -> Result<(), String> {
+        let payload: serde_json::Value =
+            serde_json::from_str(&shard.payload).map_err(|e| e.to_string())?;
+        let index = payload["index"]
+            .as_u64()
+            .ok_or_else(|| "bad payload".to_owned())?;
+        let seed = payload["seed"].as_u64().unwrap_or(0);
+        let steps = payload["steps"].as_u64().unwrap_or(60);
         let mut rng = Rng(seed.wrapping_mul(1_000_003) ^ index);
         let mut hog: Vec<Vec<u8>> = Vec::new();
         for _ in 0..rng.below(steps) + 1 {

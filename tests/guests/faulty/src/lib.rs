@@ -2,8 +2,22 @@
 //! misbehaves as `how` says, the others compute a row honestly.
 
 use guest_sdk::{Call, Function, Param, Plugin, Result, Row, Shard, Table, bail};
+use serde::{Deserialize, Serialize};
 
 struct Faulty;
+
+/// A shard's payload: all its `run` knows of the call.
+#[derive(Serialize, Deserialize)]
+struct Work {
+    i: i64,
+    /// How it misbehaves, if it is shard `bad`.
+    how: Option<String>,
+    sleep_ms: u64,
+    rows: i64,
+    emit: String,
+    /// A file it reads into its `read` cell.
+    read: Option<String>,
+}
 
 impl Plugin for Faulty {
     fn describe() -> Vec<Function> {
@@ -38,6 +52,19 @@ impl Plugin for Faulty {
                     "ok | panic | empty | sleep | huge-error | escape: how `plan` behaves.",
                 )
                     .default("ok"),
+            )
+            .param(
+                Param::new("reads", "list<string>", "The data directories every shard declares it reads.")
+                    .default(Vec::<String>::new()),
+            )
+            .param(
+                Param::new(
+                    "read",
+                    "list<string>",
+                    "Files to read: the n-th shard planned reads the n-th into its `read` cell \
+                     (failing if it cannot).",
+                )
+                .default(Vec::<String>::new()),
             ),
         ]
     }
@@ -53,36 +80,54 @@ impl Plugin for Faulty {
             _ => {}
         }
         let first: i64 = call.arg("first")?;
+        let bad: i64 = call.arg("bad")?;
+        let how: String = call.arg("how")?;
+        let reads: Vec<String> = call.arg("reads")?;
+        let read: Vec<String> = call.arg("read")?;
+        let sleep_ms: u64 = call.arg("sleep_ms")?;
+        let rows: i64 = call.arg("rows")?;
+        let emit: String = call.arg("emit")?;
         (first..first + n)
-            .map(|i| Shard::new().key("shard", i).payload(i))
+            .enumerate()
+            .map(|(k, i)| {
+                let work = Work {
+                    i,
+                    how: (i == bad).then(|| how.clone()),
+                    sleep_ms,
+                    rows: if i == bad { 1 } else { rows },
+                    emit: emit.clone(),
+                    read: read.get(k).cloned(),
+                };
+                Ok(Shard::new()
+                    .key("shard", i)
+                    .payload(work)?
+                    .reads(reads.iter().cloned()))
+            })
             .collect()
     }
 
-    fn run(call: &Call, shard: &Shard, out: &mut Table) -> Result<()> {
-        let i: i64 = shard.get()?;
-        let bad: i64 = call.arg("bad")?;
-        let how: String = call.arg("how")?;
-        let sleep_ms: u64 = call.arg("sleep_ms")?;
-        std::thread::sleep(std::time::Duration::from_millis(sleep_ms));
-        if i == bad {
-            misbehave(&how, out)?;
+    fn run(_function: &str, shard: &Shard, out: &mut Table) -> Result<()> {
+        let work: Work = shard.get()?;
+        let i = work.i;
+        std::thread::sleep(std::time::Duration::from_millis(work.sleep_ms));
+        if let Some(how) = &work.how {
+            misbehave(how, out)?;
         }
         let mut buf = [0u8; 8];
         getrandom::fill(&mut buf).map_err(|e| guest_sdk::Error::new(e))?;
-        let row = Row::new()
+        let mut row = Row::new()
             .set("shard", i)
             .set("square", i * i)
             .set("random", (u64::from_le_bytes(buf) % 1_000_000) as i64);
-        let emit: String = call.arg("emit")?;
-        if !emit.is_empty() {
-            guest_sdk::emit(&emit, i.to_string().as_bytes())?;
+        if let Some(path) = &work.read {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| guest_sdk::Error::new(format!("cannot read `{path}`: {e}")))?;
+            row = row.set("read", text);
         }
-        let rows = if i == bad {
-            1
-        } else {
-            call.arg::<i64>("rows")?
-        };
-        for _ in 1..rows {
+        if !work.emit.is_empty() {
+            guest_sdk::emit(&work.emit, i.to_string().as_bytes())?;
+        }
+        for _ in 1..work.rows {
             out.push(row.clone())?;
         }
         out.push(row)
