@@ -1,0 +1,419 @@
+"""DeepEcho quality check: our plugin (through the engine) beside DeepEcho 0.8.1 (PyTorch).
+
+Called by bench/deepecho_quality.sh, which builds the engine and the plugin and sets up
+the venv. For every (model, epochs, training seed) it
+
+  1. runs the plugin with `save_samples = true` through `engine run` (BasicMotions, all
+     entities, `[run.args] seed` = the training seed) and reads fit/sample times from the row
+     and the synthetic sequences from `samples/<model>/<dataset>.csv`;
+  2. fits DeepEcho's own model (`PARModel` / `BasicGANModel`, CPU, `torch.manual_seed(seed)`)
+     on the same table in a child process, samples one sequence per entity with that
+     entity's context, timed the same way;
+  3. scores BOTH sides' samples with the same code, written here from the reference's
+     `deepecho/benchmark/metrics/classification.py` (DeepEcho before the benchmark moved
+     to SDGym): sktime's TimeSeriesForestClassifier (100 trees) behind sktime's
+     ColumnConcatenator, the reference's splits (`train_test_split`, 75/25), one
+     `random_state` per metric seed for both the split and the forest.
+
+     classification_score = accuracy of a forest fit on the synthetic sequences of the
+     train entities and scored on the synthetic sequences of the test entities (the
+     reference's code does exactly that), divided by the accuracy of one fit on the real
+     train entities and scored on the real test entities. Labels: the real context.
+     rf_detection_score = 1 - accuracy of a forest telling real (0) from synthetic (1)
+     sequences, on a 75/25 split of the real and synthetic sequences pooled.
+     classification_real (extra, not in the reference) = the synthetic-trained forest
+     scored on the REAL test sequences.
+
+Baselines (RealDataBaseline, UniformBaseline) are scored once (training seed 0) as a
+check of the metric code. Prints a Markdown table: per training seed and over all seeds,
+medians [min-max] over the metric seeds, ours beside the reference, and fit/sample times.
+
+  python bench/deepecho_quality.py [--models PARModel,BasicGANModel] [--epochs 128,1024]
+      [--seeds 0,1,2] [--metric-seeds 5] [--dataset BasicMotions] [--no-reference]
+      [--no-baselines] [--engine PATH] [--plugins DIR] [--work DIR]
+
+Every measurement is appended, one JSON object per line, to WORK/measurements.jsonl.
+"""
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "plugins" / "deepecho" / "data"
+METRICS = ["classification", "rf_detection", "classification_real"]
+
+
+def log(message):
+    print(message, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------ data
+
+
+def load_table(data_dir, name):
+    import pandas as pd
+
+    meta = json.loads((data_dir / name / "metadata.json").read_text())
+    table = meta["tables"][name]
+    fields = table["fields"]
+    entity = table.get("entity_columns") or [c for c, f in fields.items() if f["type"] == "id"]
+    context = table.get("context_columns") or ["ml_class"]
+    data = pd.read_csv(data_dir / name / f"{name}.csv")
+    types = {
+        c: "categorical" if f["type"] in ("categorical", "boolean") else "continuous"
+        for c, f in fields.items()
+        if c not in entity and c not in context
+    }
+    return data, entity, context, types
+
+
+# ------------------------------------------------------------------ the reference side
+
+
+def reference_child(args):
+    """In a child process: fit DeepEcho's model, sample, write the CSV, print the times."""
+    import torch
+    from deepecho import BasicGANModel, PARModel
+
+    data, entity, context, types = load_table(Path(args.data), args.dataset)
+    torch.manual_seed(args.seed)
+    if args.model == "PARModel":
+        model = PARModel(epochs=args.epochs, cuda=False, verbose=False)
+    elif args.model == "BasicGANModel":
+        model = BasicGANModel(epochs=args.epochs, cuda=False, verbose=False)
+    else:
+        raise SystemExit(f"no reference for {args.model}")
+    t = time.perf_counter()
+    model.fit(data, entity_columns=entity, context_columns=context, data_types=types)
+    fit_time = time.perf_counter() - t
+    contexts = data[entity + context].drop_duplicates(subset=entity).reset_index(drop=True)
+    t = time.perf_counter()
+    sampled = model.sample(context=contexts)
+    sample_time = time.perf_counter() - t
+    sampled.to_csv(args.out, index=False)
+    losses = None
+    if hasattr(model, "loss_values") and len(model.loss_values):
+        losses = [float(v) for v in model.loss_values["Loss"]]
+    print(json.dumps({"fit_time": fit_time, "sample_time": sample_time, "losses": losses}))
+
+
+def run_reference(work, model, dataset, epochs, seed):
+    out = work / f"ref-{model}-{epochs}-{seed}.csv"
+    cmd = [
+        sys.executable, __file__, "reference-child", "--model", model, "--dataset", dataset,
+        "--epochs", str(epochs), "--seed", str(seed), "--data", str(DATA), "--out", str(out),
+    ]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise SystemExit(f"the reference {model} run failed:\n{p.stderr[-3000:]}")
+    info = json.loads(p.stdout.strip().splitlines()[-1])
+    return out, info
+
+
+# ------------------------------------------------------------------ our side (the engine)
+
+
+def run_ours(args, work, models, dataset, epochs, seed):
+    """One `engine run` of the plugin; returns {model: (samples CSV, row)}."""
+    folder = work / f"ours-{'-'.join(models)}-{epochs}-{seed}"
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    epochs_line = f"epochs = {epochs}" if epochs else ""
+    (folder / "config.toml").write_text(
+        f"""[run]
+function = "deepecho.benchmark.run_benchmark"
+data = "{DATA}"
+seed = 0
+[run.args]
+datasets = ["{dataset}"]
+models = {json.dumps(models)}
+metrics = []
+{epochs_line}
+seed = {seed}
+save_samples = true
+[cluster]
+workers = 1
+[limits]
+memory = "4G"
+timeout = "60m"
+[output]
+path = "out.csv"
+"""
+    )
+    env = dict(os.environ)
+    env["ENGINE_CACHE_DIR"] = str(work / "cache")
+    env.pop("RUST_LOG", None)
+    cmd = [str(args.engine), "-q", "run", str(folder / "config.toml")]
+    if args.plugins:
+        cmd += ["--plugins", str(args.plugins)]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=folder)
+    if p.returncode != 0:
+        raise SystemExit(f"engine run failed ({p.returncode}):\n{p.stderr[-3000:]}")
+    with open(folder / "out.csv") as f:
+        rows = {r["model"]: r for r in csv.DictReader(f)}
+    result = {}
+    for m in models:
+        row = rows[m]
+        if row.get("error"):
+            raise SystemExit(f"our {m} shard failed: {row['error']}")
+        found = sorted(folder.rglob(f"samples/{m}/{dataset}.csv"))
+        if len(found) != 1:
+            raise SystemExit(f"expected one samples/{m}/{dataset}.csv under {folder}, found {found}")
+        result[m] = (found[0], row)
+    return result
+
+
+# ------------------------------------------------------------------ the metrics (independent of the plugin)
+
+
+def build_x(table, entity, drop):
+    """{entity id: [T x d] array}, missing values filled with the entity's column mean."""
+    import numpy as np
+
+    out = {}
+    for key, group in table.groupby(entity, sort=True):
+        key = key[0] if isinstance(key, tuple) and len(key) == 1 else key
+        x = group.drop(columns=entity + drop)
+        x = x.apply(lambda c: c.fillna(c.mean())).fillna(0.0)
+        out[key] = x.to_numpy(dtype=float)
+    return out
+
+
+def to_panel(xs):
+    """A list of [T x d] arrays as sktime's numpy3D panel [n, d, T] (all the same T)."""
+    import numpy as np
+
+    lengths = {x.shape[0] for x in xs}
+    if len(lengths) != 1:
+        # The forest works on equal lengths: pad with each series' last value (BasicMotions,
+        # the dataset this check is for, has equal lengths; this only keeps other data working).
+        t = max(lengths)
+        xs = [np.vstack([x, np.repeat(x[-1:], t - x.shape[0], axis=0)]) if x.shape[0] < t else x for x in xs]
+    return np.stack([x.T for x in xs])
+
+
+def forest_score(x_train, y_train, x_test, y_test, seed):
+    from sktime.classification.interval_based import TimeSeriesForestClassifier
+    from sktime.transformations.colconcat import ColumnConcatenator
+
+    import numpy as np
+
+    # The reference's Pipeline([ColumnConcatenator(), TimeSeriesForestClassifier(100)]),
+    # step by step: the d dimensions of each series joined end to end into one.
+    concat = ColumnConcatenator()
+    x_train = np.asarray(concat.fit_transform(x_train))
+    x_test = np.asarray(concat.transform(x_test))
+    clf = TimeSeriesForestClassifier(n_estimators=100, random_state=seed)
+    clf.fit(x_train, y_train)
+    pred = clf.predict(x_test)
+
+    return float(np.mean(np.asarray(pred) == np.asarray(y_test)))
+
+
+def score(real, synth, entity, context, seed):
+    """The reference's classification_score and rf_detection_score, one metric seed."""
+    import numpy as np
+    from sklearn.model_selection import train_test_split
+
+    target = context[0]
+    labels = {}
+    for key, group in real.groupby(entity, sort=True):
+        key = key[0] if isinstance(key, tuple) and len(key) == 1 else key
+        labels[key] = group[target].iloc[0]
+    real_x = build_x(real, entity, context)
+    synt_x = build_x(synth, entity, context)
+    ids = sorted(real_x)
+    missing = [i for i in ids if i not in synt_x]
+    if missing:
+        raise SystemExit(f"the synthetic table lacks entities {missing[:5]}")
+    out = {}
+    train, test = train_test_split(ids, random_state=seed)
+    y_train = np.array([labels[i] for i in train])
+    y_test = np.array([labels[i] for i in test])
+    real_acc = forest_score(to_panel([real_x[i] for i in train]), y_train,
+                            to_panel([real_x[i] for i in test]), y_test, seed)
+    synt_acc = forest_score(to_panel([synt_x[i] for i in train]), y_train,
+                            to_panel([synt_x[i] for i in test]), y_test, seed)
+    synt_on_real = forest_score(to_panel([synt_x[i] for i in train]), y_train,
+                                to_panel([real_x[i] for i in test]), y_test, seed)
+    out["classification"] = synt_acc / real_acc
+    out["classification_real"] = synt_on_real / real_acc
+    xs = [real_x[i] for i in ids] + [synt_x[i] for i in sorted(synt_x)]
+    ys = np.array([0] * len(ids) + [1] * len(synt_x))
+    idx = np.arange(len(xs))
+    tr, te = train_test_split(idx, random_state=seed)
+    acc = forest_score(to_panel([xs[i] for i in tr]), ys[tr], to_panel([xs[i] for i in te]), ys[te], seed)
+    out["rf_detection"] = 1.0 - acc
+    return out
+
+
+def score_all(real, synth_path, entity, context, metric_seeds):
+    import pandas as pd
+
+    synth = pd.read_csv(synth_path)
+    return [score(real, synth, entity, context, s) for s in range(metric_seeds)]
+
+
+# ------------------------------------------------------------------ the table
+
+
+def summary(values):
+    if not values:
+        return "–"
+    med = statistics.median(values)
+    lo, hi = min(values), max(values)
+    if lo == hi:
+        return f"{med:.3f}"
+    return f"{med:.3f} [{lo:.2f}–{hi:.2f}]"
+
+
+def record(work, m):
+    with open(work / "measurements.jsonl", "a") as f:
+        f.write(json.dumps(m) + "\n")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="PARModel,BasicGANModel")
+    ap.add_argument("--epochs", default="128,1024")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--metric-seeds", type=int, default=5)
+    ap.add_argument("--dataset", default="BasicMotions")
+    ap.add_argument("--no-reference", action="store_true")
+    ap.add_argument("--no-baselines", action="store_true")
+    ap.add_argument("--engine", default=str(ROOT / "target" / "debug" / "engine"))
+    ap.add_argument("--plugins", default=None)
+    ap.add_argument("--work", default=str(ROOT / "target" / "deepecho-quality"))
+    args = ap.parse_args()
+    warnings.filterwarnings("ignore")
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    models = [m for m in args.models.split(",") if m]
+    epochs_list = [int(e) for e in args.epochs.split(",") if e]
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    real, entity, context, _ = load_table(DATA, args.dataset)
+    started = time.perf_counter()
+    # rows: (model, epochs, seed) -> {"ours": {...}, "ref": {...}}
+    results = {}
+
+    if not args.no_baselines:
+        log("baselines (ours, training seed 0)")
+        t = time.perf_counter()
+        runs = run_ours(args, work, ["RealDataBaseline", "UniformBaseline"], args.dataset, None, 0)
+        for m, (path, row) in runs.items():
+            scores = score_all(real, path, entity, context, args.metric_seeds)
+            results[(m, "–", 0)] = {"ours": {"scores": scores, "fit": float(row["fit_time"]),
+                                             "sample": float(row["sample_time"])}}
+            record(work, {"model": m, "side": "ours", "seed": 0, "scores": scores})
+        log(f"  {time.perf_counter() - t:.0f} s")
+
+    for model in models:
+        for epochs in epochs_list:
+            for seed in seeds:
+                key = (model, epochs, seed)
+                results[key] = {}
+                t = time.perf_counter()
+                (path, row), = run_ours(args, work, [model], args.dataset, epochs, seed).values()
+                wall = time.perf_counter() - t
+                scores = score_all(real, path, entity, context, args.metric_seeds)
+                results[key]["ours"] = {"scores": scores, "fit": float(row["fit_time"]),
+                                        "sample": float(row["sample_time"])}
+                record(work, {"model": model, "epochs": epochs, "seed": seed, "side": "ours",
+                              "fit": float(row["fit_time"]), "sample": float(row["sample_time"]),
+                              "engine_wall": wall, "scores": scores})
+                log(f"{model} {epochs} seed {seed}: ours fit {float(row['fit_time']):.1f} s, "
+                    f"sample {float(row['sample_time']):.3f} s; "
+                    + ", ".join(f"{k} {summary([s[k] for s in scores])}" for k in METRICS))
+                if not args.no_reference:
+                    path, info = run_reference(work, model, args.dataset, epochs, seed)
+                    scores = score_all(real, path, entity, context, args.metric_seeds)
+                    results[key]["ref"] = {"scores": scores, "fit": info["fit_time"],
+                                           "sample": info["sample_time"]}
+                    record(work, {"model": model, "epochs": epochs, "seed": seed, "side": "reference",
+                                  "fit": info["fit_time"], "sample": info["sample_time"],
+                                  "losses": info.get("losses"), "scores": scores})
+                    log(f"{model} {epochs} seed {seed}: reference fit {info['fit_time']:.1f} s, "
+                        f"sample {info['sample_time']:.2f} s; "
+                        + ", ".join(f"{k} {summary([s[k] for s in scores])}" for k in METRICS))
+
+    print_table(results, models, epochs_list, seeds, args, time.perf_counter() - started)
+
+
+def print_table(results, models, epochs_list, seeds, args, elapsed):
+    import sklearn
+    import sktime
+
+    try:
+        import deepecho
+        import torch
+
+        versions = f"deepecho {deepecho.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    except ImportError:
+        versions = "no reference"
+    print(f"# {time.strftime('%Y-%m-%dT%H:%MZ', time.gmtime())}, {args.dataset}, all entities; "
+          f"{os.cpu_count()} cores; sktime {sktime.__version__}, scikit-learn {sklearn.__version__}, {versions}")
+    print(f"# scores: medians [min–max] over {args.metric_seeds} metric seeds (x the training seeds "
+          f"on the 'all' rows); times: medians over the training seeds; run took {elapsed / 60:.1f} min")
+    print()
+    print("| model | epochs | training seed | classification ours | classification ref "
+          "| rf_detection ours | rf_detection ref | classification_real ours | classification_real ref "
+          "| fit s ours / ref (ratio) | sample s ours / ref (ratio) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+
+    def cells(entries, side):
+        scores = [s for e in entries if side in e for s in e[side]["scores"]]
+        return [summary([s[k] for s in scores]) for k in METRICS]
+
+    def times(entries, what):
+        ours = [e["ours"][what] for e in entries if "ours" in e]
+        ref = [e["ref"][what] for e in entries if "ref" in e]
+        if not ours:
+            return "–"
+        o = statistics.median(ours)
+        if not ref:
+            return f"{o:.3g} / –"
+        r = statistics.median(ref)
+        return f"{o:.3g} / {r:.3g} ({r / o:.1f}×)"
+
+    for key in [k for k in results if k[1] == "–"]:
+        e = results[key]
+        o = cells([e], "ours")
+        print(f"| {key[0]} | – | 0 | {o[0]} | – | {o[1]} | – | {o[2]} | – | – | – |")
+    for model in models:
+        for epochs in epochs_list:
+            entries = []
+            for seed in seeds:
+                e = results.get((model, epochs, seed))
+                if e is None:
+                    continue
+                entries.append(e)
+                o, r = cells([e], "ours"), cells([e], "ref")
+                print(f"| {model} | {epochs} | {seed} | {o[0]} | {r[0]} | {o[1]} | {r[1]} | {o[2]} | {r[2]} "
+                      f"| {times([e], 'fit')} | {times([e], 'sample')} |")
+            if len(entries) > 1:
+                o, r = cells(entries, "ours"), cells(entries, "ref")
+                print(f"| **{model}** | **{epochs}** | **all** | **{o[0]}** | **{r[0]}** | **{o[1]}** | **{r[1]}** "
+                      f"| {o[2]} | {r[2]} | {times(entries, 'fit')} | {times(entries, 'sample')} |")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "reference-child":
+        ap = argparse.ArgumentParser()
+        ap.add_argument("cmd")
+        for a in ["--model", "--dataset", "--data", "--out"]:
+            ap.add_argument(a, required=True)
+        ap.add_argument("--epochs", type=int, required=True)
+        ap.add_argument("--seed", type=int, required=True)
+        reference_child(ap.parse_args())
+    else:
+        main()
