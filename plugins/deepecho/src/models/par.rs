@@ -1,16 +1,18 @@
-//! PARModel: a probabilistic autoregressive model (DeepEcho's PAR).
+//! PARModel: a probabilistic autoregressive model (DeepEcho 0.8.1's `PARModel`).
 //!
-//! Each step's input is the previous step's values (a start flag at step 0) plus the
-//! context; `Linear → GRU(32) → Linear` outputs, per data column, the parameters of its
+//! Each step's input is the previous step's values (numeric columns standardised,
+//! categorical one-hot) with a START / BODY token flag, plus the context (same encoding);
+//! `Linear → GRU(32) → Linear` outputs, per data column, the parameters of its
 //! distribution (numeric: Gaussian mean, softplus σ, missing-value logit; categorical:
-//! softmax logits, one extra slot for "missing") and an end-of-sequence logit.
-//! Training: full-batch Adam (lr 1e-3) on the mean negative log-likelihood per step,
+//! softmax logits, one extra slot for "missing") and softmax logits of the token
+//! [START, END, BODY] (sequence length is learned). Training: full-batch Adam (lr 1e-3)
+//! on the reference's loss (NLL summed over steps and columns / (B² · (columns + 1))),
 //! one step per epoch. Sampling: step by step for all contexts at once, carrying the GRU
-//! state.
+//! state. `plugins/deepecho/README.md` lists what still differs from the reference.
 
 use super::Model;
 use super::nn::{
-    Adam, F, Gru, GruTrace, Linear, Param, add_bias, col_sum, matmul, matmul_at, matmul_bt,
+    Adam, F, Gru, GruTrace, Linear, Param, add_bias, col_sum, exp, matmul, matmul_at, matmul_bt,
     sigmoid, softplus,
 };
 use crate::data::{Column, Dataset, Kind, Sequence};
@@ -18,13 +20,16 @@ use crate::rng::Rng;
 use guest_sdk::{Result, bail};
 
 const HIDDEN: usize = 32;
-const SIGMA_MIN: F = 1e-3;
+/// A floor under σ = softplus(·), only so that log σ stays finite in `f32` (the
+/// reference has none; in standardised units it is never approached in practice).
+const SIGMA_MIN: F = 1e-6;
 const HALF_LN_2PI: F = 0.918_938_5;
 
 #[derive(Clone, Debug)]
 enum Enc {
-    /// Scaled to `(x − min) / range`.
-    Num { min: f64, range: f64 },
+    /// Standardised to `(x − mean) / sd` (population sd, as `np.nanstd`; 0 when sd = 0);
+    /// `nulls`: the column had missing values in training.
+    Num { mean: f64, sd: f64, nulls: bool },
     /// `k` = categories + 1 (the last slot means missing).
     Cat { k: usize },
 }
@@ -34,24 +39,43 @@ impl Enc {
         match &col.kind {
             Kind::Categorical(c) => Enc::Cat { k: c.len() + 1 },
             Kind::Numeric => {
-                let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
-                for v in values.filter(|v| !v.is_nan()) {
-                    lo = lo.min(v);
-                    hi = hi.max(v);
+                let (mut n, mut sum, mut nulls) = (0usize, 0.0f64, false);
+                let vals: Vec<f64> = values.collect();
+                for &v in &vals {
+                    if v.is_nan() {
+                        nulls = true;
+                    } else {
+                        n += 1;
+                        sum += v;
+                    }
                 }
-                if lo > hi {
-                    (lo, hi) = (0.0, 0.0);
-                }
+                let mean = if n > 0 { sum / n as f64 } else { 0.0 };
+                let var = vals
+                    .iter()
+                    .filter(|v| !v.is_nan())
+                    .map(|v| (v - mean) * (v - mean))
+                    .sum::<f64>()
+                    / n.max(1) as f64;
                 Enc::Num {
-                    min: lo,
-                    range: hi - lo,
+                    mean,
+                    sd: var.sqrt(),
+                    nulls,
                 }
             }
         }
     }
+    /// Input slots: numeric `[value, missing flag]`, categorical one-hot.
     fn n_in(&self) -> usize {
         match self {
             Enc::Num { .. } => 2,
+            Enc::Cat { k } => *k,
+        }
+    }
+    /// The reference's input width for this column (only for the initialisation's fan-in):
+    /// numeric `[value, σ (always 0), missing]`, categorical an unused slot + one per value.
+    fn ref_in(&self) -> usize {
+        match self {
+            Enc::Num { .. } => 3,
             Enc::Cat { k } => *k,
         }
     }
@@ -61,14 +85,14 @@ impl Enc {
             Enc::Cat { k } => *k,
         }
     }
-    /// Normalised target: the scaled number, or the category slot; NaN = missing number.
+    /// Normalised target: the standardised number, or the category slot; NaN = missing number.
     fn target(&self, v: f64) -> F {
         match self {
-            Enc::Num { min, range } => {
+            Enc::Num { mean, sd, .. } => {
                 if v.is_nan() {
                     F::NAN
-                } else if *range > 0.0 {
-                    ((v - min) / range) as F
+                } else if *sd > 0.0 {
+                    ((v - mean) / sd) as F
                 } else {
                     0.0
                 }
@@ -95,13 +119,15 @@ impl Enc {
             Enc::Cat { .. } => out[target as usize] = 1.0,
         }
     }
+    /// Back to data units. A missing draw in a column that had no missing values gives
+    /// the column's mean, as the reference (its input there is value 0, missing flag 1).
     fn decode(&self, target: F) -> f64 {
         match self {
-            Enc::Num { min, range } => {
+            Enc::Num { mean, sd, nulls } => {
                 if target.is_nan() {
-                    f64::NAN
+                    if *nulls { f64::NAN } else { *mean }
                 } else {
-                    min + f64::from(target) * range
+                    mean + f64::from(target) * sd
                 }
             }
             Enc::Cat { k } => {
@@ -115,6 +141,13 @@ impl Enc {
     }
 }
 
+/// The sequence token, a categorical of its own as in the reference (`<TOKEN>`):
+/// inputs carry START (step 0) or BODY (a data step) as flags, outputs are softmax
+/// logits over [START, END, BODY].
+const TOK_START: usize = 0;
+const TOK_END: usize = 1;
+const TOK_BODY: usize = 2;
+
 /// The column encodings and tensor widths.
 #[derive(Clone, Debug)]
 pub struct Layout {
@@ -123,6 +156,8 @@ pub struct Layout {
     pub n_in: usize,
     pub n_out: usize,
     data_in: usize,
+    /// The reference's input width (`data_dims + ctx_dims`): the down layer's fan-in.
+    ref_in: usize,
 }
 
 impl Layout {
@@ -148,19 +183,23 @@ impl Layout {
             .map(|(j, c)| Enc::fit(c, ds.seqs.iter().map(|s| s.context[j])))
             .collect();
         let data_in: usize = data.iter().map(Enc::n_in).sum();
-        let n_in = data_in + 1 + ctx.iter().map(Enc::n_in).sum::<usize>();
-        let n_out = data.iter().map(Enc::n_out).sum::<usize>() + 1;
+        // [data inputs][START, BODY flags][context inputs]
+        let n_in = data_in + 2 + ctx.iter().map(Enc::n_in).sum::<usize>();
+        // [data outputs][START, END, BODY logits]
+        let n_out = data.iter().map(Enc::n_out).sum::<usize>() + 3;
+        let ref_in = data.iter().chain(&ctx).map(Enc::ref_in).sum::<usize>() + 3;
         Layout {
             data,
             ctx,
             n_in,
             n_out,
             data_in,
+            ref_in,
         }
     }
 
     fn write_context(&self, context: &[f64], row: &mut [F]) {
-        let mut o = self.data_in + 1;
+        let mut o = self.data_in + 2;
         for (e, &v) in self.ctx.iter().zip(context) {
             let n = e.n_in();
             e.write_input(e.target(v), &mut row[o..o + n]);
@@ -168,13 +207,16 @@ impl Layout {
         }
     }
 
-    fn write_step(&self, targets: &[F], row: &mut [F]) {
+    /// A data step's inputs and its token flag (`TOK_START` or `TOK_BODY`).
+    fn write_step(&self, targets: &[F], token: usize, row: &mut [F]) {
         let mut o = 0;
         for (e, &t) in self.data.iter().zip(targets) {
             let n = e.n_in();
             e.write_input(t, &mut row[o..o + n]);
             o += n;
         }
+        row[self.data_in] = if token == TOK_START { 1.0 } else { 0.0 };
+        row[self.data_in + 1] = if token == TOK_BODY { 1.0 } else { 0.0 };
     }
 }
 
@@ -187,7 +229,6 @@ pub struct Batch {
     targets: Vec<F>,
     /// 0 = predict values (and "not the end"), 1 = predict the end, 2 = padding.
     kind: Vec<u8>,
-    n_valid: usize,
 }
 
 impl Batch {
@@ -211,7 +252,7 @@ impl Batch {
                     for (j, e) in layout.data.iter().enumerate() {
                         step_t[j] = e.target(s.data[(t - 1) * nc + j]);
                     }
-                    layout.write_step(&step_t, row);
+                    layout.write_step(&step_t, TOK_BODY, row);
                 }
                 if t < s.len {
                     kind[r] = 0;
@@ -223,14 +264,12 @@ impl Batch {
                 }
             }
         }
-        let n_valid = kind.iter().filter(|&&k| k < 2).count();
         Batch {
             steps,
             batch,
             x,
             targets,
             kind,
-            n_valid,
         }
     }
 }
@@ -256,7 +295,15 @@ pub struct Work {
 impl Net {
     pub fn new(ds: &Dataset, rng: &mut Rng) -> Net {
         let layout = Layout::new(ds);
-        let down = Linear::new(layout.n_in, HIDDEN, rng);
+        // PyTorch's init, U(±1/√fan_in), with the reference's input width as the fan-in:
+        // its always-zero input slots (σ, an unused categorical slot, END) take no part
+        // in the network's function, so they are not stored here.
+        let down = Linear {
+            w: Param::new(layout.n_in * HIDDEN, layout.ref_in, rng),
+            b: Param::new(HIDDEN, layout.ref_in, rng),
+            input: layout.n_in,
+            output: HIDDEN,
+        };
         let gru = Gru::new(HIDDEN, HIDDEN, rng);
         let up = Linear::new(HIDDEN, layout.n_out, rng);
         Net {
@@ -275,8 +322,9 @@ impl Net {
         v
     }
 
-    /// Mean negative log-likelihood per valid step; with `grad`, also accumulates the
-    /// parameter gradients (zero them first).
+    /// The reference's loss: the negative log-likelihood summed over valid steps and
+    /// columns, divided by `B² · (columns + 1)` (DeepEcho's normalisation; the + 1 is the
+    /// token); with `grad`, also accumulates the parameter gradients (zero them first).
     pub fn loss(&mut self, b: &Batch, w: &mut Work, grad: bool) -> F {
         let rows = b.steps * b.batch;
         let (nin, nout) = (self.layout.n_in, self.layout.n_out);
@@ -303,8 +351,8 @@ impl Net {
         self.up.forward(w.tr.outputs(HIDDEN), &mut w.y, rows);
         w.dy.clear();
         w.dy.resize(rows * nout, 0.0);
-        let scale = 1.0 / b.n_valid.max(1) as F;
         let nc = self.layout.data.len();
+        let scale = 1.0 / (b.batch * b.batch * (nc + 1)).max(1) as F;
         let mut total: F = 0.0;
         for r in 0..rows {
             if b.kind[r] == 2 {
@@ -312,10 +360,17 @@ impl Net {
             }
             let y = &w.y[r * nout..(r + 1) * nout];
             let dy = &mut w.dy[r * nout..(r + 1) * nout];
-            let end: F = if b.kind[r] == 1 { 1.0 } else { 0.0 };
-            let l = y[nout - 1];
-            total += softplus(l) - end * l;
-            dy[nout - 1] = (sigmoid(l) - end) * scale;
+            // The token: softmax over [START, END, BODY]; the target is END at the end
+            // step, BODY at a data step.
+            let c = if b.kind[r] == 1 { TOK_END } else { TOK_BODY };
+            let z = &y[nout - 3..];
+            let mx = z.iter().copied().fold(F::NEG_INFINITY, F::max);
+            let e: [F; 3] = [exp(z[0] - mx), exp(z[1] - mx), exp(z[2] - mx)];
+            let sum = e[0] + e[1] + e[2];
+            total += sum.ln() + mx - z[c];
+            for i in 0..3 {
+                dy[nout - 3 + i] = (e[i] / sum - if i == c { 1.0 } else { 0.0 }) * scale;
+            }
             if b.kind[r] == 1 {
                 continue;
             }
@@ -399,7 +454,7 @@ impl Net {
         for (b, c) in contexts.iter().enumerate() {
             let row = &mut x[b * nin..(b + 1) * nin];
             self.layout.write_context(&c.context, row);
-            row[self.layout.data_in] = 1.0;
+            row[self.layout.data_in] = 1.0; // START
         }
         let mut a = vec![0.0; bsz * HIDDEN];
         let mut h = vec![0.0; bsz * HIDDEN];
@@ -419,44 +474,58 @@ impl Net {
                     continue;
                 }
                 let yr = &y[b * nout..(b + 1) * nout];
-                let p_end = f64::from(sigmoid(yr[nout - 1]));
-                if t >= min_len {
-                    let end = t == max_len || rng.f64() < p_end;
-                    if end {
-                        done[b] = true;
-                        lens[b] = t;
-                        loglik[b] += p_end.max(1e-12).ln();
-                        continue;
+                // The token, drawn from its softmax as the reference does; END ends the
+                // sequence once it is at least `min_len` long (before that it counts as
+                // BODY, as in the reference), and the end is forced at `max_len`.
+                let z = &yr[nout - 3..];
+                let mx = z.iter().copied().fold(F::NEG_INFINITY, F::max);
+                let p: Vec<f64> = z.iter().map(|v| f64::from(exp(v - mx))).collect();
+                let sum: f64 = p.iter().sum();
+                let mut u = rng.f64() * sum;
+                let mut tok = TOK_BODY;
+                for (i, pi) in p.iter().enumerate() {
+                    u -= pi;
+                    if u <= 0.0 {
+                        tok = i;
+                        break;
                     }
-                    loglik[b] += (1.0 - p_end).max(1e-12).ln();
+                }
+                loglik[b] += (p[tok] / sum).max(1e-12).ln();
+                if t == max_len || (tok == TOK_END && t >= min_len) {
+                    done[b] = true;
+                    lens[b] = t;
+                    continue;
+                }
+                if tok == TOK_END {
+                    tok = TOK_BODY;
                 }
                 let mut o = 0;
                 for (j, e) in self.layout.data.iter().enumerate() {
                     match e {
                         Enc::Num { .. } => {
+                            let s = f64::from(softplus(yr[o + 1]) + SIGMA_MIN);
+                            let zn = rng.normal();
                             let pm = f64::from(sigmoid(yr[o + 2]));
                             if rng.f64() < pm {
                                 step_t[j] = F::NAN;
                                 loglik[b] += pm.max(1e-12).ln();
                             } else {
-                                let s = f64::from(softplus(yr[o + 1]) + SIGMA_MIN);
-                                let z = rng.normal();
-                                step_t[j] = (f64::from(yr[o]) + s * z) as F;
+                                step_t[j] = (f64::from(yr[o]) + s * zn) as F;
                                 loglik[b] += (1.0 - pm).max(1e-12).ln()
                                     - f64::from(HALF_LN_2PI)
                                     - s.ln()
-                                    - 0.5 * z * z;
+                                    - 0.5 * zn * zn;
                             }
                             o += 3;
                         }
                         Enc::Cat { k } => {
                             let zs = &yr[o..o + k];
                             let mx = zs.iter().copied().fold(F::NEG_INFINITY, F::max);
-                            let sum: f64 = zs.iter().map(|v| f64::from((v - mx).exp())).sum();
+                            let sum: f64 = zs.iter().map(|v| f64::from(exp(v - mx))).sum();
                             let mut u = rng.f64() * sum;
                             let mut c = k - 1;
                             for (i, v) in zs.iter().enumerate() {
-                                u -= f64::from((v - mx).exp());
+                                u -= f64::from(exp(v - mx));
                                 if u <= 0.0 {
                                     c = i;
                                     break;
@@ -472,8 +541,7 @@ impl Net {
                     out[b].push(e.decode(step_t[j]));
                 }
                 let row = &mut x[b * nin..(b + 1) * nin];
-                row[self.layout.data_in] = 0.0;
-                self.layout.write_step(&step_t, row);
+                self.layout.write_step(&step_t, tok, row);
             }
             if done.iter().all(|&d| d) {
                 break;
