@@ -45,6 +45,10 @@ pub enum Command {
     Submit(SubmitArgs),
     /// Show a run's progress from the store alone.
     Status(StatusArgs),
+    /// List the runs in a store, with their progress.
+    Runs(RunsArgs),
+    /// Show the cell cache's size; `prune` deletes old cells.
+    Cache(CacheArgs),
     /// Create a plugin crate NAME that builds for wasm32-wasip2 as it is.
     New(NewArgs),
     /// Summarise a result table: a leaderboard per metric, optionally an HTML report.
@@ -70,6 +74,13 @@ pub struct RunArgs {
     /// Look for plugins here first (repeatable).
     #[arg(long = "plugins", value_name = "DIR")]
     pub plugins: Vec<PathBuf>,
+    /// Run every cell: reuse none from the cell cache, and keep none there.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Run again the cells of this run whose part is an error (after raising
+    /// `limits.timeout`, say; the limits are not part of the run id).
+    #[arg(long)]
+    pub rerun_failed: bool,
     /// End with a summary of the results table: `auto` when stderr is a
     /// terminal and not `--quiet`; `--summary` alone means `always`.
     #[arg(
@@ -139,6 +150,40 @@ pub struct StatusArgs {
     pub store: String,
     #[arg(long)]
     pub tenant: Option<String>,
+}
+
+/// The arguments of `engine runs`.
+#[derive(Debug, clap::Args)]
+pub struct RunsArgs {
+    /// The store (`cluster.store`; a local run without one keeps its cache,
+    /// but no runs, in `.engine` beside its config).
+    #[arg(long, default_value = ".engine")]
+    pub store: String,
+    #[arg(long)]
+    pub tenant: Option<String>,
+}
+
+/// The arguments of `engine cache`.
+#[derive(Debug, clap::Args)]
+pub struct CacheArgs {
+    #[command(subcommand)]
+    pub action: Option<CacheAction>,
+    /// The store whose cache this is (`cluster.store`; for a local run
+    /// without one, `.engine` beside its config).
+    #[arg(long, global = true, default_value = ".engine")]
+    pub store: String,
+    #[arg(long, global = true)]
+    pub tenant: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheAction {
+    /// Delete the cells written longer ago than `--older-than`.
+    Prune {
+        /// E.g. `30d`, `12h`.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        older_than: std::time::Duration,
+    },
 }
 
 /// The arguments of `engine new`.
@@ -217,6 +262,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Worker(args) => worker_command(args).await,
         Command::Submit(args) => submit_command(args).await,
         Command::Status(args) => status_command(args).await,
+        Command::Runs(args) => runs_command(args).await,
+        Command::Cache(args) => cache_command(args).await,
         Command::New(args) => new_command(args),
         Command::Report(args) => report_command(args),
         Command::Functions(args) => functions_command(args),
@@ -231,6 +278,8 @@ async fn run_command(args: RunArgs, quiet: bool) -> Result<ExitCode> {
         data,
         workers,
         plugins,
+        no_cache,
+        rerun_failed,
         summary,
     } = args;
     let progress = if quiet {
@@ -251,13 +300,26 @@ async fn run_command(args: RunArgs, quiet: bool) -> Result<ExitCode> {
         workers,
         plugins,
         progress,
+        no_cache,
+        rerun_failed,
     };
     let s = orchestrator::run(opts).await?;
     let ok = s.shards - s.failed;
-    let resumed = if s.resumed > 0 {
-        format!(" ({} from an earlier run)", s.resumed)
-    } else {
-        String::new()
+    let mut earlier = Vec::new();
+    if s.resumed > 0 {
+        earlier.push(format!("{} from an earlier run", s.resumed));
+    }
+    match s.reused {
+        Some(n) if n > 0 => earlier.push(format!("{n} from the cache")),
+        Some(_) => {}
+        None => earlier.push("cache off".into()),
+    }
+    if s.reran > 0 {
+        earlier.push(format!("{} failed ones rerun", s.reran));
+    }
+    let resumed = match earlier.is_empty() {
+        true => String::new(),
+        false => format!(" ({})", earlier.join(", ")),
     };
     eprintln!(
         "{}: {} shards ({ok} ok, {} failed){resumed}, {} rows in {:.2}s -> {}",
@@ -385,6 +447,87 @@ async fn status_command(args: StatusArgs) -> Result<ExitCode> {
     status(&run, &store, tenant.as_deref()).await
 }
 
+/// `engine runs`: the runs in a store, a line each.
+async fn runs_command(args: RunsArgs) -> Result<ExitCode> {
+    let RunsArgs { store, tenant } = args;
+    use std::io::Write;
+    let base = crate::store::Location::parse(&store)?;
+    let runs = crate::work::list_runs(&base, tenant.as_deref()).await?;
+    let mut out = std::io::stdout().lock();
+    if runs.is_empty() {
+        writeln!(out, "no runs in `{store}`")?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(
+        out,
+        "{:<16}  {:>8}  {:>8}  {:>6}  {:<20}  function",
+        "run", "shards", "finished", "failed", "last part"
+    )?;
+    for r in runs {
+        let shards = r.shards.map_or("?".into(), |n| n.to_string());
+        let when = r
+            .last_part
+            .map_or("-".into(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string());
+        let function = match (&r.function, r.format) {
+            (Some(f), Some(v)) if v == u64::from(crate::work::FORMAT) => one_line(f).into_owned(),
+            (Some(f), v) => format!(
+                "{} (run format {}: not resumable by this engine)",
+                one_line(f),
+                v.map_or("?".into(), |v| v.to_string())
+            ),
+            (None, _) => "? (no readable run.json)".into(),
+        };
+        writeln!(
+            out,
+            "{:<16}  {shards:>8}  {:>8}  {:>6}  {when:<20}  {function}",
+            one_line(&r.id),
+            r.finished,
+            r.failed
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `engine cache`: how much the cell cache holds; `prune` deletes old cells.
+async fn cache_command(args: CacheArgs) -> Result<ExitCode> {
+    let CacheArgs {
+        action,
+        store,
+        tenant,
+    } = args;
+    use crate::work::cache;
+    let base = crate::store::Location::parse(&store)?;
+    let folder = cache::folder(&base, tenant.as_deref());
+    match action {
+        None => {
+            let u = cache::usage(&folder).await?;
+            let written = u.written.map_or(String::new(), |(old, new)| {
+                format!(
+                    ", written {} to {}",
+                    old.format("%Y-%m-%d %H:%M"),
+                    new.format("%Y-%m-%d %H:%M")
+                )
+            });
+            println!(
+                "{}: {} cells, {}{written}",
+                folder.root.display,
+                u.cells,
+                crate::text::bytes(u.bytes)
+            );
+        }
+        Some(CacheAction::Prune { older_than }) => {
+            let (n, bytes) = cache::prune(&folder, older_than).await?;
+            println!(
+                "{}: deleted {n} cells ({}) written more than {} ago",
+                folder.root.display,
+                crate::text::bytes(bytes),
+                humantime::format_duration(older_than)
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `engine new`: a plugin crate that builds as it is.
 fn new_command(args: NewArgs) -> Result<ExitCode> {
     let NewArgs { name, path, sdk } = args;
@@ -424,6 +567,17 @@ fn report_command(args: ReportArgs) -> Result<ExitCode> {
     let data = crate::report::load(&results)?;
     let report = crate::report::analyse(&data, &results.display().to_string(), &metrics)?;
     use std::io::Write;
+    // What produced the table, when `engine run` left its record beside it.
+    let meta = crate::report::meta_path(&results);
+    match std::fs::read(&meta).map(|b| serde_json::from_slice::<serde_json::Value>(&b)) {
+        Ok(Ok(meta)) => write!(
+            std::io::stdout(),
+            "{}",
+            escape_controls(&crate::report::render_provenance(&meta))
+        )?,
+        Ok(Err(e)) => tracing::warn!("`{}` is not a provenance record: {e}", meta.display()),
+        Err(_) => {}
+    }
     write!(
         std::io::stdout(),
         "{}",

@@ -203,8 +203,74 @@ impl RunStore {
         }
     }
 
+    /// `<rel>` of `base` (under `tenants/<tenant>/` for a tenant): a folder
+    /// beside the runs, such as the cell cache (`cache`).
+    pub fn beside_runs(base: &Location, tenant: Option<&str>, rel: &str) -> RunStore {
+        let rel = match tenant {
+            Some(t) => format!("tenants/{t}/{rel}"),
+            None => rel.to_owned(),
+        };
+        RunStore {
+            root: base.child(&rel),
+        }
+    }
+
     fn path(&self, rel: &str) -> ObjPath {
         self.root.child(rel).path
+    }
+
+    /// Delete an object; deleting one that is absent is no error.
+    pub async fn delete(&self, rel: &str) -> Result<()> {
+        let path = self.path(rel);
+        match self.root.store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("cannot delete `{path}`")),
+        }
+    }
+
+    /// Delete everything below `rel/`; how many objects that was.
+    pub async fn delete_below(&self, rel: &str) -> Result<usize> {
+        let names = self.list(rel).await?;
+        for name in &names {
+            self.delete(&format!("{rel}/{name}")).await?;
+        }
+        Ok(names.len())
+    }
+
+    /// Every object below `rel/`: its name (relative to it), size and when
+    /// it was last written.
+    pub async fn list_meta(
+        &self,
+        rel: &str,
+    ) -> Result<Vec<(String, u64, chrono::DateTime<chrono::Utc>)>> {
+        let prefix = self.path(rel);
+        let strip = format!("{prefix}/");
+        self.root
+            .store
+            .list(Some(&prefix))
+            .try_filter_map(|m| {
+                let name = m.location.as_ref().strip_prefix(&strip).map(str::to_owned);
+                std::future::ready(Ok(name.map(|n| (n, m.size, m.last_modified))))
+            })
+            .try_collect()
+            .await
+            .with_context(|| format!("cannot list `{prefix}`"))
+    }
+
+    /// The folders directly below `rel/` (one listing with a delimiter).
+    pub async fn folders(&self, rel: &str) -> Result<Vec<String>> {
+        let prefix = self.path(rel);
+        let listing = self
+            .root
+            .store
+            .list_with_delimiter(Some(&prefix))
+            .await
+            .with_context(|| format!("cannot list `{prefix}`"))?;
+        Ok(listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_owned))
+            .collect())
     }
 
     /// Write, replacing what is there.

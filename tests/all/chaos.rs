@@ -129,9 +129,17 @@ fn check_seed(seed: u64, shards: usize) {
         "seed {seed}: rows in shard order, none stray"
     );
     for f in files(dir.path()) {
+        // The engine's own: the run (in the store) and the cell cache (in
+        // the store, or beside the config for a run in memory), one `.cell`
+        // object a cell.
+        let cell = |prefix: &str| {
+            f.strip_prefix(prefix)
+                .is_some_and(|c| c.len() == 69 && c.ends_with(".cell") && !c.contains('/'))
+        };
         let ok = f == "config.toml"
             || f.starts_with("out/")
-            || (!store.is_empty() && f.starts_with("store/runs/"));
+            || (!store.is_empty() && (f.starts_with("store/runs/") || cell("store/cache/")))
+            || (store.is_empty() && cell(".engine/cache/"));
         assert!(ok, "seed {seed}: wrote `{f}`");
     }
     for f in files(&dir.path().join("out")) {

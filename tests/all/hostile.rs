@@ -414,11 +414,9 @@ fn a_tampered_store_is_refused_not_trusted() {
     // `shards.json` changed: refused by its sha256.
     let shards_path = run.join("shards.json");
     let shards = std::fs::read_to_string(&shards_path).unwrap();
-    std::fs::write(
-        &shards_path,
-        shards.replace("\"payload\":\"1\"", "\"payload\":\"7\""),
-    )
-    .unwrap();
+    let changed = shards.replacen("\\\"i\\\":1,", "\\\"i\\\":7,", 1);
+    assert_ne!(changed, shards, "shard 1's payload is in {shards}");
+    std::fs::write(&shards_path, changed).unwrap();
     let o = run_faulty(dir.path(), &[]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(

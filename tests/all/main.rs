@@ -4,6 +4,7 @@ mod cluster;
 mod util;
 
 mod authoring;
+mod cache;
 mod chaos;
 mod cli;
 mod deepecho;

@@ -15,7 +15,7 @@ use crate::store::counted::{self, Requests};
 use crate::store::{Location, RunStore};
 use crate::work::artifact;
 use crate::work::data::{self, LocalData};
-use crate::work::{RunSpec, read_shards, worker};
+use crate::work::{RunSpec, cache, read_shards, worker};
 use anyhow::{Context, Result, bail};
 use progress::{Progress, ProgressMode};
 use serde_json::{Map, Value};
@@ -38,6 +38,10 @@ pub struct RunOptions {
     /// Extra plugin directories, searched first.
     pub plugins: Vec<PathBuf>,
     pub progress: ProgressMode,
+    /// Neither reuse cells from the cell cache nor keep them there.
+    pub no_cache: bool,
+    /// Run again the cells of this run whose part is an error.
+    pub rerun_failed: bool,
 }
 
 impl RunOptions {
@@ -50,6 +54,8 @@ impl RunOptions {
             workers: None,
             plugins,
             progress: ProgressMode::Quiet,
+            no_cache: false,
+            rerun_failed: false,
         }
     }
 }
@@ -90,6 +96,10 @@ pub struct Summary {
     pub output: String,
     /// Shards finished by an earlier, interrupted run of the same config.
     pub resumed: usize,
+    /// Cells taken from the cell cache by this run (`None`: `--no-cache`).
+    pub reused: Option<usize>,
+    /// Failed cells of an earlier run cleared to run again (`--rerun-failed`).
+    pub reran: usize,
     /// What the run cost in store requests; `None` for a memory store.
     pub requests: Option<RunRequests>,
 }
@@ -332,7 +342,6 @@ pub fn run_id(p: &Prepared) -> String {
         p.data.as_ref().map(|d| d.id.as_str()),
         p.config.run.seed,
         p.config.run.tenant.as_deref(),
-        &p.config.limits,
     )
 }
 
@@ -393,7 +402,8 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
     let base = Location::parse_with(&prepared.store, credentials.as_ref())?;
     let store = RunStore::new(&base, prepared.config.run.tenant.as_deref(), &run_id);
 
-    let (spec, shards) = publish_or_resume(&runtime, &prepared, &store, &run_id).await?;
+    let (spec, shards) =
+        publish_or_resume(&runtime, &prepared, &store, &run_id, !opts.no_cache).await?;
     if let Some(local) = &prepared.data
         && prepared.config.cluster.backend != Backend::Local
     {
@@ -404,17 +414,41 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
         tracing::info!(tree = %local.id, files = local.tree.files.len(), uploaded = sent, "data published");
     }
     let n = shards.len();
-    let resumed = store.count("parts").await?;
-    let failed_before = match resumed {
-        0 => 0,
-        _ => store.count("failed").await?,
+    let reran = match opts.rerun_failed {
+        true => clear_failed(&store).await?,
+        false => 0,
     };
+    let earlier = cache::finished(&store).await?;
+    let resumed = earlier.len();
     if resumed > 0 {
         eprintln!("resuming run {run_id}: {resumed} of {n} shards already finished");
     }
+    let cache = (!opts.no_cache).then(|| cell_cache(&opts, &prepared, &base));
+    let reused = match &cache {
+        Some(cache) => Some(cache::reuse(cache, &store, &shards, &earlier).await?),
+        None => None,
+    };
+    if let Some(hits) = &reused
+        && !hits.is_empty()
+    {
+        eprintln!(
+            "{} of {} cells reused from the cache",
+            hits.len(),
+            n - resumed.min(n)
+        );
+    }
+    let resumed_or_reused = resumed + reused.as_ref().map_or(0, Vec::len);
+    let failed_before = match resumed_or_reused {
+        0 => 0,
+        _ => store.count("failed").await?,
+    };
     tracing::info!(run = %run_id, shards = n, function = %spec.function, store = %prepared.store, "starting");
 
-    let workers = prepared.workers.maximum.min(n - resumed.min(n)).max(1);
+    let workers = prepared
+        .workers
+        .maximum
+        .min(n - resumed_or_reused.min(n))
+        .max(1);
     let run = worker::LoadedRun {
         runtime: runtime.clone(),
         plugin: prepared.plugin.clone(),
@@ -422,6 +456,14 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
         shards: Arc::new(shards),
         store: store.clone(),
         data_dir: data_dir(&prepared).map(Path::to_path_buf),
+        cache,
+        known_done: Arc::new(
+            earlier
+                .iter()
+                .copied()
+                .chain(reused.iter().flatten().copied())
+                .collect(),
+        ),
     };
     let artifact_key = share_artifact(&runtime, &prepared, &store).await;
     let access = WorkerAccess {
@@ -431,7 +473,7 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
     let mut pool = start_workers(&prepared, &run, workers, access).await?;
 
     let mut progress = Progress::new(opts.progress, n as u64);
-    let before = (resumed, failed_before);
+    let before = (resumed_or_reused, failed_before);
     let (before_wait, wait_started) = (counted::requests(), Instant::now());
     let watched = watch(&store, n, before, &mut pool, &mut progress).await;
     let waiting = (
@@ -456,10 +498,11 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
     let rows = write_output(&prepared, &run, &output).await?;
     let facts = provenance::Facts {
         run_id: &run_id,
-        shards: n,
+        shards: &run.shards,
         rows,
         failed,
-        resumed,
+        earlier: &earlier,
+        reused: reused.as_deref(),
         started: started_at,
     };
     let meta = provenance::write(&prepared, &store, &output, &facts)
@@ -482,6 +525,8 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
         elapsed: started.elapsed(),
         output: prepared.output,
         resumed,
+        reused: reused.map(|r| r.len()),
+        reran,
         requests,
     })
 }
@@ -506,9 +551,11 @@ async fn publish_or_resume(
     prepared: &Prepared,
     store: &RunStore,
     run_id: &str,
+    cache: bool,
 ) -> Result<(RunSpec, Vec<Shard>)> {
-    if let Some(published) = load_published(store, run_id).await? {
-        return Ok(published);
+    if let Some((spec, shards)) = load_published(store, run_id).await? {
+        let spec = update_settings(store, spec, prepared, cache).await?;
+        return Ok((spec, shards));
     }
     let shards = tokio::task::block_in_place(|| plan(runtime, prepared))?;
     let spec = RunSpec {
@@ -524,9 +571,81 @@ async fn publish_or_resume(
         shards: shards.len(),
         lease_ms: prepared.config.cluster.lease.as_millis() as u64,
         shards_sha256: None,
+        cache,
     };
     let spec = publish(store, spec, &shards, &prepared.component_path).await?;
     Ok((spec, shards))
+}
+
+/// A resumed run with this config's settings, which are not part of its id:
+/// the limits, the lease and whether cells are cached. Its unfinished
+/// shards run with them.
+async fn update_settings(
+    store: &RunStore,
+    mut spec: RunSpec,
+    prepared: &Prepared,
+    cache: bool,
+) -> Result<RunSpec> {
+    let lease_ms = prepared.config.cluster.lease.as_millis() as u64;
+    if spec.limits == prepared.config.limits && spec.lease_ms == lease_ms && spec.cache == cache {
+        return Ok(spec);
+    }
+    if spec.limits != prepared.config.limits {
+        eprintln!(
+            "run {}: `[limits]` changed since it was first run; its unfinished shards run with the new ones",
+            spec.run_id
+        );
+    }
+    spec.limits = prepared.config.limits.clone();
+    spec.lease_ms = lease_ms;
+    spec.cache = cache;
+    store
+        .put("run.json", serde_json::to_vec_pretty(&spec)?)
+        .await?;
+    Ok(spec)
+}
+
+/// `--rerun-failed`: forget the cells of this run whose part is an error
+/// (their part, log, side outputs and claims), so that they run again; how
+/// many. The failure marker goes last, so an interrupted clearing is
+/// finished by the next one.
+async fn clear_failed(store: &RunStore) -> Result<usize> {
+    let failed = store.list("failed").await?;
+    for name in &failed {
+        store.delete(&format!("parts/{name}.csv")).await?;
+        store.delete(&format!("log/{name}.log")).await?;
+        store.delete_below(&format!("outputs/{name}")).await?;
+        store.delete_below(&format!("claims/{name}")).await?;
+        store.delete(&format!("failed/{name}")).await?;
+    }
+    if !failed.is_empty() {
+        eprintln!("rerunning the {} failed cells of this run", failed.len());
+    }
+    Ok(failed.len())
+}
+
+/// The cell cache of the run's tenant: beside the runs in the store, or for
+/// a store in memory, in `.engine/` beside the config.
+fn cell_cache(opts: &RunOptions, p: &Prepared, base: &Location) -> cache::CellCache {
+    let root = match base.is_memory() {
+        false => base.clone(),
+        true => {
+            let dir = opts
+                .config
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join(".engine");
+            Location::parse(&dir.display().to_string()).unwrap_or_else(|_| base.clone())
+        }
+    };
+    cache::CellCache::new(
+        &root,
+        p.config.run.tenant.as_deref(),
+        &p.plugin.sha256,
+        &p.config.run.function,
+        p.config.run.seed,
+        p.data.as_ref().map(|d| Arc::new(d.tree.clone())),
+    )
 }
 
 /// For workers in other processes: the compiled component in the store, and

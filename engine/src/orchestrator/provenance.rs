@@ -1,14 +1,20 @@
 //! `<output>.meta.json` beside the table: what produced it. Engine and
 //! wasmtime versions, the component, the WIT version, the data's content
-//! hash, the config as resolved (without its secrets), when, where, and how
-//! often each cell was attempted.
+//! hash, the config as resolved (without its secrets), when, where, and for
+//! each cell (up to [`CELLS_LISTED`]) whether it came from the cell cache and
+//! how often it was attempted.
 
 use super::Prepared;
+use crate::runtime::Shard;
 use crate::store::{Location, RunStore};
+use crate::table::Cell;
 use anyhow::{Context, Result};
 use object_store::path::Path as ObjPath;
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+
+/// Runs of more cells than this list none of them, only their counts.
+pub const CELLS_LISTED: usize = 10_000;
 
 /// The wasmtime the engine is built with (checked against `Cargo.toml` by a test).
 pub const WASMTIME_VERSION: &str = "48.0.8";
@@ -16,10 +22,13 @@ pub const WASMTIME_VERSION: &str = "48.0.8";
 /// What a run was, for its provenance record.
 pub struct Facts<'a> {
     pub run_id: &'a str,
-    pub shards: usize,
+    pub shards: &'a [Shard],
     pub rows: u64,
     pub failed: usize,
-    pub resumed: usize,
+    /// Shards that had a part when this invocation started (a resume).
+    pub earlier: &'a HashSet<usize>,
+    /// Shards filled from the cell cache (`None`: `--no-cache`).
+    pub reused: Option<&'a [usize]>,
     pub started: chrono::DateTime<chrono::Utc>,
 }
 
@@ -50,8 +59,8 @@ pub async fn write(
     Ok(format!("{shown}.meta.json"))
 }
 
-/// The cells attempted more than once, by shard index (from the claims; a
-/// memory store keeps none: `None`).
+/// The attempts of each cell that was claimed, by shard index (from the
+/// claims; a memory store keeps none: `None`).
 async fn attempts(store: &RunStore) -> Option<BTreeMap<usize, usize>> {
     if store.root.is_memory() {
         return None;
@@ -62,11 +71,61 @@ async fn attempts(store: &RunStore) -> Option<BTreeMap<usize, usize>> {
             *by_shard.entry(i).or_default() += 1;
         }
     }
-    by_shard.retain(|_, n| *n > 1);
     Some(by_shard)
 }
 
+/// Each cell: its key cells, where its part came from (`cache`: the cell
+/// cache; `earlier`: an earlier, interrupted invocation of this run; `run`:
+/// computed now) and its attempts (claims made; `null` where not recorded).
+fn cells(f: &Facts<'_>, attempts: Option<&BTreeMap<usize, usize>>) -> Value {
+    let reused: HashSet<usize> = f.reused.unwrap_or_default().iter().copied().collect();
+    let list: Vec<Value> = f
+        .shards
+        .iter()
+        .enumerate()
+        .map(|(i, shard)| {
+            let key: serde_json::Map<String, Value> = shard
+                .key
+                .iter()
+                .map(|(k, c)| (k.clone(), cell_value(c)))
+                .collect();
+            let from = if reused.contains(&i) {
+                "cache"
+            } else if f.earlier.contains(&i) {
+                "earlier"
+            } else {
+                "run"
+            };
+            let tries = match (from, attempts) {
+                ("cache", _) => json!(0),
+                (_, Some(a)) => json!(a.get(&i).copied().unwrap_or(0)),
+                (_, None) => Value::Null,
+            };
+            json!({ "shard": i, "key": key, "from": from, "attempts": tries })
+        })
+        .collect();
+    Value::Array(list)
+}
+
+fn cell_value(c: &Cell) -> Value {
+    match c {
+        Cell::Null => Value::Null,
+        Cell::Bool(b) => json!(b),
+        Cell::Int(i) => json!(i),
+        Cell::Float(x) => json!(x),
+        Cell::Text(t) => json!(t),
+    }
+}
+
 fn record(p: &Prepared, f: &Facts<'_>, attempts: Option<BTreeMap<usize, usize>>) -> Value {
+    let n = f.shards.len();
+    let more_than_once = attempts.as_ref().map(|a| {
+        a.iter()
+            .filter(|(_, t)| **t > 1)
+            .map(|(i, t)| (*i, *t))
+            .collect::<BTreeMap<_, _>>()
+    });
+    let listed = (n <= CELLS_LISTED).then(|| cells(f, attempts.as_ref()));
     // The config as resolved; its secrets (`output.key`, `output.secret_key`)
     // are never serialized.
     let config = serde_json::to_value(&p.config).unwrap_or(Value::Null);
@@ -101,14 +160,16 @@ fn record(p: &Prepared, f: &Facts<'_>, attempts: Option<BTreeMap<usize, usize>>)
             "cpus": std::thread::available_parallelism().map(|n| n.get()).ok(),
         },
         "cells": {
-            "shards": f.shards,
+            "shards": n,
             "rows": f.rows,
             "failed": f.failed,
-            "from_an_earlier_run": f.resumed,
-            // No cell cache yet: every cell of this run was computed by it or
-            // by the interrupted run it resumed.
-            "cache": "none",
-            "attempted_more_than_once": attempts,
+            "from_an_earlier_run": f.earlier.len(),
+            "cache": match f.reused {
+                Some(r) => json!({ "reused": r.len(), "computed": n - r.len() - f.earlier.len() }),
+                None => json!("off (--no-cache)"),
+            },
+            "attempted_more_than_once": more_than_once,
+            "each": listed,
         },
     })
 }

@@ -8,16 +8,19 @@
 //! empty metric cell, counts as a failure for that metric.
 //!
 //! `data` reads the table, `stats` computes the leaderboards, `text` and
-//! `html` render them, `charts` draws the SVG.
+//! `html` render them, `charts` draws the SVG; `provenance` heads the text
+//! with what produced the table (`<stem>.meta.json`, if it is there).
 
 mod charts;
 mod data;
 mod html;
+mod provenance;
 mod stats;
 mod text;
 
 pub use data::{Data, load, parse};
 pub use html::{escape, render_html};
+pub use provenance::{meta_path, render_provenance};
 pub use stats::{Metric, Report, Standing, TimeColumn, analyse};
 pub use text::{fmt_secs, render_summary, render_text};
 

@@ -8,6 +8,7 @@
 //! and the backends build on it, never the other way round.
 
 pub mod artifact;
+pub mod cache;
 pub mod data;
 pub mod queue;
 mod serve;
@@ -26,9 +27,11 @@ use sha2::{Digest, Sha256};
 
 /// The version of the run layout and of what a run's results depend on.
 /// 3: shard seeds derive from the shard (its key and payload), not its
-/// index. It is part of the run id, so a run of an older engine, whose
-/// shards were seeded otherwise, is never resumed by this one.
-pub const FORMAT: u32 = 3;
+/// index. 4: a shard's `run` sees only the shard (WIT 0.2, which added the
+/// shard's `reads`), and the limits are no longer part of the run id. It is
+/// part of the run id and of every cell's cache key, so work of an older
+/// engine, whose results were made otherwise, is never reused by this one.
+pub const FORMAT: u32 = 4;
 
 /// The run as published in the store (`run.json`): everything a worker needs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -44,6 +47,8 @@ pub struct RunSpec {
     pub data: Option<String>,
     pub seed: u64,
     pub tenant: Option<String>,
+    /// Not part of the run id: a rerun with other limits (a longer timeout,
+    /// say) resumes the run, and its unfinished shards run with the new ones.
     pub limits: Limits,
     pub shards: usize,
     /// Claims whose process has not beaten for this long are re-offered.
@@ -51,6 +56,10 @@ pub struct RunSpec {
     /// sha256 of `shards.json`, so a worker can tell it was not changed.
     #[serde(default)]
     pub shards_sha256: Option<String>,
+    /// Whether workers keep each successful cell in the tenant's cell cache
+    /// (`work::cache`); off with `engine run --no-cache`.
+    #[serde(default)]
+    pub cache: bool,
 }
 
 impl RunSpec {
@@ -60,7 +69,7 @@ impl RunSpec {
         if self.format != FORMAT {
             bail!(
                 "run `{run_id}` was stored by an engine of run format {} (this one is format {FORMAT}, \
-                 whose shards are seeded differently): it cannot be resumed or served here; \
+                 whose results are made differently): it cannot be resumed or served here; \
                  run the config again with this engine (it gets a new run id)",
                 self.format
             );
@@ -72,7 +81,6 @@ impl RunSpec {
             self.data.as_deref(),
             self.seed,
             self.tenant.as_deref(),
-            &self.limits,
         );
         if id != run_id || self.run_id != run_id {
             bail!(
@@ -82,6 +90,49 @@ impl RunSpec {
         }
         Ok(())
     }
+}
+
+/// A run in a store, as `engine runs` lists it.
+#[derive(Debug, Clone)]
+pub struct RunInfo {
+    pub id: String,
+    /// `None` when its `run.json` is missing or unreadable.
+    pub function: Option<String>,
+    pub format: Option<u64>,
+    pub shards: Option<u64>,
+    pub finished: usize,
+    pub failed: usize,
+    /// When its last part was stored.
+    pub last_part: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// The runs of a tenant (or outside tenants) in `base`, by id: a listing of
+/// the runs, then per run its `run.json` and two listings (parts, failures).
+pub async fn list_runs(
+    base: &crate::store::Location,
+    tenant: Option<&str>,
+) -> Result<Vec<RunInfo>> {
+    let runs = RunStore::beside_runs(base, tenant, "runs");
+    let mut out = Vec::new();
+    for id in runs.folders("").await? {
+        let store = RunStore::new(base, tenant, &id);
+        let spec: Option<Value> = store
+            .get("run.json")
+            .await?
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let field = |k: &str| spec.as_ref().and_then(|s| s.get(k).cloned());
+        let parts = store.list_meta("parts").await?;
+        out.push(RunInfo {
+            function: field("function").and_then(|v| v.as_str().map(str::to_owned)),
+            format: field("format").and_then(|v| v.as_u64()),
+            shards: field("shards").and_then(|v| v.as_u64()),
+            finished: parts.len(),
+            failed: store.count("failed").await?,
+            last_part: parts.iter().map(|p| p.2).max(),
+            id,
+        });
+    }
+    Ok(out)
 }
 
 /// Read `shards.json` and check it against the spec's hash.
@@ -118,6 +169,8 @@ pub async fn read_shards(store: &RunStore, spec: &RunSpec) -> Result<Vec<Shard>>
 
 /// The run id: a hash of everything that determines the results (the data
 /// by its content), so a rerun of the same config finds its earlier work.
+/// The limits are not in it: they decide whether a cell succeeds, not what a
+/// successful cell yields.
 pub fn identity(
     function: &str,
     args: &Map<String, Value>,
@@ -125,7 +178,6 @@ pub fn identity(
     data: Option<&str>,
     seed: u64,
     tenant: Option<&str>,
-    limits: &Limits,
 ) -> String {
     let identity = serde_json::json!({
         "format": FORMAT,
@@ -135,7 +187,6 @@ pub fn identity(
         "data": data,
         "seed": seed,
         "tenant": tenant,
-        "limits": limits,
     });
     hex::encode(&Sha256::digest(identity.to_string().as_bytes())[..8])
 }

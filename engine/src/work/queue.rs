@@ -83,6 +83,20 @@ fn part_name(shard: usize) -> String {
     format!("parts/{}.csv", shard_name(shard))
 }
 
+/// The first claim of a shard whose part was stored by something other than
+/// a worker (the cell cache), so that the workers' walks skip it. Held by no
+/// process; the shard has a part, so it is never taken over.
+pub async fn claim_filled(store: &RunStore, shard: usize) -> Result<()> {
+    let record = ClaimRecord {
+        process: "cell-cache".into(),
+        worker: "cell-cache".into(),
+        at_ms: now_ms(),
+    };
+    let rel = format!("claims/{}", claim_name(shard, 0));
+    store.create(&rel, serde_json::to_vec(&record)?).await?;
+    Ok(())
+}
+
 /// `<shard>/<attempt>`, as claims are named under `claims/`.
 pub fn claim_name(shard: usize, attempt: u32) -> String {
     format!("{}/{attempt}", shard_name(shard))
@@ -171,6 +185,8 @@ impl ActiveClaims {
 pub struct Walk {
     state: std::sync::Mutex<Option<WalkState>>,
     seed: u64,
+    /// Shards known to be finished before the walk starts: never tried.
+    known_done: Vec<usize>,
 }
 
 #[derive(Debug)]
@@ -202,10 +218,17 @@ const LIST_PAGE: usize = 1000;
 impl Walk {
     /// The walk of process `process`.
     pub fn new(process: &str) -> Walk {
+        Walk::skipping(process, Vec::new())
+    }
+
+    /// The walk of `process`, which never tries the shards `known_done`
+    /// (those an earlier run, or the cell cache, finished).
+    pub fn skipping(process: &str, known_done: Vec<usize>) -> Walk {
         let seed = name_seed(process);
         Walk {
             state: std::sync::Mutex::new(None),
             seed,
+            known_done,
         }
     }
 
@@ -227,15 +250,19 @@ impl Walk {
     /// (else at shard 0, for a store no other process sees).
     fn step(&self, n: usize, spread: bool, list_first: bool) -> Step {
         let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let st = guard.get_or_insert_with(|| WalkState {
-            visited: vec![0; n.div_ceil(64)],
-            unvisited: n,
-            pos: match spread {
-                true => (self.seed % n.max(1) as u64) as usize,
-                false => 0,
-            },
-            listed_to: 0,
-            rng: self.seed | 1,
+        let st = guard.get_or_insert_with(|| {
+            let mut st = WalkState {
+                visited: vec![0; n.div_ceil(64)],
+                unvisited: n,
+                pos: match spread {
+                    true => (self.seed % n.max(1) as u64) as usize,
+                    false => 0,
+                },
+                listed_to: 0,
+                rng: self.seed | 1,
+            };
+            st.skip(self.known_done.iter().copied().filter(|&i| i < n));
+            st
         });
         if st.unvisited == 0 {
             return Step::Over;
@@ -255,7 +282,7 @@ impl Walk {
     fn listed(&self, from: usize, to: usize, claimed: &HashSet<usize>) {
         let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(st) = guard.as_mut() {
-            st.skip(claimed);
+            st.skip(claimed.iter().copied());
             st.pos = from;
             st.listed_to = to;
         }
@@ -266,7 +293,7 @@ impl Walk {
     fn refused(&self, n: usize, claimed: &HashSet<usize>) {
         let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(st) = guard.as_mut() {
-            st.skip(claimed);
+            st.skip(claimed.iter().copied());
             st.listed_to = 0;
             // xorshift64: a new place to start from.
             st.rng ^= st.rng << 13;
@@ -279,8 +306,8 @@ impl Walk {
 
 impl WalkState {
     /// Mark shards seen claimed as visited: they are not tried.
-    fn skip(&mut self, claimed: &HashSet<usize>) {
-        for &i in claimed {
+    fn skip(&mut self, claimed: impl IntoIterator<Item = usize>) {
+        for i in claimed {
             if self.visited[i / 64] & (1 << (i % 64)) == 0 {
                 self.visit(i);
             }

@@ -42,17 +42,51 @@ pub async fn serve(opts: ServeOptions) -> Result<u64> {
     // The data comes from the store by content, into this machine's cache:
     // never a host path read from the store, which a tampered store could
     // point anywhere. `--data` names where this machine already has it.
-    let data_dir = match (opts.data, &spec.data) {
-        (Some(data), _) => Some(std::path::absolute(data)?),
-        (None, None) => None,
+    let (data_dir, tree) = match (opts.data, &spec.data) {
+        (Some(data), _) => {
+            let dir = std::path::absolute(data)?;
+            // Cells are cached by the content they read: only when this
+            // machine's copy is the run's data.
+            let tree = match (&spec.data, spec.cache) {
+                (Some(id), true) => {
+                    let hashed = tokio::task::spawn_blocking({
+                        let dir = dir.clone();
+                        move || super::data::hash_dir(&dir)
+                    })
+                    .await??;
+                    if hashed.id != *id {
+                        tracing::warn!(
+                            "`--data {}` is not the run's data (its tree is {}, the run's {id}): \
+                             this worker keeps no cell in the cache",
+                            dir.display(),
+                            hashed.id
+                        );
+                    }
+                    (hashed.id == *id).then(|| Arc::new(hashed.tree))
+                }
+                _ => None,
+            };
+            (Some(dir), tree)
+        }
+        (None, None) => (None, None),
         (None, Some(id)) => {
             let cache = super::data::cache_root();
             let what = format!("run `{}`", opts.run);
             let local =
                 super::data::fetch(&base, opts.tenant.as_deref(), id, &cache, &what).await?;
-            Some(local.dir)
+            (Some(local.dir), Some(Arc::new(local.tree)))
         }
     };
+    let cache = (spec.cache && (spec.data.is_none() || tree.is_some())).then(|| {
+        super::cache::CellCache::new(
+            &base,
+            opts.tenant.as_deref(),
+            &spec.component_sha256,
+            &spec.function,
+            spec.seed,
+            tree,
+        )
+    });
     let component = store
         .get("component.wasm")
         .await?
@@ -90,6 +124,9 @@ pub async fn serve(opts: ServeOptions) -> Result<u64> {
         shards: Arc::new(shards),
         store: store.clone(),
         data_dir,
+        cache,
+        // Parts are seen through the claims and listings of the store.
+        known_done: Arc::default(),
     };
     let pool = Threads::start(threads, &run, &process)?;
     let ran = tokio::task::spawn_blocking(move || pool.join()).await??;

@@ -35,7 +35,7 @@ impl Threads {
         let stop = Arc::new(AtomicBool::new(false));
         let active = Arc::new(ActiveClaims::default());
         let finished = Arc::new(Finished::default());
-        let walk = Arc::new(Walk::new(process));
+        let walk = Arc::new(Walk::skipping(process, run.known_done.to_vec()));
         let handle = tokio::runtime::Handle::current();
         let lease = Duration::from_millis(run.spec.lease_ms);
         let heartbeat = spawn_heartbeat(

@@ -23,6 +23,11 @@ pub struct LoadedRun {
     pub store: RunStore,
     /// The data directory on this machine (never a path read from the store).
     pub data_dir: Option<PathBuf>,
+    /// Where successful cells are kept for later runs (`None`: `--no-cache`).
+    pub cache: Option<super::cache::CellCache>,
+    /// Shards known to have a part before these workers start (finished by
+    /// an earlier run, or filled from the cell cache): never tried.
+    pub known_done: Arc<Vec<usize>>,
 }
 
 /// Everything a worker thread needs.
@@ -258,6 +263,18 @@ fn settle(
         }
     };
     ctx.active.leave(i, attempt);
+    if won
+        && !failed
+        && let Some(cache) = &ctx.run.cache
+    {
+        // A later run that plans the same cell reuses it; losing it costs
+        // only that.
+        let shard = &ctx.run.shards[i];
+        let key = cache.key(shard);
+        if let Err(e) = ctx.block_on(cache.put(&key, shard, &output, &ctx.run.spec.run_id)) {
+            tracing::warn!(shard = i, "cannot keep this cell in the cache: {e:#}");
+        }
+    }
     if won {
         ctx.finished.done.fetch_add(1, Ordering::Relaxed);
         if failed {

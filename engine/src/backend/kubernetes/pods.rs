@@ -143,6 +143,7 @@ mod tests {
             shards: 3,
             lease_ms: 1000,
             shards_sha256: None,
+            cache: true,
         }
     }
 

@@ -32,7 +32,7 @@ impl Plugin for Faulty {
                 Param::new(
                     "how",
                     "string",
-                    "trap | error | spin | alloc | stack | recurse | sleep | rows | cell | log | \
+                    "trap | error | spin | alloc | stack | recurse | sleep | slow | rows | cell | log | \
                      badrow | probe | emit-csv | emit-prefix | emit-many | emit-empty | huge-error | \
                      escape | error-column | long-column | wide",
                 )
@@ -181,6 +181,11 @@ fn misbehave(how: &str, out: &mut Table) -> Result<()> {
         // A blocking WASI call: no wasm code runs while it waits.
         "sleep" => {
             std::thread::sleep(std::time::Duration::from_secs(3600));
+            Ok(())
+        }
+        // Takes 2 s, then computes its row like the others.
+        "slow" => {
+            std::thread::sleep(std::time::Duration::from_secs(2));
             Ok(())
         }
         "emit-csv" => guest_sdk::emit("csv", b"not the results\n"),
