@@ -125,3 +125,49 @@ fn an_unknown_model_is_refused_when_planning() {
         stderr(&o)
     );
 }
+
+#[test]
+fn the_reference_example_runs_with_the_datasets_the_plugin_ships() {
+    // The reference runner's example as written (no `run.data`), made small
+    // enough for a test: two datasets, fewer entities, a baseline.
+    let text = std::fs::read_to_string(root().join("examples/deepecho/reference.toml"))
+        .unwrap()
+        .replace(
+            "datasets = 20",
+            "datasets = 2\nmax_entities = 10\nmetrics = [\"sdmetrics_score\"]",
+        )
+        .replace("[\"PARModel\"]", "[\"UniformBaseline\"]");
+    assert!(!text.contains("data ="), "no data key: {text}");
+    let dir = config(&text);
+    let o = run_in(dir.path(), &["run", "config.toml"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (_, rows) = read_csv(&dir.path().join("results/reference.csv"));
+    let datasets: Vec<&str> = rows.iter().map(|r| r[1].as_str()).collect();
+    assert_eq!(datasets, ["PickupGestureWiimoteZ", "Tecator"], "{rows:?}");
+}
+
+#[test]
+fn a_plugin_without_its_data_says_to_set_run_data_without_errno_numbers() {
+    // The component alone, without the `deepecho.data/` it ships with.
+    let plugins = tempfile::tempdir().unwrap();
+    let built = root().join("target/plugins/deepecho.wasm");
+    std::fs::copy(&built, plugins.path().join("deepecho.wasm")).unwrap();
+    let dir = config(
+        "[run]\nfunction = \"deepecho.benchmark.run_benchmark\"\n[run.args]\ndatasets = 1\n\
+         [output]\npath = \"out.csv\"\n",
+    );
+    let o = run_in(
+        dir.path(),
+        &[
+            "run",
+            "config.toml",
+            "--plugins",
+            plugins.path().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("/data/datasets.csv"), "names the path: {err}");
+    assert!(err.contains("`run.data`"), "names the key: {err}");
+    assert!(!err.contains("os error"), "no errno numbers: {err}");
+}

@@ -162,7 +162,8 @@ fn prepare_loaded(
             &base.join(rel),
             Some((&source, Path::new(rel))),
         )?)),
-        (None, None) => None,
+        // A plugin's own data: `X.data/` beside `X.wasm` on the plugin path.
+        (None, None) => bundled_data(&resolved.path).map(DataSource::Dir),
     };
     let written = config.output.location();
     let output = match &opts.output {
@@ -270,6 +271,19 @@ fn prepare_loaded(
     })
 }
 
+/// The data a plugin ships: the folder `X.data` beside its component
+/// `X.wasm`, the run's data when the config names none. (Files, not bytes in
+/// the component: they are hashed, published for remote workers, mounted
+/// per shard and part of each cell's cache key like any `run.data`.)
+fn bundled_data(component: &Path) -> Option<PathBuf> {
+    let dir = component.with_extension("data");
+    let dir = std::path::absolute(dir).ok()?;
+    dir.is_dir().then(|| {
+        tracing::info!(data = %dir.display(), "no `run.data`: using the data the plugin ships");
+        dir
+    })
+}
+
 fn check_data_dir(
     path: &Path,
     from_config: Option<(&Source, &Path)>,
@@ -352,7 +366,15 @@ pub fn plan(runtime: &Runtime, p: &Prepared) -> Result<Vec<Shard>> {
     let shards = runtime
         .plan(&p.plugin, &p.config.run.function, &args, &sandbox)
         .map_err(|f| {
-            let e = anyhow::anyhow!("planning `{}` failed: {f}", p.config.run.function);
+            // A guest that looked for data the run does not have.
+            let hint = match (data_dir(p), f.message.contains("/data")) {
+                (None, true) => {
+                    "; the run has no data: set `run.data` in the config to a folder (or an \
+                     s3://… prefix) to mount read-only as the guest's /data"
+                }
+                _ => "",
+            };
+            let e = anyhow::anyhow!("planning `{}` failed: {f}{hint}", p.config.run.function);
             // The plugin refusing its arguments is the user's to fix: exit 2.
             if f.kind == crate::runtime::ErrorKind::GuestError {
                 InputError::from(e).into()

@@ -103,11 +103,37 @@ fn quote(s: &str) -> String {
     }
 }
 
+/// An I/O error for people: its kind (`not found`), without the WASI errno
+/// number that `Display` adds (`No such file or directory (os error 44)`).
+fn io_text(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "not found".into(),
+        _ => e
+            .to_string()
+            .split(" (os error")
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
+    }
+}
+
 /// Read `datasets.csv` from the data directory, in size order.
 pub fn list_datasets(dir: &Path) -> Result<Vec<DatasetInfo>> {
     let path = dir.join("datasets.csv");
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| Error::new(format!("cannot read {}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        let hint = match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                " (the data directory needs a `datasets.csv` listing the datasets, and a \
+                     folder per dataset; set `run.data` to such a folder)"
+            }
+            _ => "",
+        };
+        Error::new(format!(
+            "cannot read {}: {}{hint}",
+            path.display(),
+            io_text(&e)
+        ))
+    })?;
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
     let header = split_csv_line(lines.next().unwrap_or_default());
     let name_i = header
@@ -206,8 +232,9 @@ pub fn load_dataset(dir: &Path, name: &str) -> Result<Dataset> {
     let path = dir.join(name).join(format!("{name}.csv"));
     let text = std::fs::read_to_string(&path).map_err(|e| {
         Error::new(format!(
-            "dataset `{name}`: cannot read {}: {e}",
-            path.display()
+            "dataset `{name}`: cannot read {}: {}",
+            path.display(),
+            io_text(&e)
         ))
     })?;
     let mut lines = text
