@@ -249,3 +249,52 @@ fn a_store_stalled_mid_run_costs_time_not_the_run() {
         "{err}"
     );
 }
+
+#[test]
+fn worker_processes_reuse_and_keep_cells_in_an_s3_cache() {
+    let b = bucket("engine-cache");
+    let dir = faulty_config("shards = 6", 2, "");
+    let path = dir.path().join("config.toml");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "[cluster]\n",
+        &format!("[cluster]\nbackend = \"processes\"\nstore = \"s3://{b}/p\"\nlease = \"5s\"\n"),
+    );
+    std::fs::write(&path, &text).unwrap();
+    let o = run_command(dir.path()).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Three more shards: the first six are the same cells.
+    std::fs::write(&path, text.replace("shards = 6", "shards = 9")).unwrap();
+    let o = run_command(dir.path()).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("6 of 9 cells reused from the cache"),
+        "{}",
+        stderr(&o)
+    );
+    // Counted in the store, with another client: the workers kept every
+    // cell they computed, and of the second run's claims only the three
+    // new shards' were made by a worker (the others mark cached parts).
+    let listing = boto3(&format!(
+        "r = s3.list_objects_v2(Bucket='{b}', Prefix='p/')\nprint('\\n'.join(o['Key'] for o in r.get('Contents', [])))"
+    ));
+    let cells = listing
+        .lines()
+        .filter(|k| k.starts_with("p/cache/") && k.ends_with(".cell"))
+        .count();
+    assert_eq!(cells, 9, "{listing}");
+    let holders = boto3(&format!(
+        "import json\nr = s3.list_objects_v2(Bucket='{b}', Prefix='p/runs/')\n\
+         keys = [o['Key'] for o in r.get('Contents', []) if '/claims/' in o['Key']]\n\
+         runs = sorted({{k.split('/')[2] for k in keys}})\n\
+         for k in keys:\n    body = json.loads(s3.get_object(Bucket='{b}', Key=k)['Body'].read())\n    \
+         print(runs.index(k.split('/')[2]), body['process'] == 'cell-cache')"
+    ));
+    let count = |line: &str| holders.lines().filter(|l| *l == line).count();
+    // (Which run is which does not matter: only the second had cached cells.)
+    assert_eq!(count("0 True") + count("1 True"), 6, "{holders}");
+    assert_eq!(
+        count("0 False") + count("1 False"),
+        6 + 3,
+        "workers claimed 6 shards, then 3: {holders}"
+    );
+}
