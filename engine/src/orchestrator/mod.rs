@@ -487,34 +487,41 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
                 .collect(),
         ),
     };
-    let artifact_key = share_artifact(&runtime, &prepared, &store).await;
-    let access = WorkerAccess {
-        credentials: credentials.as_ref(),
-        artifact_key: artifact_key.as_deref(),
-    };
-    let mut pool = start_workers(&prepared, &run, workers, access).await?;
+    let (failed, waiting) = if resumed_or_reused >= n {
+        // Every shard has a part already: no worker is started.
+        tracing::info!(run = %run_id, "nothing left to run");
+        (failed_before, (Requests::default(), Duration::ZERO))
+    } else {
+        let artifact_key = share_artifact(&runtime, &prepared, &store).await;
+        let access = WorkerAccess {
+            credentials: credentials.as_ref(),
+            artifact_key: artifact_key.as_deref(),
+        };
+        let mut pool = start_workers(&prepared, &run, workers, access).await?;
 
-    let mut progress = Progress::new(opts.progress, n as u64);
-    let before = (resumed_or_reused, failed_before);
-    let (before_wait, wait_started) = (counted::requests(), Instant::now());
-    let watched = watch(&store, n, before, &mut pool, &mut progress).await;
-    let waiting = (
-        counted::requests().since(&before_wait),
-        wait_started.elapsed(),
-    );
-    progress.finish();
-    pool.stop();
-    let failed = match watched {
-        Ok(failed) => failed,
-        Err(e) => {
-            pool.kill().await;
-            return Err(e.context(format!(
-                "run {run_id} stopped; finished shards are kept in `{}` and a rerun of the same command resumes",
-                prepared.store
-            )));
-        }
+        let mut progress = Progress::new(opts.progress, n as u64);
+        let before = (resumed_or_reused, failed_before);
+        let (before_wait, wait_started) = (counted::requests(), Instant::now());
+        let watched = watch(&store, n, before, &mut pool, &mut progress).await;
+        let waiting = (
+            counted::requests().since(&before_wait),
+            wait_started.elapsed(),
+        );
+        progress.finish();
+        pool.stop();
+        let failed = match watched {
+            Ok(failed) => failed,
+            Err(e) => {
+                pool.kill().await;
+                return Err(e.context(format!(
+                    "run {run_id} stopped; finished shards are kept in `{}` and a rerun of the same command resumes",
+                    prepared.store
+                )));
+            }
+        };
+        pool.join().await?;
+        (failed, waiting)
     };
-    pool.join().await?;
 
     let output = Location::parse_with(&prepared.output, credentials.as_ref())?;
     let rows = write_output(&prepared, &run, &output).await?;
