@@ -36,6 +36,7 @@ Every measurement is appended, one JSON object per line, to WORK/measurements.js
 """
 
 import argparse
+import builtins
 import csv
 import json
 import os
@@ -86,6 +87,8 @@ def reference_child(args):
 
     data, entity, context, types = load_table(Path(args.data), args.dataset)
     torch.manual_seed(args.seed)
+    if os.environ.get("QUALITY_TORCH_THREADS"):
+        torch.set_num_threads(int(os.environ["QUALITY_TORCH_THREADS"]))
     if args.model == "PARModel":
         model = PARModel(epochs=args.epochs, cuda=False, verbose=False)
     elif args.model == "BasicGANModel":
@@ -287,6 +290,11 @@ def main():
     ap.add_argument("--models", default="PARModel,BasicGANModel")
     ap.add_argument("--epochs", default="128,1024")
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--reference-seeds", default=None,
+                    help="training seeds of the reference side (default: --seeds)")
+    ap.add_argument("--reuse-reference", action="store_true",
+                    help="take a reference (model, epochs, seed) already in WORK/measurements.jsonl "
+                         "instead of fitting it again (the table says which)")
     ap.add_argument("--metric-seeds", type=int, default=5)
     ap.add_argument("--dataset", default="BasicMotions")
     ap.add_argument("--no-reference", action="store_true")
@@ -301,10 +309,24 @@ def main():
     models = [m for m in args.models.split(",") if m]
     epochs_list = [int(e) for e in args.epochs.split(",") if e]
     seeds = [int(s) for s in args.seeds.split(",") if s]
+    ref_seeds = seeds if args.reference_seeds is None else [int(s) for s in args.reference_seeds.split(",") if s]
     real, entity, context, _ = load_table(DATA, args.dataset)
     started = time.perf_counter()
+    args.load_before = os.getloadavg()
+    args.reused = []
+    earlier = {}
+    if args.reuse_reference and (work / "measurements.jsonl").exists():
+        for line in open(work / "measurements.jsonl"):
+            m = json.loads(line)
+            if m.get("side") == "reference" and len(m.get("scores", [])) >= args.metric_seeds:
+                earlier[(m["model"], m["epochs"], m["seed"])] = m
     # rows: (model, epochs, seed) -> {"ours": {...}, "ref": {...}}
     results = {}
+
+    def table():
+        with open(work / "table.partial.md", "w") as f:
+            print_table(results, models, epochs_list, sorted(set(seeds) | set(ref_seeds)), args,
+                        time.perf_counter() - started, f)
 
     if not args.no_baselines:
         log("baselines (ours, training seed 0)")
@@ -317,11 +339,13 @@ def main():
             record(work, {"model": m, "side": "ours", "seed": 0, "scores": scores})
         log(f"  {time.perf_counter() - t:.0f} s")
 
+    # Ours first (minutes), then the reference (PyTorch PAR at 1024 epochs: ~10 min a seed).
     for model in models:
         for epochs in epochs_list:
             for seed in seeds:
                 key = (model, epochs, seed)
-                results[key] = {}
+                results.setdefault(key, {})
+                load = os.getloadavg()[0]
                 t = time.perf_counter()
                 (path, row), = run_ours(args, work, [model], args.dataset, epochs, seed).values()
                 wall = time.perf_counter() - t
@@ -330,26 +354,44 @@ def main():
                                         "sample": float(row["sample_time"])}
                 record(work, {"model": model, "epochs": epochs, "seed": seed, "side": "ours",
                               "fit": float(row["fit_time"]), "sample": float(row["sample_time"]),
-                              "engine_wall": wall, "scores": scores})
+                              "engine_wall": wall, "load_before": load, "scores": scores})
                 log(f"{model} {epochs} seed {seed}: ours fit {float(row['fit_time']):.1f} s, "
                     f"sample {float(row['sample_time']):.3f} s; "
                     + ", ".join(f"{k} {summary([s[k] for s in scores])}" for k in METRICS))
-                if not args.no_reference:
+                table()
+    if not args.no_reference:
+        for seed in ref_seeds:
+            for model in models:
+                for epochs in epochs_list:
+                    key = (model, epochs, seed)
+                    results.setdefault(key, {})
+                    if key in earlier:
+                        m = earlier[key]
+                        results[key]["ref"] = {"scores": m["scores"][:args.metric_seeds], "fit": m["fit"],
+                                               "sample": m["sample"]}
+                        args.reused.append(f"{model}/{epochs}/{seed}")
+                        continue
+                    load = os.getloadavg()[0]
                     path, info = run_reference(work, model, args.dataset, epochs, seed)
                     scores = score_all(real, path, entity, context, args.metric_seeds)
                     results[key]["ref"] = {"scores": scores, "fit": info["fit_time"],
                                            "sample": info["sample_time"]}
                     record(work, {"model": model, "epochs": epochs, "seed": seed, "side": "reference",
                                   "fit": info["fit_time"], "sample": info["sample_time"],
-                                  "losses": info.get("losses"), "scores": scores})
+                                  "load_before": load, "losses": info.get("losses"), "scores": scores})
                     log(f"{model} {epochs} seed {seed}: reference fit {info['fit_time']:.1f} s, "
                         f"sample {info['sample_time']:.2f} s; "
                         + ", ".join(f"{k} {summary([s[k] for s in scores])}" for k in METRICS))
+                    table()
 
-    print_table(results, models, epochs_list, seeds, args, time.perf_counter() - started)
+    print_table(results, models, epochs_list, sorted(set(seeds) | set(ref_seeds)), args,
+                time.perf_counter() - started, sys.stdout)
 
 
-def print_table(results, models, epochs_list, seeds, args, elapsed):
+def print_table(results, models, epochs_list, seeds, args, elapsed, out):
+    def print(*a):
+        builtins.print(*a, file=out)
+
     import sklearn
     import sktime
 
@@ -363,7 +405,10 @@ def print_table(results, models, epochs_list, seeds, args, elapsed):
     print(f"# {time.strftime('%Y-%m-%dT%H:%MZ', time.gmtime())}, {args.dataset}, all entities; "
           f"{os.cpu_count()} cores; sktime {sktime.__version__}, scikit-learn {sklearn.__version__}, {versions}")
     print(f"# scores: medians [min–max] over {args.metric_seeds} metric seeds (x the training seeds "
-          f"on the 'all' rows); times: medians over the training seeds; run took {elapsed / 60:.1f} min")
+          f"on the 'all' rows); times: medians over the training seeds; run took {elapsed / 60:.1f} min; "
+          f"load average before {args.load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}")
+    if args.reused:
+        print(f"# reference entries reused from earlier runs (--reuse-reference): {', '.join(args.reused)}")
     print()
     print("| model | epochs | training seed | classification ours | classification ref "
           "| rf_detection ours | rf_detection ref | classification_real ours | classification_real ref "
