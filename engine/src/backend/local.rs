@@ -15,7 +15,7 @@ struct Local(Threads);
 
 #[async_trait::async_trait]
 impl WorkerPool for Local {
-    async fn poll(&mut self) -> Result<Option<String>> {
+    async fn poll(&mut self, _finished: usize) -> Result<Option<String>> {
         Ok(self.0.all_stopped())
     }
 

@@ -25,10 +25,11 @@ pub struct WorkerAccess<'a> {
 /// starts them (its `start`), scales them while polled, and stops them.
 #[async_trait::async_trait]
 pub trait WorkerPool: Send {
-    /// Look after the workers (restart the dead, scale to the queue):
+    /// Look after the workers (restart the dead, scale to the shards left:
+    /// `finished` have a part, as the orchestrator just counted them):
     /// `Some(reason)` once none is left running and none will be; an error
     /// when the run cannot go on (no worker pod can start, say).
-    async fn poll(&mut self) -> Result<Option<String>>;
+    async fn poll(&mut self, finished: usize) -> Result<Option<String>>;
 
     /// Parts stored by workers in this process, if they all run here: then
     /// the watcher counts instead of listing the store.

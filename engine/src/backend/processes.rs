@@ -177,7 +177,7 @@ pub fn start(
 
 #[async_trait::async_trait]
 impl super::WorkerPool for ProcessPool {
-    async fn poll(&mut self) -> Result<Option<String>> {
+    async fn poll(&mut self, _finished: usize) -> Result<Option<String>> {
         Ok(self.all_stopped())
     }
 

@@ -879,7 +879,7 @@ async fn watch(
         }
         if stopped.is_none() {
             let tried = Instant::now();
-            match pool.poll().await {
+            match pool.poll(done).await {
                 // Count once more: they may have finished the run as they went.
                 Ok(Some(why)) => {
                     stopped = Some(why);

@@ -49,7 +49,6 @@ use crate::InputError;
 use crate::config::ClusterSection;
 use crate::store::RunStore;
 use crate::work::RunSpec;
-use crate::work::queue::QueueState;
 use anyhow::{Result, bail};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
@@ -167,9 +166,9 @@ pub struct KubePool {
     start_timeout: Duration,
     store: RunStore,
     shards: usize,
-    claim_lease: Duration,
-    /// The workers' heartbeats, as this orchestrator has watched them.
-    liveness: crate::work::queue::Liveness,
+    /// Shards with a part, as the orchestrator last counted them (its
+    /// watch lists the parts anyway: scaling reads nothing more).
+    finished: usize,
     cleanup: Cleanup,
     cleaned: bool,
 }
@@ -265,8 +264,7 @@ impl KubePool {
             start_timeout,
             store: run.store.clone(),
             shards: run.spec.shards,
-            claim_lease: Duration::from_millis(run.spec.lease_ms),
-            liveness: Default::default(),
+            finished: 0,
             cleanup: Cleanup {
                 ns,
                 secret: secret_name,
@@ -384,8 +382,11 @@ impl KubePool {
             }
         }
 
-        let done = self.store.count("parts").await?;
-        let first = self.minimum.min(self.shards.saturating_sub(done)).max(1);
+        self.finished = self.store.count("parts").await?;
+        let first = self
+            .minimum
+            .min(self.shards.saturating_sub(self.finished))
+            .max(1);
         while self.live.len() < first {
             match self.create_pod().await {
                 Ok(()) => {}
@@ -530,9 +531,8 @@ impl KubePool {
         if self.failures > self.max_failures {
             return Ok(());
         }
-        let state = QueueState::read(&self.store, self.claim_lease, &mut self.liveness).await?;
-        let remaining = self.shards.saturating_sub(state.done.len());
-        let want = wanted(self.minimum, self.maximum, remaining, state.running());
+        let remaining = self.shards.saturating_sub(self.finished);
+        let want = wanted(self.minimum, self.maximum, remaining);
         while self.live.len() < want {
             match self.create_pod().await {
                 Ok(()) => {}
@@ -643,7 +643,8 @@ pub async fn start(run: KubeRun<'_>) -> Result<Box<dyn super::WorkerPool>> {
 
 #[async_trait::async_trait]
 impl super::WorkerPool for KubePool {
-    async fn poll(&mut self) -> Result<Option<String>> {
+    async fn poll(&mut self, finished: usize) -> Result<Option<String>> {
+        self.finished = finished;
         self.all_stopped().await
     }
 

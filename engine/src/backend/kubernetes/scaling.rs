@@ -15,16 +15,13 @@ const STUCK_REASONS: &[&str] = &[
 
 /// How many worker pods the queue can use: at least `minimum`, at most
 /// `maximum`, never more than the shards still to run (and at least one
-/// while any is).
-pub(super) fn wanted(minimum: usize, maximum: usize, remaining: usize, running: usize) -> usize {
+/// while any is). Shards being run count as still to run: a pod that
+/// finishes one takes the next.
+pub(super) fn wanted(minimum: usize, maximum: usize, remaining: usize) -> usize {
     if remaining == 0 {
         return 0;
     }
-    let waiting = remaining.saturating_sub(running);
-    maximum
-        .min(minimum.max(waiting + running))
-        .min(remaining)
-        .max(1)
+    maximum.min(minimum.max(remaining)).min(remaining).max(1)
 }
 
 /// A worker pod, as its status says.
@@ -114,12 +111,12 @@ mod tests {
 
     #[test]
     fn the_pool_follows_the_queue_between_minimum_and_maximum() {
-        assert_eq!(wanted(1, 3, 6, 0), 3, "six waiting shards: the maximum");
-        assert_eq!(wanted(1, 3, 2, 0), 2, "never more pods than shards");
-        assert_eq!(wanted(2, 3, 1, 1), 1, "one shard left");
-        assert_eq!(wanted(1, 3, 0, 0), 0, "done");
-        assert_eq!(wanted(3, 5, 10, 0), 5);
-        assert_eq!(wanted(3, 5, 4, 4), 4);
+        assert_eq!(wanted(1, 3, 6), 3, "six shards left: the maximum");
+        assert_eq!(wanted(1, 3, 2), 2, "never more pods than shards");
+        assert_eq!(wanted(2, 3, 1), 1, "one shard left");
+        assert_eq!(wanted(1, 3, 0), 0, "done");
+        assert_eq!(wanted(3, 5, 10), 5);
+        assert_eq!(wanted(3, 5, 4), 4);
     }
 
     fn pod(status: serde_json::Value) -> Pod {
