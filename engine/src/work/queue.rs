@@ -445,10 +445,11 @@ impl Queue {
         let rel = format!("claims/{}", claim_name(shard, attempt));
         let record = self.record();
         let mut created = self.store.create(&rel, record.clone()).await;
-        if matches!(created, Ok(false)) {
+        if matches!(created, Ok(false)) && !self.store.root.is_local() {
             // A create that committed but answered an error is retried by the
             // store client and then finds the object: it is ours if it holds
             // exactly our record (worker, process and time), else another's.
+            // (A local file is created or not: no answer is ambiguous.)
             created = self
                 .store
                 .get(&rel)
