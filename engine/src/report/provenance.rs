@@ -24,6 +24,13 @@ pub fn render_provenance(meta: &Value) -> String {
             .unwrap_or_else(|| v.to_string())
     };
     let short = |v: &Value| s(v).chars().take(12).collect::<String>();
+    // `2026-12-01T18:34:47.958317413+00:00` → `2026-12-01 18:34:47`.
+    let when = |v: &Value| {
+        s(v).chars()
+            .take(19)
+            .collect::<String>()
+            .replacen('T', " ", 1)
+    };
     let run = &meta["run"];
     let cells = &meta["cells"];
     let mut out = String::new();
@@ -53,12 +60,12 @@ pub fn render_provenance(meta: &Value) -> String {
     };
     let _ = writeln!(
         out,
-        "{} cells ({} from an earlier run, {cache}), {} failed; {} to {} on {} ({} CPUs)",
+        "{} cells ({} from an earlier run, {cache}), {} failed; {} to {} UTC on {} ({} CPUs)",
         s(&cells["shards"]),
         s(&cells["from_an_earlier_run"]),
         s(&cells["failed"]),
-        s(&meta["started_at"]),
-        s(&meta["ended_at"]),
+        when(&meta["started_at"]),
+        when(&meta["ended_at"]),
         s(&meta["host"]["name"]),
         s(&meta["host"]["cpus"]),
     );
@@ -77,7 +84,8 @@ mod tests {
                      "wit": "0.2.0", "data": null, "seed": 3 },
             "cells": { "shards": 6, "failed": 0, "from_an_earlier_run": 0,
                        "cache": { "reused": 4, "computed": 2 } },
-            "started_at": "t0", "ended_at": "t1", "host": { "name": "h", "cpus": 2 },
+            "started_at": "2026-12-01T18:34:47.958317413+00:00", "ended_at": "2026-12-01T18:40:51.1+00:00",
+            "host": { "name": "h", "cpus": 2 },
         });
         let text = render_provenance(&meta);
         assert!(text.contains("run abcd of `f.g`: engine 0.1.0 (wasmtime 48.0.8), component 0123456789ab (WIT 0.2.0), data none, seed 3"), "{text}");
