@@ -135,6 +135,15 @@ fn a_model_added_to_a_sweep_runs_only_its_own_cells() {
         );
     }
     assert_eq!(lines_of(&second, "PARModel").len(), 2);
+    // `engine report` heads its text with the provenance record's essentials.
+    let o = run_in(dir.path(), &["report", "out/results.csv"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o)
+            .contains("6 cells (0 from an earlier run, 4 from the cache, 2 computed), 0 failed"),
+        "{}",
+        stdout(&o)
+    );
 
     // A dataset file changed: exactly the cells that read that dataset run.
     let csv = dir.path().join("data/Tecator/Tecator.csv");
