@@ -1,14 +1,16 @@
-//! BasicGANModel: a GRU generator fed per-step noise and the context, a GRU
-//! discriminator over (data, context) whose mean-pooled state feeds a linear real/fake
-//! logit; non-saturating adversarial training, one full-batch Adam step for each network
-//! per epoch.
+//! BasicGANModel: DeepEcho 0.8.1's `BasicGANModel` (`deepecho/models/basic_gan.py`).
 //!
-//! Data are scaled to [−1, 1] (numeric, `tanh` output; missing → 0) or one-hot
-//! (categorical, softmax output); an extra "alive" channel (sigmoid) is 1 while the
-//! sequence runs, which is how the generator learns lengths.
+//! Generator: a GRU fed per-step N(0,1) noise ⊕ the context, then a Linear layer; outputs
+//! per numeric column a value (`tanh`, data scaled to [−1, 1]) and a missing flag
+//! (sigmoid), per categorical column a softmax, plus, when the training lengths vary, an
+//! end flag (no activation; the sequence ends at the first step where it is > 0.5).
+//! Discriminator: a GRU over (data ⊕ context), a Linear layer on the last step's state.
+//! Wasserstein losses with weight clipping: per epoch one full-batch Adam step for the
+//! discriminator on −mean(D(real) − D(fake)), its weights then clamped to ±0.01, and one
+//! for the generator on −mean(D(fake)) (backpropagated through the discriminator).
 
 use super::Model;
-use super::nn::{Adam, F, Gru, GruTrace, Linear, Param, sigmoid, softplus, tanh};
+use super::nn::{Adam, F, Gru, GruTrace, Linear, Param, sigmoid, tanh};
 use crate::data::{Dataset, Kind, Sequence};
 use crate::rng::Rng;
 use guest_sdk::{Result, bail};
@@ -20,27 +22,28 @@ enum Enc {
 }
 
 impl Enc {
+    /// Numeric: `[value, missing flag]`; categorical: one slot per category.
     fn width(&self) -> usize {
         match self {
-            Enc::Num { .. } => 1,
+            Enc::Num { .. } => 2,
             Enc::Cat { k } => (*k).max(1),
         }
     }
     fn write(&self, v: f64, out: &mut [F]) {
         out.iter_mut().for_each(|o| *o = 0.0);
-        if v.is_nan() {
-            return;
-        }
         match self {
             Enc::Num { min, range } => {
-                out[0] = if *range > 0.0 {
-                    (2.0 * (v - min) / range - 1.0) as F
+                if v.is_nan() {
+                    out[1] = 1.0;
+                } else if *range > 0.0 {
+                    out[0] = (2.0 * (v - min) / range - 1.0) as F;
                 } else {
-                    0.0
+                    // The reference divides by a zero range (NaN); a constant column is 0 here.
+                    out[0] = 0.0;
                 }
             }
             Enc::Cat { k } => {
-                if (v as usize) < *k {
+                if !v.is_nan() && (v as usize) < *k {
                     out[v as usize] = 1.0;
                 }
             }
@@ -48,7 +51,13 @@ impl Enc {
     }
     fn read(&self, x: &[F]) -> f64 {
         match self {
-            Enc::Num { min, range } => min + (f64::from(x[0]) + 1.0) / 2.0 * range,
+            Enc::Num { min, range } => {
+                if x[1] > 0.5 {
+                    f64::NAN
+                } else {
+                    min + (f64::from(x[0]) + 1.0) / 2.0 * range
+                }
+            }
             Enc::Cat { .. } => {
                 let mut best = 0;
                 for i in 1..x.len() {
@@ -85,8 +94,12 @@ fn fit_enc(kind: &Kind, values: impl Iterator<Item = f64>) -> Enc {
 struct Nets {
     data: Vec<Enc>,
     ctx: Vec<Enc>,
+    /// Data width (sum of the columns' widths).
     dd: usize,
+    /// Context width.
     cd: usize,
+    /// The model's data width: `dd`, plus the end flag when the training lengths vary.
+    w: usize,
     g_rnn: Gru,
     g_out: Linear,
     d_rnn: Gru,
@@ -100,8 +113,8 @@ pub struct Gan {
     gen_lr: f64,
     dis_lr: f64,
     nets: Option<Nets>,
-    min_len: usize,
     max_len: usize,
+    fixed_length: bool,
     /// (discriminator loss, generator loss) per epoch.
     pub losses: Vec<(f64, f64)>,
 }
@@ -115,12 +128,15 @@ impl Gan {
             gen_lr,
             dis_lr,
             nets: None,
-            min_len: 0,
             max_len: 0,
+            fixed_length: true,
             losses: Vec::new(),
         }
     }
 }
+
+/// The reference's weight clipping of the discriminator.
+const CLIP: F = 0.01;
 
 impl Nets {
     fn write_ctx(&self, context: &[f64], out: &mut [F]) {
@@ -131,7 +147,9 @@ impl Nets {
         }
     }
 
-    /// Generator forward: returns (trace, activated outputs `[T·B × (dd+1)]`, inputs).
+    /// Generator forward: returns (trace, activated outputs `[T·B × w]`, inputs). With the
+    /// end flag, every step after the first one whose flag is > 0.5 is zeroed and the flag
+    /// becomes 0/1 (the reference's `_truncate`; no gradient flows through those steps).
     fn generate(
         &self,
         ctx: &[Vec<F>],
@@ -153,7 +171,7 @@ impl Nets {
         }
         let mut tr = GruTrace::default();
         self.g_rnn.forward(&x, steps, b, &mut tr);
-        let w = self.dd + 1;
+        let w = self.w;
         let mut y = vec![0.0; steps * b * w];
         self.g_out
             .forward(tr.outputs(self.g_rnn.hidden), &mut y, steps * b);
@@ -162,7 +180,10 @@ impl Nets {
             let mut o = 0;
             for e in &self.data {
                 match e {
-                    Enc::Num { .. } => row[o] = tanh(row[o]),
+                    Enc::Num { .. } => {
+                        row[o] = tanh(row[o]);
+                        row[o + 1] = sigmoid(row[o + 1]);
+                    }
                     Enc::Cat { k } => {
                         let z = &mut row[o..o + k];
                         let m = z.iter().copied().fold(F::NEG_INFINITY, F::max);
@@ -176,15 +197,29 @@ impl Nets {
                 }
                 o += e.width();
             }
-            row[w - 1] = sigmoid(row[w - 1]);
+        }
+        if w > self.dd {
+            for i in 0..b {
+                let mut ended = false;
+                for t in 0..steps {
+                    let row = &mut y[(t * b + i) * w..(t * b + i + 1) * w];
+                    if ended {
+                        row.fill(0.0);
+                        continue;
+                    }
+                    let flag = row[w - 1] > 0.5;
+                    row[w - 1] = if flag { 1.0 } else { 0.0 };
+                    ended = flag;
+                }
+            }
         }
         (tr, y, x)
     }
 
-    /// Discriminator input `[T·B × (dd+1+cd)]` from data `[T·B × (dd+1)]` and contexts.
+    /// Discriminator input `[T·B × (w+cd)]` from data `[T·B × w]` and contexts.
     fn dis_input(&self, data: &[F], ctx: &[Vec<F>], steps: usize) -> Vec<F> {
         let b = ctx.len();
-        let (w, nin) = (self.dd + 1, self.dd + 1 + self.cd);
+        let (w, nin) = (self.w, self.w + self.cd);
         let mut x = vec![0.0; steps * b * nin];
         for r in 0..steps * b {
             x[r * nin..r * nin + w].copy_from_slice(&data[r * w..(r + 1) * w]);
@@ -193,41 +228,33 @@ impl Nets {
         x
     }
 
-    /// Discriminator logits (mean-pooled GRU state → linear), with what backward needs.
-    fn discriminate(&self, x: &[F], steps: usize, b: usize) -> (GruTrace, Vec<F>, Vec<F>) {
+    /// Discriminator scores (the GRU's last state → linear), with the trace.
+    fn discriminate(&self, x: &[F], steps: usize, b: usize) -> (GruTrace, Vec<F>) {
         let h = self.d_rnn.hidden;
         let mut tr = GruTrace::default();
         self.d_rnn.forward(x, steps, b, &mut tr);
-        let mut pooled = vec![0.0; b * h];
-        for (r, hv) in tr.outputs(h).chunks(h).enumerate() {
-            for (p, v) in pooled[(r % b) * h..(r % b + 1) * h].iter_mut().zip(hv) {
-                *p += v / steps as F;
-            }
-        }
-        let mut logit = vec![0.0; b];
-        self.d_out.forward(&pooled, &mut logit, b);
-        (tr, pooled, logit)
+        let last = &tr.outputs(h)[(steps - 1) * b * h..steps * b * h];
+        let mut score = vec![0.0; b];
+        self.d_out.forward(last, &mut score, b);
+        (tr, score)
     }
 
-    /// Backward of `discriminate` from d(loss)/d(logit); returns d(loss)/d(input) if asked.
+    /// Backward of `discriminate` from d(loss)/d(score); returns d(loss)/d(input) if asked.
     fn dis_backward(
         &mut self,
         x: &[F],
         tr: &GruTrace,
-        pooled: &[F],
-        dlogit: &[F],
+        dscore: &[F],
         steps: usize,
         want_dx: bool,
     ) -> Option<Vec<F>> {
-        let b = dlogit.len();
+        let b = dscore.len();
         let h = self.d_rnn.hidden;
-        let mut dpool = vec![0.0; b * h];
-        self.d_out.backward(pooled, dlogit, Some(&mut dpool), b);
         let mut dh = vec![0.0; steps * b * h];
-        for (r, d) in dh.chunks_mut(h).enumerate() {
-            for (a, p) in d.iter_mut().zip(&dpool[(r % b) * h..(r % b + 1) * h]) {
-                *a = p / steps as F;
-            }
+        {
+            let last = &tr.outputs(h)[(steps - 1) * b * h..steps * b * h];
+            self.d_out
+                .backward(last, dscore, Some(&mut dh[(steps - 1) * b * h..]), b);
         }
         if want_dx {
             let mut dx = vec![0.0; x.len()];
@@ -279,23 +306,24 @@ impl Model for Gan {
             .collect();
         let dd: usize = data.iter().map(Enc::width).sum();
         let cd: usize = ctx.iter().map(Enc::width).sum();
+        self.max_len = ds.seqs.iter().map(|s| s.len).max().unwrap_or(1).max(1);
+        self.fixed_length = ds.seqs.iter().all(|s| s.len == self.max_len);
+        let w = dd + usize::from(!self.fixed_length);
         let (lat, hid) = (self.latent, self.hidden);
         let mut nets = Nets {
             data,
             ctx,
             dd,
             cd,
+            w,
             g_rnn: Gru::new(lat + cd, hid, rng),
-            g_out: Linear::new(hid, dd + 1, rng),
-            d_rnn: Gru::new(dd + 1 + cd, hid, rng),
+            g_out: Linear::new(hid, w, rng),
+            d_rnn: Gru::new(w + cd, hid, rng),
             d_out: Linear::new(hid, 1, rng),
         };
-        self.min_len = ds.seqs.iter().map(|s| s.len).min().unwrap_or(0).max(1);
-        self.max_len = ds.seqs.iter().map(|s| s.len).max().unwrap_or(1).max(1);
         let steps = self.max_len;
         let b = ds.seqs.len();
-        let w = dd + 1;
-        // Real tensor.
+        // Real tensor, zero-padded after each sequence; the end flag on its last step.
         let mut real = vec![0.0; steps * b * w];
         for (i, s) in ds.seqs.iter().enumerate() {
             for t in 0..s.len {
@@ -305,7 +333,9 @@ impl Model for Gan {
                     e.write(s.data[t * d + j], &mut row[o..o + e.width()]);
                     o += e.width();
                 }
-                row[w - 1] = 1.0;
+                if w > dd && t + 1 == s.len {
+                    row[w - 1] = 1.0;
+                }
             }
         }
         let ctxs: Vec<Vec<F>> = ds
@@ -323,45 +353,62 @@ impl Model for Gan {
         let bf = b as F;
         self.losses.clear();
         for epoch in 0..self.epochs {
-            // Discriminator step: real → 1, fake → 0.
+            // Discriminator step on −mean(D(real) − D(fake)), then clip its weights.
             let (_, fake, _) = nets.generate(&ctxs, steps, lat, rng);
             let fake_x = nets.dis_input(&fake, &ctxs, steps);
             for p in nets.d_params() {
                 p.zero_grad();
             }
-            let (tr, pooled, logit) = nets.discriminate(&real_x, steps, b);
-            let mut dloss = 0.0;
-            let dl: Vec<F> = logit.iter().map(|&l| (sigmoid(l) - 1.0) / bf).collect();
-            dloss += logit.iter().map(|&l| softplus(-l)).sum::<F>() / bf;
-            nets.dis_backward(&real_x, &tr, &pooled, &dl, steps, false);
-            let (tr, pooled, logit) = nets.discriminate(&fake_x, steps, b);
-            let dl: Vec<F> = logit.iter().map(|&l| sigmoid(l) / bf).collect();
-            dloss += logit.iter().map(|&l| softplus(l)).sum::<F>() / bf;
-            nets.dis_backward(&fake_x, &tr, &pooled, &dl, steps, false);
+            let (tr, real_s) = nets.discriminate(&real_x, steps, b);
+            nets.dis_backward(&real_x, &tr, &vec![-1.0 / bf; b], steps, false);
+            let (tr, fake_s) = nets.discriminate(&fake_x, steps, b);
+            nets.dis_backward(&fake_x, &tr, &vec![1.0 / bf; b], steps, false);
+            let dloss = -(real_s.iter().sum::<F>() - fake_s.iter().sum::<F>()) / bf;
             opt_d.step(&mut nets.d_params());
-            // Generator step: make the discriminator say 1 on fakes.
+            for p in nets.d_params() {
+                p.w.iter_mut().for_each(|v| *v = v.clamp(-CLIP, CLIP));
+            }
+            // Generator step on −mean(D(fake)), through the discriminator.
             for p in nets.g_params() {
                 p.zero_grad();
             }
             let (gtr, fake, gx) = nets.generate(&ctxs, steps, lat, rng);
             let fake_x = nets.dis_input(&fake, &ctxs, steps);
-            let (tr, pooled, logit) = nets.discriminate(&fake_x, steps, b);
-            let gloss = logit.iter().map(|&l| softplus(-l)).sum::<F>() / bf;
-            let dl: Vec<F> = logit.iter().map(|&l| (sigmoid(l) - 1.0) / bf).collect();
+            let (tr, fake_s) = nets.discriminate(&fake_x, steps, b);
+            let gloss = -fake_s.iter().sum::<F>() / bf;
             let dx = nets
-                .dis_backward(&fake_x, &tr, &pooled, &dl, steps, true)
+                .dis_backward(&fake_x, &tr, &vec![-1.0 / bf; b], steps, true)
                 .unwrap_or_default();
-            // Through the output activations.
+            // The discriminator's weight gradients from this pass are not used (zeroed
+            // before its next step), as in the reference.
+            // Through the output activations. Steps after a sequence's end flag were set to
+            // constants by the truncation: no gradient there (nor through the flag).
+            let cut: Vec<usize> = (0..b)
+                .map(|i| {
+                    if w == nets.dd {
+                        return steps;
+                    }
+                    (0..steps)
+                        .find(|&t| fake[(t * b + i) * w + w - 1] == 1.0)
+                        .unwrap_or(steps)
+                })
+                .collect();
             let nin_d = w + cd;
             let mut dy = vec![0.0; steps * b * w];
             for r in 0..steps * b {
+                if r / b > cut[r % b] {
+                    continue;
+                }
                 let out = &fake[r * w..(r + 1) * w];
                 let g = &dx[r * nin_d..r * nin_d + w];
                 let d = &mut dy[r * w..(r + 1) * w];
                 let mut o = 0;
                 for e in &nets.data {
                     match e {
-                        Enc::Num { .. } => d[o] = g[o] * (1.0 - out[o] * out[o]),
+                        Enc::Num { .. } => {
+                            d[o] = g[o] * (1.0 - out[o] * out[o]);
+                            d[o + 1] = g[o + 1] * out[o + 1] * (1.0 - out[o + 1]);
+                        }
                         Enc::Cat { k } => {
                             let dot: F = (0..*k).map(|i| out[o + i] * g[o + i]).sum();
                             for i in 0..*k {
@@ -371,7 +418,6 @@ impl Model for Gan {
                     }
                     o += e.width();
                 }
-                d[w - 1] = g[w - 1] * out[w - 1] * (1.0 - out[w - 1]);
             }
             let mut dh = vec![0.0; steps * b * hid];
             nets.g_out
@@ -411,17 +457,21 @@ impl Model for Gan {
             .collect();
         let steps = self.max_len;
         let b = contexts.len();
-        let w = nets.dd + 1;
+        let w = nets.w;
         let (_, y, _) = nets.generate(&ctxs, steps, self.latent, rng);
         Ok(contexts
             .iter()
             .enumerate()
             .map(|(i, c)| {
+                // The reference cuts before the first step whose end flag is set (here at
+                // least one step is kept: an empty sequence would break the metrics).
                 let mut len = steps;
-                for t in self.min_len..steps {
-                    if y[(t * b + i) * w + w - 1] < 0.5 {
-                        len = t;
-                        break;
+                if !self.fixed_length {
+                    for t in 0..steps {
+                        if y[(t * b + i) * w + w - 1] == 1.0 {
+                            len = t.max(1);
+                            break;
+                        }
                     }
                 }
                 let mut data = Vec::with_capacity(len * d);
