@@ -326,45 +326,19 @@ fn runs_and_the_cache_are_listed_and_pruned_per_tenant() {
         stdout(&o),
         stderr(&o)
     );
-    let o = run_in(
-        dir.path(),
-        &[
-            "cache",
-            "prune",
-            "--older-than",
-            "1h",
-            "--store",
-            "store",
-            "--tenant",
-            "a",
-        ],
-    );
-    assert!(
-        stdout(&o).contains("deleted 0 cells"),
-        "{}{}",
-        stdout(&o),
-        stderr(&o)
-    );
+    let prune = |older: &str| {
+        let args = ["cache", "prune", "--older-than", older];
+        let o = run_in(
+            dir.path(),
+            &[&args[..], &["--store", "store", "--tenant", "a"]].concat(),
+        );
+        format!("{}{}", stdout(&o), stderr(&o))
+    };
+    let pruned = prune("1h");
+    assert!(pruned.contains("deleted 0 cells"), "{pruned}");
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    let o = run_in(
-        dir.path(),
-        &[
-            "cache",
-            "prune",
-            "--older-than",
-            "1s",
-            "--store",
-            "store",
-            "--tenant",
-            "a",
-        ],
-    );
-    assert!(
-        stdout(&o).contains("deleted 3 cells"),
-        "{}{}",
-        stdout(&o),
-        stderr(&o)
-    );
+    let pruned = prune("1s");
+    assert!(pruned.contains("deleted 3 cells"), "{pruned}");
     let o = run_in(dir.path(), &["cache", "--store", "store", "--tenant", "b"]);
     assert!(
         stdout(&o).contains(": 3 cells,"),

@@ -440,7 +440,7 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
         true => clear_failed(&store).await?,
         false => 0,
     };
-    let earlier = cache::finished(&store).await?;
+    let earlier = crate::work::queue::QueueState::list_done(&store).await?;
     let resumed = earlier.len();
     if resumed > 0 {
         eprintln!("resuming run {run_id}: {resumed} of {n} shards already finished");

@@ -268,20 +268,25 @@ impl wit_host::HostTableWriter for ShardState {
     }
 }
 
-/// A side-output name: a relative path of plain segments, nothing that could
-/// climb out of the directory it is stored in.
-pub(crate) fn check_output_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 512
-        && name.split('/').count() <= 16
-        && name.split('/').all(|seg| {
+/// Whether `path` is relative, at most 512 bytes, of `/`-separated
+/// segments of `[A-Za-z0-9._-]`, none `.` or `..`: nothing that could climb
+/// out of the directory it names something in.
+pub(crate) fn is_plain_path(path: &str) -> bool {
+    !path.is_empty()
+        && path.len() <= 512
+        && path.split('/').all(|seg| {
             !seg.is_empty()
                 && seg != "."
                 && seg != ".."
                 && seg
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-        });
+        })
+}
+
+/// A side-output name: a plain path of at most 16 segments.
+pub(crate) fn check_output_name(name: &str) -> Result<(), String> {
+    let ok = is_plain_path(name) && name.split('/').count() <= 16;
     if ok {
         Ok(())
     } else {

@@ -16,17 +16,7 @@ pub const READS_MAX: usize = 256;
 /// Why `dir` cannot be a `reads` entry: it must be a relative path of
 /// `/`-separated segments of `[A-Za-z0-9._-]`, none of them `.` or `..`.
 pub fn check_read(dir: &str) -> Result<(), String> {
-    let ok = !dir.is_empty()
-        && dir.len() <= 512
-        && dir.split('/').all(|seg| {
-            !seg.is_empty()
-                && seg != "."
-                && seg != ".."
-                && seg
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-        });
-    if ok {
+    if super::host::is_plain_path(dir) {
         Ok(())
     } else {
         Err(

@@ -152,16 +152,6 @@ impl CellCache {
     }
 }
 
-/// The shards of a run that have a part.
-pub async fn finished(store: &RunStore) -> Result<HashSet<usize>> {
-    Ok(store
-        .list("parts")
-        .await?
-        .iter()
-        .filter_map(|n| n.strip_suffix(".csv")?.parse().ok())
-        .collect())
-}
-
 /// Cached cells looked up at once.
 const CONCURRENCY: usize = 16;
 

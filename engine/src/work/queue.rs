@@ -658,7 +658,7 @@ impl QueueState {
     }
 
     /// The shards with a part.
-    async fn list_done(store: &RunStore) -> Result<HashSet<usize>> {
+    pub async fn list_done(store: &RunStore) -> Result<HashSet<usize>> {
         Ok(store
             .list("parts")
             .await?
