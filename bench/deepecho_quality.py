@@ -29,8 +29,12 @@ check of the metric code. Prints a Markdown table: per training seed and over al
 medians [min-max] over the metric seeds, ours beside the reference, and fit/sample times.
 
   python bench/deepecho_quality.py [--models PARModel,BasicGANModel] [--epochs 128,1024]
-      [--seeds 0,1,2] [--metric-seeds 5] [--dataset BasicMotions] [--no-reference]
-      [--no-baselines] [--engine PATH] [--plugins DIR] [--work DIR]
+      [--seeds 0,1,2] [--reference-seeds S,..] [--reuse-reference] [--metric-seeds 5]
+      [--dataset BasicMotions] [--no-reference] [--no-ours] [--no-baselines] [--table-only]
+      [--engine PATH] [--plugins DIR] [--work DIR]
+
+Our side runs first (minutes), then the reference seed by seed; WORK/table.partial.md is
+rewritten after each step, so an interrupted run still leaves its table.
 
 Every measurement is appended, one JSON object per line, to WORK/measurements.jsonl.
 """
@@ -295,16 +299,20 @@ def main():
     ap.add_argument("--reuse-reference", action="store_true",
                     help="take a reference (model, epochs, seed) already in WORK/measurements.jsonl "
                          "instead of fitting it again (the table says which)")
+    ap.add_argument("--table-only", action="store_true",
+                    help="print the table from WORK/measurements.jsonl (the latest entry of each "
+                         "model/epochs/seed/side) without running anything")
     ap.add_argument("--metric-seeds", type=int, default=5)
     ap.add_argument("--dataset", default="BasicMotions")
     ap.add_argument("--no-reference", action="store_true")
+    ap.add_argument("--no-ours", action="store_true", help="run only the reference side")
     ap.add_argument("--no-baselines", action="store_true")
     ap.add_argument("--engine", default=str(ROOT / "target" / "debug" / "engine"))
     ap.add_argument("--plugins", default=None)
     ap.add_argument("--work", default=str(ROOT / "target" / "deepecho-quality"))
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
-    work = Path(args.work)
+    work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     models = [m for m in args.models.split(",") if m]
     epochs_list = [int(e) for e in args.epochs.split(",") if e]
@@ -322,6 +330,20 @@ def main():
                 earlier[(m["model"], m["epochs"], m["seed"])] = m
     # rows: (model, epochs, seed) -> {"ours": {...}, "ref": {...}}
     results = {}
+    if args.table_only:
+        for line in open(work / "measurements.jsonl"):
+            m = json.loads(line)
+            key = (m["model"], m.get("epochs", "–"), m["seed"])
+            if (key[0] not in models and key[1] != "–") or (key[1] != "–" and key[1] not in epochs_list):
+                continue
+            side = "ref" if m["side"] == "reference" else "ours"
+            if side == "ref" and key[2] not in ref_seeds or side == "ours" and key[1] != "–" and key[2] not in seeds:
+                continue
+            results.setdefault(key, {})[side] = {"scores": m["scores"][:args.metric_seeds],
+                                                 "fit": m.get("fit"), "sample": m.get("sample")}
+        args.load_before = (float("nan"),)
+        print_table(results, models, epochs_list, sorted(set(seeds) | set(ref_seeds)), args, 0.0, sys.stdout)
+        return
 
     def table():
         with open(work / "table.partial.md", "w") as f:
@@ -340,7 +362,7 @@ def main():
         log(f"  {time.perf_counter() - t:.0f} s")
 
     # Ours first (minutes), then the reference (PyTorch PAR at 1024 epochs: ~10 min a seed).
-    for model in models:
+    for model in models if not args.no_ours else []:
         for epochs in epochs_list:
             for seed in seeds:
                 key = (model, epochs, seed)
@@ -399,14 +421,23 @@ def print_table(results, models, epochs_list, seeds, args, elapsed, out):
         import deepecho
         import torch
 
-        versions = f"deepecho {deepecho.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+        threads = os.environ.get("QUALITY_TORCH_THREADS") or f"{torch.get_num_threads()} (its default)"
+        versions = f"deepecho {deepecho.__version__}, torch {torch.__version__} (threads: {threads})"
     except ImportError:
         versions = "no reference"
     print(f"# {time.strftime('%Y-%m-%dT%H:%MZ', time.gmtime())}, {args.dataset}, all entities; "
           f"{os.cpu_count()} cores; sktime {sktime.__version__}, scikit-learn {sklearn.__version__}, {versions}")
+    if args.table_only:
+        run = "rendered with --table-only from measurements.jsonl (each entry has its load average)"
+    else:
+        run = (f"run took {elapsed / 60:.1f} min; load average before {args.load_before[0]:.2f}, "
+               f"after {os.getloadavg()[0]:.2f}")
     print(f"# scores: medians [min–max] over {args.metric_seeds} metric seeds (x the training seeds "
-          f"on the 'all' rows); times: medians over the training seeds; run took {elapsed / 60:.1f} min; "
-          f"load average before {args.load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}")
+          f"on the 'all' rows); times: medians over the training seeds, ratios: medians of per-seed "
+          f"ratios; {run}")
+    print("# classification: the reference's metric (a forest fit on the synthetic sequences of the train "
+          "entities, scored on the synthetic test ones, / the real-on-real accuracy); classification_real: "
+          "the same forest scored on the real test sequences")
     if args.reused:
         print(f"# reference entries reused from earlier runs (--reuse-reference): {', '.join(args.reused)}")
     print()
@@ -420,15 +451,17 @@ def print_table(results, models, epochs_list, seeds, args, elapsed, out):
         return [summary([s[k] for s in scores]) for k in METRICS]
 
     def times(entries, what):
-        ours = [e["ours"][what] for e in entries if "ours" in e]
-        ref = [e["ref"][what] for e in entries if "ref" in e]
+        # ours: median over its seeds; the ratio: median of per-seed ratios where both ran.
+        ours = [e["ours"][what] for e in entries if "ours" in e and e["ours"][what] is not None]
+        pairs = [(e["ours"][what], e["ref"][what]) for e in entries if "ours" in e and "ref" in e]
         if not ours:
             return "–"
         o = statistics.median(ours)
-        if not ref:
+        if not pairs:
             return f"{o:.3g} / –"
-        r = statistics.median(ref)
-        return f"{o:.3g} / {r:.3g} ({r / o:.1f}×)"
+        r = statistics.median(p[1] for p in pairs)
+        ratio = statistics.median(p[1] / p[0] for p in pairs)
+        return f"{o:.3g} / {r:.3g} ({ratio:.1f}×)"
 
     for key in [k for k in results if k[1] == "–"]:
         e = results[key]

@@ -2,12 +2,16 @@
 # DeepEcho quality check: our deepecho plugin (through `engine run`, save_samples = true)
 # beside DeepEcho 0.8.1's PyTorch models, both sides' samples scored by the same
 # independent sktime code (bench/deepecho_quality.py says what it computes).
-#   bench/deepecho_quality.sh                                   PAR + GAN, 128 and 1024 epochs, seeds 0,1,2 (~1 h 45 min on 2 cores)
-#   bench/deepecho_quality.sh --models PARModel --epochs 128 --seeds 0    a quick run (~5 min)
+#   bench/deepecho_quality.sh                                   PAR + GAN, 128 and 1024 epochs, seeds 0,1,2
+#       (2-3 h on 2 cores: PyTorch's PAR takes 10-20 min a seed at 1024 epochs, its GAN 5-12)
+#   bench/deepecho_quality.sh --models PARModel --epochs 128 --seeds 0 --no-baselines   a quick run (~5 min)
 #   bench/deepecho_quality.sh --no-reference ...                ours only
-# Arguments go to deepecho_quality.py (--models, --epochs, --seeds, --metric-seeds,
-# --dataset, --no-reference, --no-baselines). QUALITY_ENGINE=PATH uses that engine binary
-# instead of building one (BENCH_PROFILE=release builds a release engine; default dev).
+#   bench/deepecho_quality.sh --table-only --models PARModel    the table again, from measurements.jsonl
+# Arguments go to deepecho_quality.py (--models, --epochs, --seeds, --reference-seeds,
+# --reuse-reference, --metric-seeds, --dataset, --no-reference, --no-ours, --no-baselines,
+# --table-only, --work). QUALITY_ENGINE=PATH uses that engine binary instead of building one
+# (BENCH_PROFILE=release builds a release engine; default dev). QUALITY_TORCH_THREADS=N sets
+# PyTorch's threads (default: its own choice; on a shared machine 1 gives steadier times).
 # The table goes to stdout and to target/deepecho-quality/table.md.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
