@@ -58,6 +58,15 @@ fn cells_from(meta: &Path) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// The cells of [`cells_from`] computed by the run (not reused, not earlier).
+fn computed(cells: &BTreeMap<String, String>) -> Vec<&String> {
+    cells
+        .iter()
+        .filter(|(_, f)| *f == "run")
+        .map(|(k, _)| k)
+        .collect()
+}
+
 /// The table's lines whose first cell (the model) is `model`.
 fn lines_of(csv: &str, model: &str) -> Vec<String> {
     csv.lines()
@@ -110,11 +119,7 @@ fn a_model_added_to_a_sweep_runs_only_its_own_cells() {
     );
     assert_eq!(executed(&o), 2, "only the new model's 2 cells ran");
     let cells = cells_from(&meta);
-    let ran: Vec<&String> = cells
-        .iter()
-        .filter(|(_, f)| *f == "run")
-        .map(|(k, _)| k)
-        .collect();
+    let ran = computed(&cells);
     assert_eq!(
         ran,
         ["PARModel/PickupGestureWiimoteZ", "PARModel/Tecator"],
@@ -156,11 +161,7 @@ fn a_model_added_to_a_sweep_runs_only_its_own_cells() {
     assert!(stderr(&o).contains("3 of 6 cells reused"), "{}", stderr(&o));
     assert_eq!(executed(&o), 3);
     let cells = cells_from(&meta);
-    let ran: Vec<&String> = cells
-        .iter()
-        .filter(|(_, f)| *f == "run")
-        .map(|(k, _)| k)
-        .collect();
+    let ran = computed(&cells);
     assert_eq!(
         ran,
         [
