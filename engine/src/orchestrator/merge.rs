@@ -17,9 +17,23 @@ const HEADER_PROBE: u64 = 64 << 10;
 const CHUNK: usize = 4 << 20;
 
 /// Write the merged table; returns the number of data rows.
+///
+/// Most runs' parts share their columns: the merge first assumes that every
+/// part's columns are among the first part's, and reads each part once. A
+/// part with a column the first lacks stops that attempt (its upload is
+/// aborted, nothing becomes visible); the merge then reads every part's
+/// header first, and each part again.
 pub async fn merge(store: &RunStore, shards: usize, output: &Location) -> Result<u64> {
-    // Most parts share a header: keep each distinct one once, in first-seen
-    // order, so memory does not grow with the number of shards.
+    let first = match shards {
+        0 => Vec::new(),
+        _ => read_header(store, 0).await?,
+    };
+    let columns = merged_columns([first.as_slice()]);
+    if let Some(rows) = write_blocking(store, shards, output, columns, true).await? {
+        return Ok(rows);
+    }
+    // Keep each distinct header once, in first-seen order, so that memory
+    // does not grow with the number of shards.
     let mut headers: Vec<Vec<String>> = Vec::new();
     let mut seen = HashSet::new();
     let mut probes = futures::stream::iter(0..shards)
@@ -31,23 +45,48 @@ pub async fn merge(store: &RunStore, shards: usize, output: &Location) -> Result
         }
     }
     let columns = merged_columns(headers.iter().map(Vec::as_slice));
-    // Rows are padded to every column of the table, which can make the
-    // output far larger than the parts: it is written as it is made, from a
-    // thread of its own that waits for the store's writes.
-    let handle = tokio::runtime::Handle::current();
-    let (store, output) = (store.clone(), output.clone());
-    tokio::task::spawn_blocking(move || write_merged(&handle, &store, shards, &output, &columns))
-        .await
-        .context("the merge stopped")?
+    write_blocking(store, shards, output, columns, false)
+        .await?
+        .context("the merge found a new column in a part it had already read")
 }
 
+/// [`write_merged`] on a thread of its own: rows are padded to every column
+/// of the table, which can make the output far larger than the parts, so it
+/// is written as it is made, by a thread that waits for the store's writes.
+async fn write_blocking(
+    store: &RunStore,
+    shards: usize,
+    output: &Location,
+    columns: Vec<String>,
+    stop_at_new_column: bool,
+) -> Result<Option<u64>> {
+    let handle = tokio::runtime::Handle::current();
+    let (store, output) = (store.clone(), output.clone());
+    tokio::task::spawn_blocking(move || {
+        write_merged(
+            &handle,
+            &store,
+            shards,
+            &output,
+            &columns,
+            stop_at_new_column,
+        )
+    })
+    .await
+    .context("the merge stopped")?
+}
+
+/// Write the parts under `columns`; the number of data rows, or `None` when
+/// `stop_at_new_column` and a part has a column outside them (the upload is
+/// then aborted).
 fn write_merged(
     handle: &tokio::runtime::Handle,
     store: &RunStore,
     shards: usize,
     output: &Location,
     columns: &[String],
-) -> Result<u64> {
+    stop_at_new_column: bool,
+) -> Result<Option<u64>> {
     let write_err = || format!("cannot write `{}`", output.display);
     let mut sink = ChunkedSink {
         handle,
@@ -62,21 +101,37 @@ fn write_merged(
         header.write_record(columns).with_context(write_err)?;
         header.flush().with_context(write_err)?;
     }
+    let known: HashSet<&str> = columns.iter().map(String::as_str).collect();
     let mut rows = 0;
     let mut parts = futures::stream::iter(0..shards)
         .map(|i| async move {
             let rel = format!("parts/{}.csv", shard_name(i));
-            store
+            let part = store
                 .get(&rel)
                 .await?
-                .with_context(|| format!("part `{rel}` is missing"))
+                .with_context(|| format!("part `{rel}` is missing"))?;
+            anyhow::Ok((rel, part))
         })
         .buffered(4);
     while let Some(part) = handle.block_on(parts.next()) {
-        rows += append_part(&part?, columns, &mut sink).with_context(write_err)?;
+        let (rel, part) = part?;
+        if stop_at_new_column {
+            let header = parse_header(&part)
+                .with_context(|| format!("part `{rel}` has no readable header"))?;
+            if header
+                .iter()
+                .any(|c| !c.is_empty() && !known.contains(c.as_str()))
+            {
+                handle
+                    .block_on(sink.inner.abort())
+                    .with_context(write_err)?;
+                return Ok(None);
+            }
+        }
+        rows += append_part(&part, columns, &mut sink).with_context(write_err)?;
     }
     sink.finish().with_context(write_err)?;
-    Ok(rows)
+    Ok(Some(rows))
 }
 
 /// The output as a `std::io::Write`: bytes gather in a chunk, and a full
@@ -189,5 +244,41 @@ pub fn shard_folder(index: &str, key: &[(String, Cell)]) -> String {
         index.to_owned()
     } else {
         format!("{index}-{key}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn merged(parts: &[&str]) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Location::parse(dir.path().join("store").to_str().unwrap()).unwrap();
+        let store = RunStore::new(&root, None, "r");
+        for (i, part) in parts.iter().enumerate() {
+            let rel = format!("parts/{}.csv", shard_name(i));
+            assert!(store.create(&rel, part.as_bytes().to_vec()).await.unwrap());
+        }
+        let out = dir.path().join("out.csv");
+        let output = Location::parse(out.to_str().unwrap()).unwrap();
+        let rows = merge(&store, parts.len(), &output).await.unwrap();
+        let text = std::fs::read_to_string(&out).unwrap();
+        assert_eq!(rows as usize, text.lines().count() - 1);
+        text
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn parts_with_the_first_parts_columns_merge_in_one_pass() {
+        let text = merged(&["x,y\n1,2\n", "y,x\n3,4\n", "x,error\n5,boom\n", ""]).await;
+        assert_eq!(text, "x,y,error\n1,2,\n4,3,\n5,,boom\n");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_part_with_a_new_column_starts_the_merge_again_with_every_column() {
+        let text = merged(&["x,y\n1,2\n", "x\n3\n", "x,z\n4,5\n", "x,error\n6,boom\n"]).await;
+        assert_eq!(text, "x,y,z,error\n1,2,,\n3,,,\n4,,5,\n6,,,boom\n");
+        // The first part has no rows, hence no columns.
+        let text = merged(&["", "a\n1\n"]).await;
+        assert_eq!(text, "a,error\n1,\n");
     }
 }
