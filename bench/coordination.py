@@ -109,14 +109,17 @@ REQUEST = re.compile(r'"(GET|PUT|HEAD|POST|DELETE) (\S+) HTTP/[\d.]+" (\d+)')
 
 
 def count_log(path):
-    """Requests moto served, by kind (its access log: a line each)."""
+    """Requests moto served, by kind (its access log: a line each), and by
+    the part of the run they touch (`claims`, `parts`, `heartbeats`, …)."""
     kinds = dict.fromkeys(["PUT", "412", "GET", "HEAD", "LIST", "other"], 0)
+    areas = {}
     for line in open(path):
         m = REQUEST.search(ANSI.sub("", line))
         if not m:
             continue
         method, target, status = m.groups()
-        if method == "GET" and ("list-type=" in target or "prefix=" in target):
+        listing = method == "GET" and ("list-type=" in target or "prefix=" in target)
+        if listing:
             kinds["LIST"] += 1
         elif method in kinds:
             kinds[method] += 1
@@ -124,7 +127,22 @@ def count_log(path):
             kinds["other"] += 1
         if status == "412":
             kinds["412"] += 1
+        areas[area(target)] = areas.get(area(target), 0) + 1
+    kinds["areas"] = areas
     return kinds
+
+
+def area(target):
+    """`claims`, `parts`, … : the folder of the run a request is about."""
+    from urllib.parse import unquote
+
+    path, _, query = unquote(target).partition("?")
+    m = re.search(r"prefix=([^&]*)", query)
+    key = m.group(1) if m else path
+    m = re.search(r"runs/[^/]+/([^/]+)", key)
+    if m:
+        return m.group(1).removesuffix(".json")
+    return "output" if "out.csv" in key else "other"
 
 
 def engine_counts(stderr):
@@ -152,6 +170,7 @@ def main():
             wall, stderr, k = run(shards, w, Path(tmp))
             # The bucket's creation is not the run's.
             k["PUT"] -= 1
+            areas = k.pop("areas")
             served = sum(v for n, v in k.items() if n != "412")
             own = engine_counts(stderr)
             waiting = f"{own[1]:.1f}" if own else "n/a"
@@ -160,6 +179,12 @@ def main():
             print(
                 f"| {w} | {wall:.1f} | {served / shards:.2f} | {per('PUT')} | {per('412')} | {per('GET')} | "
                 f"{per('HEAD')} | {k['LIST'] / shards:.3f} | {waiting} | {check} |",
+                flush=True,
+            )
+            print(
+                "|   | by folder: "
+                + ", ".join(f"{a} {n / shards:.2f}" for a, n in sorted(areas.items(), key=lambda x: -x[1]))
+                + " |",
                 flush=True,
             )
 

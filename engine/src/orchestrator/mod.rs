@@ -508,6 +508,14 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
             wait_started.elapsed(),
         );
         progress.finish();
+        if watched.is_ok() && !store.root.is_memory() {
+            // Waiting workers look for it, rather than at every shard.
+            if let Err(e) = store.put(crate::work::queue::FINISHED, Vec::new()).await {
+                tracing::warn!(
+                    "cannot mark the run finished (workers find out by themselves): {e:#}"
+                );
+            }
+        }
         pool.stop();
         let failed = match watched {
             Ok(failed) => failed,
@@ -647,6 +655,7 @@ async fn clear_failed(store: &RunStore) -> Result<usize> {
         store.delete_below(&format!("claims/{name}")).await?;
         store.delete(&format!("failed/{name}")).await?;
     }
+    store.delete(crate::work::queue::FINISHED).await?;
     if !failed.is_empty() {
         eprintln!("rerunning the {} failed cells of this run", failed.len());
     }

@@ -2,11 +2,14 @@
 //!
 //! - A shard is claimed by creating `claims/<shard>/<attempt>` if absent.
 //! - A process proves it is alive by rewriting `heartbeats/<process>` every
-//!   quarter lease, listing the claims it is still working on. A claim is dead
-//!   when its process has not beaten for a lease, or when a beat written after
-//!   the claim (both stamped by the same process's clock) no longer lists it:
-//!   the worker thread gave it up, or it has run far past its deadline. The
-//!   shard is then claimed again with the next attempt number.
+//!   quarter lease while it holds a claim older than a quarter lease, listing
+//!   the claims it is still working on. A reader judges on its own monotonic
+//!   clock: a claim is dead once the reader has watched it for a lease without
+//!   seeing its process's beat change, or when a beat written after the claim
+//!   (both stamped by the same process's clock) no longer lists it: the worker
+//!   thread gave it up, or it has run far past its deadline. The shard is then
+//!   claimed again with the next attempt number. A shard that ends within a
+//!   quarter lease costs no beat.
 //! - A shard whose claim was lost [`LOST_MAX`] times (its worker process
 //!   killed each time, say by the OOM killer) is not run again: its part says
 //!   so (`crashed: …`).
@@ -28,9 +31,13 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// Near the end of a run, when at most this many shards are unfinished, a
-/// waiting worker looks at those shards alone instead of listing the run.
-const FEW_OPEN: usize = 256;
+/// Unfinished shards a waiting worker looks at a poll, taking turns through
+/// them: what a poll costs does not grow with the shards or the workers.
+const WATCH: usize = 8;
+
+/// `finished`: written once every shard has a part (by the orchestrator,
+/// which counts them), so that waiting workers learn it in one request.
+pub const FINISHED: &str = "finished";
 
 /// Claims of one shard that may be lost before it gets an error row instead
 /// of another run.
@@ -154,6 +161,16 @@ impl ActiveClaims {
     pub fn heartbeat(&self, stuck_after: Duration) -> Heartbeat {
         let at_ms = now_ms();
         Heartbeat::new(at_ms, self.listed(stuck_after))
+    }
+
+    /// How long the oldest claim held now has been held (zero for none).
+    pub fn oldest(&self) -> Duration {
+        self.held.lock().map_or(Duration::ZERO, |held| {
+            held.values()
+                .map(Instant::elapsed)
+                .max()
+                .unwrap_or(Duration::ZERO)
+        })
     }
 
     fn listed(&self, stuck_after: Duration) -> Vec<String> {
@@ -377,14 +394,22 @@ pub fn now_ms() -> u64 {
     now.saturating_add_signed(skew)
 }
 
-/// Which processes are alive, judged by watching their heartbeats change on
-/// this process's own monotonic clock, never by comparing two machines'
-/// clocks: a process is dead once its beat has been seen unchanged for a
-/// lease. A beat seen for the first time counts as alive, so a reader that
-/// just started needs a lease of watching before it takes a claim over.
+/// Which claims are held, judged by watching heartbeats change on this
+/// process's own monotonic clock, never by comparing two machines' clocks: a
+/// process's beat is fresh until it has been seen unchanged for a lease, and
+/// a claim watched for less than a lease is held whatever its process's beat
+/// (its process beats once it has held it for a quarter lease). A beat or a
+/// claim seen for the first time counts as alive, so a reader that just
+/// started needs a lease of watching before it takes a claim over.
 #[derive(Debug, Default)]
 pub struct Liveness {
     seen: HashMap<String, (u64, Instant)>,
+    claims: HashMap<(usize, u32), Instant>,
+    /// Claim objects read: created once, never changed, so read once.
+    records: HashMap<(usize, u32), ClaimRecord>,
+    /// The newest attempt seen of each shard, so that a shard whose claim
+    /// holds is not listed again; forgotten when a claim of it is refused.
+    newest: HashMap<usize, u32>,
 }
 
 impl Liveness {
@@ -395,6 +420,20 @@ impl Liveness {
             (*at, *since) = (hb.at_ms, now);
         }
         since.elapsed() < lease
+    }
+
+    /// A claim of `shard` was refused: its newest attempt is no longer known.
+    fn forget(&mut self, shard: usize) {
+        self.newest.remove(&shard);
+    }
+
+    /// Whether claim `shard/attempt` was first seen less than a lease ago.
+    fn young(&mut self, shard: usize, attempt: u32, lease: Duration) -> bool {
+        let first = *self
+            .claims
+            .entry((shard, attempt))
+            .or_insert_with(Instant::now);
+        first.elapsed() < lease
     }
 }
 
@@ -410,6 +449,8 @@ pub struct Queue {
     walk: Arc<Walk>,
     /// Once the fast path is done: the shards not yet seen finished.
     open: Option<Vec<usize>>,
+    /// Where in `open` the next poll's turn starts.
+    turn: usize,
     /// The other processes' heartbeats, as this worker has watched them.
     liveness: Liveness,
     active: Arc<ActiveClaims>,
@@ -433,6 +474,7 @@ impl Queue {
             lease,
             walk,
             open: None,
+            turn: name_seed(worker) as usize,
             liveness: Liveness::default(),
             active,
         }
@@ -554,29 +596,32 @@ impl Queue {
         }
         // Slow path: find shards whose claim died with its process. Parts
         // are never removed, so once the unfinished shards are known (one
-        // listing of the parts) only they need looking at again.
-        let open = match self.open.take() {
+        // listing of the parts) only they need looking at again, a few at a
+        // poll, in turns; `finished` says when all are done.
+        let mut open = match self.open.take() {
             Some(open) => open,
             None => {
                 let done: HashSet<usize> = QueueState::list_done(&self.store).await?;
                 (0..self.shards).filter(|i| !done.contains(i)).collect()
             }
         };
-        let state = match open.len() {
-            0 => return Ok(Next::Done),
-            n if n <= FEW_OPEN => {
-                QueueState::read_shards(&self.store, self.lease, &mut self.liveness, &open).await?
-            }
-            _ => QueueState::read(&self.store, self.lease, &mut self.liveness).await?,
-        };
-        let open: Vec<usize> = open
-            .into_iter()
-            .filter(|i| !state.done.contains(i))
-            .collect();
         if open.is_empty() {
             return Ok(Next::Done);
         }
-        let orphaned = state.orphaned(&open);
+        if open.len() > WATCH && self.store.exists(FINISHED).await? {
+            return Ok(Next::Done);
+        }
+        let watched: Vec<usize> = (0..open.len().min(WATCH))
+            .map(|k| open[(self.turn + k) % open.len()])
+            .collect();
+        self.turn = (self.turn + WATCH) % open.len();
+        let state =
+            QueueState::read_shards(&self.store, self.lease, &mut self.liveness, &watched).await?;
+        open.retain(|i| !state.done.contains(i));
+        if open.is_empty() {
+            return Ok(Next::Done);
+        }
+        let orphaned = state.orphaned(&watched);
         self.open = Some(open);
         for (i, attempt) in orphaned {
             // The state read parts before heartbeats: a beat that no longer
@@ -596,6 +641,7 @@ impl Queue {
                 }
                 return Ok(Queue::run_or_give_up(i, attempt));
             }
+            self.liveness.forget(i);
         }
         Ok(Next::Wait)
     }
@@ -624,6 +670,10 @@ pub struct QueueState {
     pub claims: HashMap<usize, (u32, Option<ClaimRecord>)>,
     /// Processes whose heartbeat is fresh, with that beat.
     pub alive: HashMap<String, Heartbeat>,
+    /// The holders' beats that are no longer fresh.
+    stale: HashMap<String, Heartbeat>,
+    /// Unfinished shards whose newest claim was first seen less than a lease ago.
+    young: HashSet<usize>,
     /// Every claim object (attempts), i.e. executions started.
     pub attempts: usize,
 }
@@ -677,12 +727,15 @@ impl QueueState {
     ) -> Result<QueueState> {
         let mut s = QueueState::default();
         for &i in shards {
-            let name = shard_name(i);
             if store.exists(&part_name(i)).await? {
                 s.done.insert(i);
                 continue;
             }
-            for a in store.list(&format!("claims/{name}")).await? {
+            if let Some(&a) = liveness.newest.get(&i) {
+                s.add_claim(i, a);
+                continue;
+            }
+            for a in store.list(&format!("claims/{}", shard_name(i))).await? {
                 if let Ok(a) = a.parse() {
                     s.add_claim(i, a);
                 }
@@ -717,11 +770,24 @@ impl QueueState {
             .collect();
         let mut holders = HashSet::new();
         for (i, a) in open {
-            let rel = format!("claims/{}/{a}", shard_name(i));
-            let record = store
-                .get(&rel)
-                .await?
-                .and_then(|b| serde_json::from_slice::<ClaimRecord>(&b).ok());
+            if liveness.young(i, a, lease) {
+                self.young.insert(i);
+            }
+            let record = match liveness.records.get(&(i, a)) {
+                Some(r) => Some(r.clone()),
+                None => {
+                    let rel = format!("claims/{}/{a}", shard_name(i));
+                    let record = store
+                        .get(&rel)
+                        .await?
+                        .and_then(|b| serde_json::from_slice::<ClaimRecord>(&b).ok());
+                    if let Some(r) = &record {
+                        liveness.records.insert((i, a), r.clone());
+                        liveness.newest.insert(i, a);
+                    }
+                    record
+                }
+            };
             if let Some(r) = &record {
                 holders.insert(r.process.clone());
             }
@@ -737,11 +803,13 @@ impl QueueState {
             let Some(bytes) = store.get(&format!("heartbeats/{name}")).await? else {
                 continue;
             };
-            if let Ok(hb) = serde_json::from_slice::<Heartbeat>(&bytes)
-                && liveness.alive(&name, &hb, lease)
-            {
-                self.alive.insert(name, hb);
-            }
+            let Ok(hb) = serde_json::from_slice::<Heartbeat>(&bytes) else {
+                continue;
+            };
+            match liveness.alive(&name, &hb, lease) {
+                true => self.alive.insert(name, hb),
+                false => self.stale.insert(name, hb),
+            };
         }
         Ok(())
     }
@@ -764,15 +832,21 @@ impl QueueState {
         v
     }
 
-    /// Whether the newest claim of unfinished `shard` is backed by a live
-    /// process that still lists it.
+    /// Whether the newest claim of unfinished `shard` is held: its process
+    /// has beaten (it does before its first claim), its beat is fresh or the
+    /// claim young, and no beat written after the claim leaves it out.
     fn held(&self, shard: usize) -> bool {
         let Some((attempt, Some(record))) = self.claims.get(&shard) else {
             return false;
         };
-        self.alive
-            .get(&record.process)
-            .is_some_and(|hb| hb.holds(shard, *attempt, record))
+        let holds = |hb: &Heartbeat| hb.holds(shard, *attempt, record);
+        match self.alive.get(&record.process) {
+            Some(hb) => holds(hb),
+            None if self.young.contains(&shard) => {
+                self.stale.get(&record.process).is_some_and(holds)
+            }
+            None => false,
+        }
     }
 
     /// Shards claimed by a live process and not finished.
@@ -911,6 +985,50 @@ mod tests {
             .unwrap();
         assert_eq!(state.orphaned(&[0, 1, 2]), vec![(0, 1)]);
         assert_eq!(state.running(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_new_claim_of_a_quiet_process_holds_for_a_lease_of_watching() {
+        // Process p beats once, then stays quiet (its shards are short, so it
+        // need not beat). A reader that has watched p's unchanged beat for
+        // over a lease sees p claim shard 0: that claim holds until the
+        // reader has watched *it* for a lease.
+        let dir = tempfile::tempdir().unwrap();
+        let store = RunStore::new(
+            &Location::parse(dir.path().to_str().unwrap()).unwrap(),
+            None,
+            "r",
+        );
+        beat(&store, "p", &Heartbeat::new(now_ms(), vec![]))
+            .await
+            .unwrap();
+        let lease = Duration::from_millis(300);
+        let mut liveness = Liveness::default();
+        let later = lease + Duration::from_millis(50);
+        QueueState::read(&store, lease, &mut liveness)
+            .await
+            .unwrap();
+        tokio::time::sleep(later).await;
+        let record = ClaimRecord {
+            process: "p".into(),
+            worker: "p/0".into(),
+            at_ms: now_ms(),
+        };
+        let record = serde_json::to_vec(&record).unwrap();
+        store.create("claims/00000000/0", record).await.unwrap();
+        let s = QueueState::read(&store, lease, &mut liveness)
+            .await
+            .unwrap();
+        assert_eq!(s.orphaned(&[0]), vec![], "a claim just seen is held");
+        tokio::time::sleep(later).await;
+        let s = QueueState::read(&store, lease, &mut liveness)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.orphaned(&[0]),
+            vec![(0, 1)],
+            "watched for a lease, no beat"
+        );
     }
 
     /// A memory store that, just before the first read of `trigger`, writes

@@ -363,8 +363,13 @@ pub fn cell_seed(seed: u64, shard: &Shard) -> u64 {
 /// Keep this process's heartbeat fresh until the returned handle is aborted,
 /// listing the claims its workers hold (leaving out one held past
 /// `stuck_after`, so that another worker takes that shard). The first beat
-/// is written before this returns, so it lands before the first claim: a
-/// claim whose process has never beaten looks dead to other processes.
+/// is written before this returns, so it lands before the first claim.
+///
+/// A beat is written only while a claim has been held for a quarter lease
+/// or more, every quarter lease: a reader counts a claim it has watched
+/// for less than a lease as held (see [`Liveness`](super::queue::Liveness)),
+/// so a shard that ends sooner needs no beat. Busy workers of short shards
+/// then cost the store nothing beside their claims and parts.
 pub fn spawn_heartbeat(
     store: RunStore,
     process: String,
@@ -377,11 +382,17 @@ pub fn spawn_heartbeat(
         handle.block_on(beat(&store, &process, &active.heartbeat(stuck_after)))
     })?;
     let every = (lease / 4).max(Duration::from_millis(20));
+    let tick = every / 4;
     Ok(tokio::spawn(async move {
+        let mut last = Instant::now();
         loop {
-            tokio::time::sleep(every).await;
-            if let Err(e) = beat(&store, &process, &active.heartbeat(stuck_after)).await {
-                tracing::warn!("heartbeat failed (will retry): {e:#}");
+            tokio::time::sleep(tick).await;
+            if last.elapsed() < every || active.oldest() < every {
+                continue;
+            }
+            match beat(&store, &process, &active.heartbeat(stuck_after)).await {
+                Ok(()) => last = Instant::now(),
+                Err(e) => tracing::warn!("heartbeat failed (will retry): {e:#}"),
             }
         }
     }))
