@@ -193,10 +193,10 @@ impl ActiveClaims {
 /// Each process starts at its own point of the shard space (a hash of its
 /// name) and walks forward, wrapping around. A refused claim means another
 /// process got there first: rather than follow it shard by shard (a refused
-/// conditional PUT each, about P × N of them in all), the walk lists the next
-/// claims in one request, skips those, and jumps to a random unvisited shard.
-/// Over a remote store it also lists before walking into shards it has not
-/// seen listed, so a worker joining late, or a resumed run, skips finished
+/// conditional PUT each, about P × N of them in all), the walk jumps to the
+/// middle of an unvisited stretch elsewhere. Over a remote store it lists
+/// before walking into shards it has not seen listed, so it skips what others
+/// claimed there, and a worker joining late, or a resumed run, skips finished
 /// stretches 1,000 claims a request.
 #[derive(Debug)]
 pub struct Walk {
@@ -305,18 +305,26 @@ impl Walk {
         }
     }
 
-    /// Claiming `shard` was refused: someone else is working here. Skip
-    /// what the listing `claimed` shows and go elsewhere.
-    fn refused(&self, n: usize, claimed: &HashSet<usize>) {
+    /// Claiming a shard was refused: another process walks here. Go to a
+    /// random place, then to the middle of the unvisited stretch found
+    /// there: other walkers are at the starts of stretches, walking on, so
+    /// the middle is the farthest from them (and splits the stretch, as work
+    /// stealing splits a range).
+    fn refused(&self, n: usize) {
         let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(st) = guard.as_mut() {
-            st.skip(claimed.iter().copied());
             st.listed_to = 0;
-            // xorshift64: a new place to start from.
+            if st.unvisited == 0 {
+                return;
+            }
+            // xorshift64
             st.rng ^= st.rng << 13;
             st.rng ^= st.rng >> 7;
             st.rng ^= st.rng << 17;
             st.pos = (st.rng % n.max(1) as u64) as usize;
+            let start = st.next_unvisited(n);
+            let end = st.next_visited(start, n);
+            st.pos = start + (end - start) / 2;
         }
     }
 }
@@ -334,6 +342,18 @@ impl WalkState {
     fn visit(&mut self, i: usize) {
         self.visited[i / 64] |= 1 << (i % 64);
         self.unvisited -= 1;
+    }
+
+    /// The first visited shard from `i` on, or `n`.
+    fn next_visited(&self, mut i: usize, n: usize) -> usize {
+        while i < n {
+            let word = self.visited[i / 64] & !((1u64 << (i % 64)) - 1);
+            if word != 0 {
+                return ((i / 64) * 64 + word.trailing_zeros() as usize).min(n);
+            }
+            i = (i / 64 + 1) * 64;
+        }
+        n
     }
 
     /// The first unvisited shard from `pos` on, wrapping around (some exists).
@@ -451,6 +471,8 @@ pub struct Queue {
     open: Option<Vec<usize>>,
     /// Where in `open` the next poll's turn starts.
     turn: usize,
+    /// When open shards were last looked at.
+    watched_at: Option<Instant>,
     /// The other processes' heartbeats, as this worker has watched them.
     liveness: Liveness,
     active: Arc<ActiveClaims>,
@@ -475,6 +497,7 @@ impl Queue {
             walk,
             open: None,
             turn: name_seed(worker) as usize,
+            watched_at: None,
             liveness: Liveness::default(),
             active,
         }
@@ -577,11 +600,8 @@ impl Queue {
                     if self.claim(i, 0).await? {
                         return Ok(Next::Run(i, 0));
                     }
-                    let claimed = match listing {
-                        true => self.claimed_from(i).await?.0,
-                        false => HashSet::new(),
-                    };
-                    self.walk.refused(self.shards, &claimed);
+                    // Over a remote store, the walk lists where it lands.
+                    self.walk.refused(self.shards);
                 }
             }
         }
@@ -596,8 +616,9 @@ impl Queue {
         }
         // Slow path: find shards whose claim died with its process. Parts
         // are never removed, so once the unfinished shards are known (one
-        // listing of the parts) only they need looking at again, a few at a
-        // poll, in turns; `finished` says when all are done.
+        // listing of the parts) only they need looking at again: a few every
+        // half lease (a dead claim is taken over after a lease anyway), in
+        // turns. In between, a poll reads `finished` alone.
         let mut open = match self.open.take() {
             Some(open) => open,
             None => {
@@ -608,9 +629,15 @@ impl Queue {
         if open.is_empty() {
             return Ok(Next::Done);
         }
-        if open.len() > WATCH && self.store.exists(FINISHED).await? {
-            return Ok(Next::Done);
+        if self
+            .watched_at
+            .is_some_and(|t| t.elapsed() < self.lease / 2)
+        {
+            let finished = self.store.exists(FINISHED).await?;
+            self.open = Some(open);
+            return Ok(if finished { Next::Done } else { Next::Wait });
         }
+        self.watched_at = Some(Instant::now());
         let watched: Vec<usize> = (0..open.len().min(WATCH))
             .map(|k| open[(self.turn + k) % open.len()])
             .collect();
@@ -632,6 +659,8 @@ impl Queue {
                 continue;
             }
             if self.claim(i, attempt).await? {
+                // Busy now: once done, it looks at the open shards again.
+                self.watched_at = None;
                 if attempt > 0 {
                     tracing::info!(
                         shard = i,
@@ -943,6 +972,9 @@ mod tests {
                 .await
                 .unwrap();
         }
+        // Within half a lease of its last look, it waits for the marker.
+        assert_eq!(queue.next().await.unwrap(), Next::Wait);
+        store.put(FINISHED, Vec::new()).await.unwrap();
         assert_eq!(queue.next().await.unwrap(), Next::Done);
     }
 
@@ -1200,8 +1232,9 @@ mod tests {
             raw.listings.load(Ordering::Relaxed),
         );
         eprintln!("{refused} refused creates, {listings} listings");
-        assert!(refused <= 200, "{refused} refused creates");
-        assert!(listings <= 400, "{listings} listings");
+        // 51 and 72 when written (100 and 214 with random jumps).
+        assert!(refused <= 100, "{refused} refused creates");
+        assert!(listings <= 150, "{listings} listings");
         // A process joining after the end skips the claims by listing them
         // (about 1 listing a 1,000 claims, a refused create now and then).
         let (r0, l0) = (refused, listings);
@@ -1253,13 +1286,15 @@ mod tests {
 
         let cursor = Arc::new(Walk::over()); // the fast path is over
         let active = Arc::new(ActiveClaims::default());
-        let lease = Duration::from_secs(60);
+        let lease = Duration::from_millis(500);
         let mut queue = Queue::new(store.clone(), 1, "me", "me/0", lease, cursor, active);
         beat(&store, "me", &Heartbeat::new(now_ms(), vec![]))
             .await
             .unwrap();
         assert_eq!(queue.next().await.unwrap(), Next::Wait);
         assert!(!store.exists("claims/00000000/1").await.unwrap());
+        // Half a lease later it looks again, and sees the part.
+        tokio::time::sleep(lease / 2).await;
         assert_eq!(queue.next().await.unwrap(), Next::Done);
     }
 
