@@ -189,4 +189,5 @@ def main():
             )
 
 
-main()
+if __name__ == "__main__":
+    main()

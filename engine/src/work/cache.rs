@@ -5,7 +5,7 @@
 //! never shared across tenants), one object a cell: `cache/<key>.cell`.
 //!
 //! The key is the sha256 of:
-//! - `FORMAT`: what the engine does to a result (the table's encoding, how
+//! - `RESULTS`: what the engine does to a result (the table's encoding, how
 //!   seeds derive), bumped when that changes;
 //! - the component's sha256 and the function's name: the code;
 //! - the shard itself (its key cells, payload and `reads`): `run` sees
@@ -25,7 +25,7 @@
 //! part, the log and each side output. A reader checks the body's sha256;
 //! an entry that does not match is reported and left out, never used.
 
-use super::FORMAT;
+use super::RESULTS;
 use super::data::Tree;
 use crate::runtime::{Shard, ShardOutput};
 use crate::store::{Location, RunStore};
@@ -97,7 +97,7 @@ impl CellCache {
     pub fn key(&self, shard: &Shard) -> String {
         let identity = serde_json::json!({
             "cell": 1,
-            "format": FORMAT,
+            "format": RESULTS,
             "component": self.component,
             "function": self.function,
             "shard": shard,

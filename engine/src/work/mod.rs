@@ -25,13 +25,20 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-/// The version of the run layout and of what a run's results depend on.
-/// 3: shard seeds derive from the shard (its key and payload), not its
-/// index. 4: a shard's `run` sees only the shard (WIT 0.2, which added the
-/// shard's `reads`), and the limits are no longer part of the run id. It is
-/// part of the run id and of every cell's cache key, so work of an older
-/// engine, whose results were made otherwise, is never reused by this one.
-pub const FORMAT: u32 = 4;
+/// The version of the run layout and its protocol, part of the run id, so
+/// that engines of two formats never share a run. 3: shard seeds derive from
+/// the shard (its key and payload), not its index. 4: a shard's `run` sees
+/// only the shard (WIT 0.2, which added the shard's `reads`), and the limits
+/// are no longer part of the run id. 5: a process beats only while it holds
+/// a claim a quarter lease old (a reader holds a claim it has watched for
+/// less than a lease), and `finished` marks a run whose shards all have a part.
+pub const FORMAT: u32 = 5;
+
+/// The version of what a cell's result depends on beside its inputs (the
+/// table's encoding, how seeds derive; 4 since WIT 0.2): part of every
+/// cell's cache key, so that results an older engine made otherwise are
+/// never reused, while cells of a run of an older layout still are.
+pub const RESULTS: u32 = 4;
 
 /// The run as published in the store (`run.json`): everything a worker needs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -69,8 +76,9 @@ impl RunSpec {
         if self.format != FORMAT {
             bail!(
                 "run `{run_id}` was stored by an engine of run format {} (this one is format {FORMAT}, \
-                 whose results are made differently): it cannot be resumed or served here; \
-                 run the config again with this engine (it gets a new run id)",
+                 whose layout or results differ): it cannot be resumed or served here; \
+                 run the config again with this engine (it gets a new run id; its cached cells \
+                 are reused where their results are made the same way)",
                 self.format
             );
         }

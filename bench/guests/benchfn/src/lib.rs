@@ -25,16 +25,23 @@ impl Plugin for Bench {
             )
             .param(Param::new("shards", "int", "How many shards."))
             .param(Param::new("rows", "int", "Rows per shard.")),
+            Function::new(
+                "bench.sleep",
+                "Shards that hold their claim without using the CPU: each sleeps `ms` ms.",
+            )
+            .param(Param::new("shards", "int", "How many shards."))
+            .param(Param::new("ms", "int", "Milliseconds a shard sleeps.")),
         ]
     }
 
-    /// The payload is `[i, n]`: the shard's index and its `work` or `rows`
+    /// The payload is `[i, n]`: the shard's index and its `work`, `rows` or `ms`
     /// (`run` sees only the shard).
     fn plan(call: &Call) -> Result<Vec<Shard>> {
         let shards: i64 = call.arg("shards")?;
         let n: i64 = match call.function() {
             "bench.spin" => call.arg("work")?,
             "bench.rows" => call.arg("rows")?,
+            "bench.sleep" => call.arg("ms")?,
             _ => 0,
         };
         (0..shards).map(|i| Shard::new().payload((i, n))).collect()
@@ -59,6 +66,10 @@ impl Plugin for Bench {
                     )?;
                 }
                 Ok(())
+            }
+            "bench.sleep" => {
+                std::thread::sleep(std::time::Duration::from_millis(n as u64));
+                out.push(Row::new().set("shard", i))
             }
             _ => out.push(Row::new().set("shard", i)),
         }
