@@ -238,6 +238,56 @@ fn an_unwritable_output_keeps_the_results_and_a_rerun_writes_them() {
     assert_eq!(read_csv(&dir.path().join("out/result.csv")).1.len(), 4);
 }
 
+#[test]
+fn a_run_of_an_older_format_is_refused_by_name_and_its_cells_are_still_reused() {
+    let dir = processes_config("shards = 3", 1, "5s");
+    let plugins = guests_dir();
+    let run = || {
+        run_in(
+            dir.path(),
+            &["run", "config.toml", "--plugins", plugins.to_str().unwrap()],
+        )
+    };
+    let o = run();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let id = published_run(dir.path());
+    // The run as an engine of run format 4 left it.
+    let spec_path = dir.path().join(format!("store/runs/{id}/run.json"));
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&spec_path).unwrap()).unwrap();
+    spec["format"] = 4.into();
+    std::fs::write(&spec_path, serde_json::to_vec(&spec).unwrap()).unwrap();
+    let o = run_in(
+        dir.path(),
+        &["worker", "--store", "store", "--run", &id, "--id", "old"],
+    );
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!(
+            "run `{id}` was stored by an engine of run format 4"
+        )) && err.contains("run the config again with this engine"),
+        "{err}"
+    );
+    let o = run_in(dir.path(), &["runs", "--store", "store"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("(run format 4: not resumable by this engine)"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    // A run's cells do not depend on the layout: the config runs again,
+    // every cell from the cache.
+    std::fs::remove_dir_all(dir.path().join(format!("store/runs/{id}"))).unwrap();
+    let o = run();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("3 of 3 cells reused from the cache"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(read_csv(&dir.path().join("out/result.csv")).1.len(), 3);
+}
+
 /// The id of the (only) run in the store under `dir`, once it is published.
 fn published_run(dir: &Path) -> String {
     let started = Instant::now();
