@@ -94,6 +94,10 @@ path = "s3://coord/out.csv"
             text=True,
         )
         wall = time.monotonic() - started
+        # Kept for a look afterwards: the engine's messages and moto's log.
+        logs = ROOT / "target/bench/coordination-logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        (logs / f"{shards}-{workers}.stderr").write_text(p.stderr)
         if p.returncode != 0:
             sys.exit(f"engine run failed ({workers} workers):\n{p.stderr[-3000:]}")
         time.sleep(0.5)
@@ -102,6 +106,9 @@ path = "s3://coord/out.csv"
         moto.kill()
         moto.wait()
         log.close()
+        logs = ROOT / "target/bench/coordination-logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        (logs / f"{shards}-{workers}.moto.log").write_bytes((work / f"moto-{workers}.log").read_bytes())
 
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")

@@ -467,8 +467,12 @@ pub struct Queue {
     /// Where first claims are tried (the fast path), shared by the workers
     /// of one process so that they do not race for the same shards.
     walk: Arc<Walk>,
-    /// Once the fast path is done: the shards not yet seen finished.
-    open: Option<Vec<usize>>,
+    /// Once the fast path is done: the shards of the parts listings read so
+    /// far that were not yet seen finished.
+    open: Vec<usize>,
+    /// The stretches of 1,000 shards whose parts are still to be listed, in
+    /// the order they will be (from this worker's own point on).
+    unscanned: Option<std::collections::VecDeque<usize>>,
     /// Where in `open` the next poll's turn starts.
     turn: usize,
     /// When open shards were last looked at.
@@ -495,7 +499,8 @@ impl Queue {
             worker: worker.into(),
             lease,
             walk,
-            open: None,
+            open: Vec::new(),
+            unscanned: None,
             turn: name_seed(worker) as usize,
             watched_at: None,
             liveness: Liveness::default(),
@@ -615,42 +620,36 @@ impl Queue {
             });
         }
         // Slow path: find shards whose claim died with its process. Parts
-        // are never removed, so once the unfinished shards are known (one
-        // listing of the parts) only they need looking at again: a few every
-        // half lease (a dead claim is taken over after a lease anyway), in
-        // turns. In between, a poll reads `finished` alone.
-        let mut open = match self.open.take() {
-            Some(open) => open,
-            None => {
-                let done: HashSet<usize> = QueueState::list_done(&self.store).await?;
-                (0..self.shards).filter(|i| !done.contains(i)).collect()
-            }
-        };
-        if open.is_empty() {
+        // are never removed, so once the unfinished shards are known only
+        // they need looking at again: a few every half lease (a dead claim
+        // is taken over after a lease anyway), in turns. In between, a poll
+        // reads `finished` alone.
+        self.scan_parts().await?;
+        let scanned = self.unscanned.as_ref().is_some_and(|u| u.is_empty());
+        if self.open.is_empty() && scanned {
             return Ok(Next::Done);
         }
-        if self
-            .watched_at
-            .is_some_and(|t| t.elapsed() < self.lease / 2)
+        if self.open.is_empty()
+            || self
+                .watched_at
+                .is_some_and(|t| t.elapsed() < self.lease / 2)
         {
             let finished = self.store.exists(FINISHED).await?;
-            self.open = Some(open);
             return Ok(if finished { Next::Done } else { Next::Wait });
         }
         self.watched_at = Some(Instant::now());
+        let open = &mut self.open;
         let watched: Vec<usize> = (0..open.len().min(WATCH))
             .map(|k| open[(self.turn + k) % open.len()])
             .collect();
         self.turn = (self.turn + WATCH) % open.len();
         let state =
             QueueState::read_shards(&self.store, self.lease, &mut self.liveness, &watched).await?;
-        open.retain(|i| !state.done.contains(i));
-        if open.is_empty() {
+        self.open.retain(|i| !state.done.contains(i));
+        if self.open.is_empty() && scanned {
             return Ok(Next::Done);
         }
-        let orphaned = state.orphaned(&watched);
-        self.open = Some(open);
-        for (i, attempt) in orphaned {
+        for (i, attempt) in state.orphaned(&watched) {
             // The state read parts before heartbeats: a beat that no longer
             // lists a claim because its shard's part was stored just after
             // that read would make a finished shard look orphaned. Parts
@@ -673,6 +672,40 @@ impl Queue {
             self.liveness.forget(i);
         }
         Ok(Next::Wait)
+    }
+
+    /// Learn which shards are unfinished from the listing of their parts:
+    /// over a remote store one page (1,000 shards) a call, starting at this
+    /// worker's own point, so that workers ending their walks together do
+    /// not all list the whole run at once (P × N/1,000 requests at the same
+    /// moment); a directory is read at once.
+    async fn scan_parts(&mut self) -> Result<()> {
+        let stretches = self.shards.div_ceil(LIST_PAGE);
+        let first = self.turn % stretches.max(1);
+        let unscanned = self
+            .unscanned
+            .get_or_insert_with(|| (0..stretches).map(|j| (first + j) % stretches).collect());
+        let pages = match self.store.root.is_local() {
+            true => unscanned.len(),
+            false => 1,
+        };
+        for _ in 0..pages {
+            let Some(&stretch) = unscanned.front() else {
+                break;
+            };
+            let from = stretch * LIST_PAGE;
+            let to = (from + LIST_PAGE).min(self.shards);
+            let done: HashSet<usize> = self
+                .store
+                .list_from("parts", &shard_name(from), to - from)
+                .await?
+                .iter()
+                .filter_map(|name| name.strip_suffix(".csv")?.parse().ok())
+                .collect();
+            self.open.extend((from..to).filter(|i| !done.contains(i)));
+            unscanned.pop_front();
+        }
+        Ok(())
     }
 
     /// Store a shard's part; `false` if another worker's part was first.
@@ -1212,11 +1245,53 @@ mod tests {
                         q.active.leave(i, 0);
                     }
                     Next::Done => done[p] = true,
+                    // Its parts listings read a page a call.
+                    Next::Wait => {}
                     other => panic!("{other:?}"),
                 }
             }
         }
         ran
+    }
+
+    #[tokio::test]
+    async fn a_waiting_worker_lists_the_parts_a_page_a_poll_or_stops_at_finished() {
+        // 3,000 finished shards; a worker whose walk is over. Before, its
+        // first wait listed every part at once (as every worker did at the
+        // same moment: the S3 server of the suite then timed out for minutes).
+        let raw = Arc::new(Interleaved::new("-", vec![]));
+        let store = RunStore::new(&remote(raw.clone()), None, "r");
+        for i in 0..3000 {
+            store.create(&part_name(i), "a\n1\n").await.unwrap();
+        }
+        let queue = |name: &str| {
+            let active = Arc::new(ActiveClaims::default());
+            let walk = Arc::new(Walk::over());
+            Queue::new(
+                store.clone(),
+                3000,
+                name,
+                name,
+                Duration::from_secs(60),
+                walk,
+                active,
+            )
+        };
+        let mut q = queue("me");
+        let mut listings = Vec::new();
+        loop {
+            let before = raw.listings.load(Ordering::Relaxed);
+            let next = q.next().await.unwrap();
+            listings.push(raw.listings.load(Ordering::Relaxed) - before);
+            if next == Next::Done {
+                break;
+            }
+            assert_eq!(next, Next::Wait);
+        }
+        assert_eq!(listings, [1, 1, 1], "a page a poll");
+        // With the orchestrator's marker, one poll does.
+        store.put(FINISHED, Vec::new()).await.unwrap();
+        assert_eq!(queue("other").next().await.unwrap(), Next::Done);
     }
 
     #[tokio::test]
