@@ -15,7 +15,7 @@ by kind and by the run's folder, and set beside the model:
                      + a look at min(8, open) open shards every half lease
                        (a HEAD of the part, a GET of the holder's beat each)
     per holder:      1 beat (PUT) every quarter lease
-    orchestrator:    1 listing of the parts every 400 ms
+    orchestrator:    1 listing of the parts and 1 of the failures every 400 ms
 
 The processes are then killed; nothing of the run is kept.
 """
@@ -169,7 +169,7 @@ path = "s3://idle/out.csv"
     served = sum(kinds.values())
     watched = min(WATCH, HOLDERS)
     per_idle = 1 / POLL_S + 2 * watched / (LEASE_S / 2)
-    model = alive * per_idle + HOLDERS / (LEASE_S / 4) + 1 / COUNT_S
+    model = alive * per_idle + HOLDERS / (LEASE_S / 4) + 2 / COUNT_S
     print(f"# {time.strftime('%Y-%m-%dT%H:%MZ', time.gmtime())} on {os.cpu_count()} cores; "
           f"{alive} idle worker processes (of {processes} started) and {HOLDERS} holding a shard each, "
           f"lease {LEASE_S} s; moto on loopback; engine {ENGINE}")
