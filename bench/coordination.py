@@ -43,9 +43,10 @@ def free_port():
     return port
 
 
-def run(shards, workers, work):
+def start_moto(log, bucket):
+    """A fresh moto on a free loopback port, logging to `log`, with `bucket`
+    made: (its process, the environment that points S3 clients at it)."""
     port = free_port()
-    log = open(work / f"moto-{workers}.log", "w")
     moto = subprocess.Popen([MOTO, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log)
     env = dict(
         os.environ,
@@ -54,18 +55,24 @@ def run(shards, workers, work):
         AWS_SECRET_ACCESS_KEY="test",
         AWS_REGION="us-east-1",
     )
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    subprocess.run(
+        [PYTHON, "-c", f"import boto3; boto3.client('s3').create_bucket(Bucket='{bucket}')"],
+        env=env,
+        check=True,
+    )
+    return moto, env
+
+
+def run(shards, workers, work):
+    log = open(work / f"moto-{workers}.log", "w")
+    moto, env = start_moto(log, "coord")
     try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        subprocess.run(
-            [PYTHON, "-c", "import boto3; boto3.client('s3').create_bucket(Bucket='coord')"],
-            env=env,
-            check=True,
-        )
         folder = work / f"w{workers}"
         folder.mkdir()
         (folder / "config.toml").write_text(

@@ -22,6 +22,7 @@ The processes are then killed; nothing of the run is kept.
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,12 +30,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from coordination import ANSI, REQUEST, area, free_port  # noqa: E402
+from coordination import ANSI, REQUEST, area, start_moto  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 ENGINE = str(Path(os.environ.get("ENGINE_BIN", ROOT / "target/debug/engine")).resolve())
 PLUGINS = ROOT / "target/bench/plugins"
-MOTO = ROOT / "target/venv-test/bin/moto_server"
 PYTHON = ROOT / "target/venv-test/bin/python"
 HOLDERS = 8
 LEASE_S = 30
@@ -69,28 +69,11 @@ def main():
     seconds = float(args[1]) if len(args) > 1 else 60.0
     warmup = 30 + processes * 0.15
     work = Path(tempfile.mkdtemp(prefix="idle-workers-"))
-    port = free_port()
     log_path = work / "moto.log"
     log = open(log_path, "w")
-    moto = subprocess.Popen([MOTO, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log)
-    env = dict(
-        os.environ,
-        AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
-        AWS_ACCESS_KEY_ID="test",
-        AWS_SECRET_ACCESS_KEY="test",
-        AWS_REGION="us-east-1",
-    )
+    moto, env = start_moto(log, "idle")
     children = []
     try:
-        for _ in range(100):
-            try:
-                import socket
-
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        boto(env, "s3.create_bucket(Bucket='idle')")
         sleep_ms = int((warmup + seconds + 120) * 1000)
         (work / "config.toml").write_text(
             f"""[run]
@@ -157,6 +140,7 @@ path = "s3://idle/out.csv"
     with open(log_path, "rb") as f:
         f.seek(start_at)
         text = f.read(end_at - start_at).decode(errors="replace")
+    shutil.rmtree(work, ignore_errors=True)
     for line in text.splitlines():
         m = REQUEST.search(ANSI.sub("", line))
         if not m:
