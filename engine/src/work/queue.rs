@@ -90,6 +90,11 @@ fn part_name(shard: usize) -> String {
     format!("parts/{}.csv", shard_name(shard))
 }
 
+/// The shard of a name listed under `parts/` (`<shard>.csv`).
+fn part_shard(name: &str) -> Option<usize> {
+    name.strip_suffix(".csv")?.parse().ok()
+}
+
 /// The first claim of a shard whose part was stored by something other than
 /// a worker (the cell cache), so that the workers' walks skip it. Held by no
 /// process; the shard has a part, so it is never taken over.
@@ -682,33 +687,36 @@ impl Queue {
     /// their walks together do not all list the whole run at once (P × N/1,000
     /// requests at the same moment: the suite's S3 server, at 0.6 s a page
     /// for 10,000 shards, then timed out for minutes); between looks the
-    /// `finished` marker says when to stop. A directory is read at once.
+    /// `finished` marker says when to stop. A directory is read at once (its
+    /// listing is not in key order, so it is not read by pages).
     async fn scan_parts(&mut self) -> Result<()> {
+        if self.store.root.is_local() {
+            if self.unscanned.is_none() {
+                let done = QueueState::list_done(&self.store).await?;
+                self.open = (0..self.shards).filter(|i| !done.contains(i)).collect();
+                self.unscanned = Some(Default::default());
+            }
+            return Ok(());
+        }
         let stretches = self.shards.div_ceil(LIST_PAGE);
         let first = self.turn % stretches.max(1);
         let unscanned = self
             .unscanned
             .get_or_insert_with(|| (0..stretches).map(|j| (first + j) % stretches).collect());
-        let pages = match self.store.root.is_local() {
-            true => unscanned.len(),
-            false => 1,
+        let Some(&stretch) = unscanned.front() else {
+            return Ok(());
         };
-        for _ in 0..pages {
-            let Some(&stretch) = unscanned.front() else {
-                break;
-            };
-            let from = stretch * LIST_PAGE;
-            let to = (from + LIST_PAGE).min(self.shards);
-            let done: HashSet<usize> = self
-                .store
-                .list_from("parts", &shard_name(from), to - from)
-                .await?
-                .iter()
-                .filter_map(|name| name.strip_suffix(".csv")?.parse().ok())
-                .collect();
-            self.open.extend((from..to).filter(|i| !done.contains(i)));
-            unscanned.pop_front();
-        }
+        let from = stretch * LIST_PAGE;
+        let to = (from + LIST_PAGE).min(self.shards);
+        let done: HashSet<usize> = self
+            .store
+            .list_from("parts", &shard_name(from), to - from)
+            .await?
+            .iter()
+            .filter_map(|name| part_shard(name))
+            .collect();
+        self.open.extend((from..to).filter(|i| !done.contains(i)));
+        unscanned.pop_front();
         Ok(())
     }
 
@@ -779,7 +787,7 @@ impl QueueState {
             .list("parts")
             .await?
             .iter()
-            .filter_map(|name| name.strip_suffix(".csv")?.parse().ok())
+            .filter_map(|name| part_shard(name))
             .collect())
     }
 
@@ -930,10 +938,15 @@ mod tests {
     use crate::store::Location;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    /// Run `r` of a directory store in `dir`.
+    fn dir_store(dir: &std::path::Path) -> RunStore {
+        RunStore::new(&Location::parse(dir.to_str().unwrap()).unwrap(), None, "r")
+    }
+
     /// A directory store with shards 0..6: 0 and 1 finished, 2 claimed by a
     /// live process, 3 by a dead one (attempts 0 and 1), 4 and 5 unclaimed.
     async fn queue_store(dir: &std::path::Path) -> RunStore {
-        let store = RunStore::new(&Location::parse(dir.to_str().unwrap()).unwrap(), None, "r");
+        let store = dir_store(dir);
         let claim = |process: &str| {
             serde_json::to_vec(&ClaimRecord {
                 process: process.into(),
@@ -1018,11 +1031,7 @@ mod tests {
     #[tokio::test]
     async fn a_claim_its_live_process_no_longer_lists_is_dead() {
         let dir = tempfile::tempdir().unwrap();
-        let store = RunStore::new(
-            &Location::parse(dir.path().to_str().unwrap()).unwrap(),
-            None,
-            "r",
-        );
+        let store = dir_store(dir.path());
         let record = |at_ms| {
             serde_json::to_vec(&ClaimRecord {
                 process: "p".into(),
@@ -1063,11 +1072,7 @@ mod tests {
         // over a lease sees p claim shard 0: that claim holds until the
         // reader has watched *it* for a lease.
         let dir = tempfile::tempdir().unwrap();
-        let store = RunStore::new(
-            &Location::parse(dir.path().to_str().unwrap()).unwrap(),
-            None,
-            "r",
-        );
+        let store = dir_store(dir.path());
         beat(&store, "p", &Heartbeat::new(now_ms(), vec![]))
             .await
             .unwrap();
