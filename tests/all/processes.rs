@@ -241,13 +241,7 @@ fn an_unwritable_output_keeps_the_results_and_a_rerun_writes_them() {
 #[test]
 fn a_run_of_an_older_format_is_refused_by_name_and_its_cells_are_still_reused() {
     let dir = processes_config("shards = 3", 1, "5s");
-    let plugins = guests_dir();
-    let run = || {
-        run_in(
-            dir.path(),
-            &["run", "config.toml", "--plugins", plugins.to_str().unwrap()],
-        )
-    };
+    let run = || run_command(dir.path()).output().unwrap();
     let o = run();
     assert!(o.status.success(), "{}", stderr(&o));
     let id = published_run(dir.path());
