@@ -186,6 +186,12 @@ async fn names(
         .with_context(|| format!("cannot list `{prefix}`"))
 }
 
+/// Whether `e` is the store's (an outage to wait out), not a wrong answer.
+pub fn is_store_error(e: &anyhow::Error) -> bool {
+    e.chain()
+        .any(|c| c.downcast_ref::<object_store::Error>().is_some())
+}
+
 /// The store key of a shard index.
 pub fn shard_name(i: usize) -> String {
     format!("{i:08}")
@@ -356,12 +362,39 @@ impl RunStore {
     }
 
     /// Up to `limit` names below `rel/` that sort after `rel/<after>`, in
-    /// order: one request of a listing that S3 serves `start-after`.
+    /// order: one request of a listing that S3 serves `start-after`. A
+    /// directory does not list in key order: there the whole folder is read
+    /// and sorted (no request is billed; a stretch of it is never mistaken
+    /// for the first names after `after`).
     pub async fn list_from(&self, rel: &str, after: &str, limit: usize) -> Result<Vec<String>> {
         let prefix = self.path(rel);
         let offset = self.path(&format!("{rel}/{after}"));
         let listing = self.root.store.list_with_offset(Some(&prefix), &offset);
-        names(listing, &prefix, limit).await
+        if !self.root.is_local() || self.root.is_memory() {
+            return names(listing, &prefix, limit).await;
+        }
+        let mut all = names(listing, &prefix, usize::MAX).await?;
+        all.sort_unstable();
+        all.truncate(limit);
+        Ok(all)
+    }
+
+    /// Each name below `rel/` (relative to it) to `each`, as listed,
+    /// without keeping them.
+    pub async fn for_each_name(&self, rel: &str, mut each: impl FnMut(&str)) -> Result<()> {
+        let prefix = self.path(rel);
+        let strip = format!("{prefix}/");
+        let mut listing = self.root.store.list(Some(&prefix));
+        while let Some(meta) = listing
+            .try_next()
+            .await
+            .with_context(|| format!("cannot list `{prefix}`"))?
+        {
+            if let Some(name) = meta.location.as_ref().strip_prefix(&strip) {
+                each(name);
+            }
+        }
+        Ok(())
     }
 
     /// How many objects are below `rel/`, without keeping their names.
@@ -404,5 +437,23 @@ mod tests {
         assert_eq!(store.count("parts").await.unwrap(), 3);
         assert!(store.exists("parts/00000002.csv").await.unwrap());
         assert!(!store.exists("parts/00000003.csv").await.unwrap());
+    }
+
+    /// A directory lists in no particular order: `list_from` still returns
+    /// the first names after its point, in order.
+    #[tokio::test]
+    async fn list_from_a_directory_is_in_key_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = Location::parse(dir.path().to_str().unwrap()).unwrap();
+        let store = RunStore::new(&base, None, "r1");
+        for i in (0..40).rev() {
+            store
+                .put(&format!("parts/{}.csv", shard_name(i)), "a\n1\n")
+                .await
+                .unwrap();
+        }
+        let names = store.list_from("parts", &shard_name(10), 5).await.unwrap();
+        let want: Vec<String> = (10..15).map(|i| format!("{}.csv", shard_name(i))).collect();
+        assert_eq!(names, want);
     }
 }
