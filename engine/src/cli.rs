@@ -368,7 +368,8 @@ async fn validate_command(args: ValidateArgs) -> Result<ExitCode> {
     let opts = RunOptions::validate_only(config.clone(), plugins);
     let runtime = tokio::task::block_in_place(|| Runtime::new(1))?;
     let p = orchestrator::prepare_with_data(&runtime, &opts).await?;
-    let shards = tokio::task::block_in_place(|| orchestrator::plan(&runtime, &p))?;
+    // Planned a page at a time and counted; nothing is kept.
+    let shards = tokio::task::block_in_place(|| orchestrator::plan(&runtime, &p, |_| Ok(())))?;
     use std::io::Write;
     writeln!(
         std::io::stdout(),
@@ -376,7 +377,7 @@ async fn validate_command(args: ValidateArgs) -> Result<ExitCode> {
         config.display(),
         p.config.run.function,
         p.component_path.display(),
-        shards.len(),
+        shards,
         p.output
     )?;
     Ok(ExitCode::SUCCESS)

@@ -16,7 +16,7 @@ pub mod text;
 pub mod work;
 
 /// The version of the WIT contract (`engine:plugin`) this engine speaks.
-pub const WIT_VERSION: &str = "0.2.0";
+pub const WIT_VERSION: &str = "0.3.0";
 
 /// An error in what the user gave us, found before anything ran (exit code 2).
 #[derive(Debug, thiserror::Error)]

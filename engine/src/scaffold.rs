@@ -214,7 +214,7 @@ const LIB_RS: &str = r##"//! A benchmark plugin for the engine.
 //! Run:    engine run config.toml --plugins target/wasm32-wasip2/release
 //! Test:   cargo test   (natively, no wasm needed)
 
-use guest_sdk::{Call, Function, Param, Plugin, Result, Row, Shard, Table};
+use guest_sdk::{Call, Function, Param, Plugin, Result, Row, Shard, Shards, Table};
 use serde::{Deserialize, Serialize};
 
 struct __TYPE__;
@@ -246,7 +246,7 @@ impl Plugin for __TYPE__ {
     /// the result table (and in the row written if it fails); the payload
     /// carries all the shard's `run` needs. A shard that reads data would
     /// also name its folders with `.reads(["folder"])`.
-    fn plan(call: &Call) -> Result<Vec<Shard>> {
+    fn plan(call: &Call) -> Result<Shards> {
         let sizes: Vec<i64> = call.arg("sizes")?;
         let repeats: i64 = call.arg("repeats")?;
         if repeats < 1 {

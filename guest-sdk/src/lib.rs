@@ -4,7 +4,7 @@
 //! with `cargo build --target wasm32-wasip2 --release`:
 //!
 //! ```ignore
-//! use guest_sdk::{Call, Function, Param, Plugin, Result, Row, Shard, Table};
+//! use guest_sdk::{Call, Function, Param, Plugin, Result, Row, Shard, Shards, Table};
 //!
 //! struct Hello;
 //!
@@ -13,7 +13,7 @@
 //!         vec![Function::new("hello.greet", "Greet each name.")
 //!             .param(Param::new("names", "list<string>", "Who to greet."))]
 //!     }
-//!     fn plan(call: &Call) -> Result<Vec<Shard>> {
+//!     fn plan(call: &Call) -> Result<Shards> {
 //!         let names: Vec<String> = call.arg("names")?;
 //!         names.iter().map(|n| Shard::new().key("name", n.as_str()).payload(n)).collect()
 //!     }
@@ -31,6 +31,10 @@
 //! result (a cell) in any later call that plans the same shard, e.g. after a
 //! model is added to a sweep. A shard that reads data names its directories
 //! with [`Shard::reads`]; its sandbox then mounts only those.
+//!
+//! `plan` returns [`Shards`]: a list (`.collect()` of shards), or, for a plan
+//! too big to hold, [`Shards::lazy`], made as the engine takes them a page at
+//! a time.
 //!
 //! Plugin logic also builds natively, so it can be unit-tested with plain
 //! `cargo test` through [`testing`].
@@ -58,11 +62,12 @@ pub mod bindings {
 }
 
 use bindings::engine::plugin::{host, types as wit};
+use bindings::exports::engine::plugin::planner;
 
 pub mod testing;
 
 /// The version of the WIT contract this SDK speaks.
-pub const WIT_VERSION: &str = "0.2.0";
+pub const WIT_VERSION: &str = "0.3.0";
 
 /// Where the run's read-only data directory is mounted inside the sandbox.
 ///
@@ -409,6 +414,41 @@ impl Shard {
     }
 }
 
+/// The shards of a call, as [`Plugin::plan`] returns them, in order.
+///
+/// Collect a plan that fits in memory (`.collect()` of `Shard`s or of
+/// `Result<Shard>`s, or `vec.into()`); make one of millions with
+/// [`Shards::lazy`], which the engine drives a page at a time, so that neither
+/// side holds the whole plan.
+pub struct Shards(Box<dyn Iterator<Item = Result<Shard>>>);
+
+impl Shards {
+    /// Shards made one at a time as the engine asks for them. An `Err`
+    /// item ends the plan with its message.
+    pub fn lazy(shards: impl Iterator<Item = Result<Shard>> + 'static) -> Shards {
+        Shards(Box::new(shards))
+    }
+}
+
+impl From<Vec<Shard>> for Shards {
+    fn from(shards: Vec<Shard>) -> Self {
+        Shards(Box::new(shards.into_iter().map(Ok)))
+    }
+}
+
+impl FromIterator<Shard> for Shards {
+    fn from_iter<I: IntoIterator<Item = Shard>>(shards: I) -> Self {
+        shards.into_iter().collect::<Vec<_>>().into()
+    }
+}
+
+impl Iterator for Shards {
+    type Item = Result<Shard>;
+    fn next(&mut self) -> Option<Result<Shard>> {
+        self.0.next()
+    }
+}
+
 // ---------------------------------------------------------------- the plugin trait
 
 /// A benchmark plugin.
@@ -417,7 +457,7 @@ pub trait Plugin {
     fn describe() -> Vec<Function>;
     /// Split a call into independent shards, each carrying in its payload
     /// everything its `run` needs.
-    fn plan(call: &Call) -> Result<Vec<Shard>>;
+    fn plan(call: &Call) -> Result<Shards>;
     /// Run one shard of `function`, pushing result rows into `out`. It sees
     /// the shard, not the call's arguments.
     fn run(function: &str, shard: &Shard, out: &mut Table) -> Result<()>;
@@ -477,19 +517,6 @@ impl<P: Plugin> bindings::Guest for Exports<P> {
         P::describe().into_iter().map(Function::into_wit).collect()
     }
 
-    fn plan(function: String, args: String) -> Result<Vec<wit::Shard>, String> {
-        let call = Call::new(&function, &args).map_err(|e| e.0)?;
-        let shards = P::plan(&call).map_err(|e| e.0)?;
-        Ok(shards
-            .into_iter()
-            .map(|s| wit::Shard {
-                key: s.key,
-                payload: s.payload,
-                reads: s.reads,
-            })
-            .collect())
-    }
-
     fn run(function: String, shard: wit::Shard, out: &host::TableWriter) -> Result<(), String> {
         let shard = Shard {
             key: shard.key,
@@ -504,6 +531,38 @@ impl<P: Plugin> bindings::Guest for Exports<P> {
             },
         )
         .map_err(|e| e.0)
+    }
+}
+
+impl<P: Plugin> bindings::exports::engine::plugin::planner::Guest for Exports<P> {
+    type Shards = PlanShards;
+
+    fn plan(function: String, args: String) -> Result<planner::Shards, String> {
+        let call = Call::new(&function, &args).map_err(|e| e.0)?;
+        let shards = P::plan(&call).map_err(|e| e.0)?;
+        Ok(planner::Shards::new(PlanShards(std::cell::RefCell::new(
+            shards,
+        ))))
+    }
+}
+
+/// A plan in progress, as the engine sees it: [`Shards`] taken in pages.
+#[doc(hidden)]
+pub struct PlanShards(std::cell::RefCell<Shards>);
+
+impl planner::GuestShards for PlanShards {
+    fn next(&self, max: u32) -> Result<Vec<wit::Shard>, String> {
+        let mut shards = self.0.borrow_mut();
+        let mut page = Vec::new();
+        for shard in shards.by_ref().take(max as usize) {
+            let s = shard.map_err(|e| e.0)?;
+            page.push(wit::Shard {
+                key: s.key,
+                payload: s.payload,
+                reads: s.reads,
+            });
+        }
+        Ok(page)
     }
 }
 

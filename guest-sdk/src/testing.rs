@@ -58,6 +58,7 @@ pub fn call<P: Plugin>(function: &str, args_json: &str) -> Result<Vec<Row>> {
     let call = Call::new(function, &with_defaults::<P>(function, args_json)?)?;
     let mut rows = Vec::new();
     for shard in P::plan(&call)? {
+        let shard = shard?;
         for dir in shard.read_dirs() {
             let plain = dir
                 .split('/')

@@ -87,7 +87,7 @@ fn a_core_module_is_refused_with_its_name() {
 #[test]
 fn a_plugin_built_for_another_wit_version_is_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
-    for guest in ["oldwit.wasm", "wit010.wasm"] {
+    for guest in ["oldwit.wasm", "wit010.wasm", "wit020.wasm"] {
         std::fs::copy(guests_dir().join(guest), dir.path().join(guest)).unwrap();
     }
     let o = run_in(
@@ -96,15 +96,27 @@ fn a_plugin_built_for_another_wit_version_is_refused_by_name() {
     );
     let err = stderr(&o);
     assert!(
-        err.contains("oldwit.wasm` was built against `engine:plugin@0.0.9`, but this engine speaks `engine:plugin@0.2.0`; rebuild it against this engine's guest SDK"),
+        err.contains("oldwit.wasm` was built against `engine:plugin@0.0.9`, but this engine speaks `engine:plugin@0.3.0`; rebuild it against this engine's guest SDK"),
         "{err}"
     );
     // 0.1.0's `run` took the call's arguments: the message says what changed.
     assert!(
         err.contains(
             "wit010.wasm` was built against `engine:plugin@0.1.0`, but this engine speaks \
-             `engine:plugin@0.2.0`; since 0.2.0, `run` no longer receives the call's arguments; \
-             a shard's payload carries what it needs; rebuild against this engine's guest SDK"
+             `engine:plugin@0.3.0`; since 0.2.0, `run` no longer receives the call's arguments; \
+             a shard's payload carries what it needs; since 0.3.0, `plan` hands its shards out \
+             a page at a time (the guest SDK's `plan` returns `Shards`); rebuild against this \
+             engine's guest SDK"
+        ),
+        "{err}"
+    );
+    // 0.2.0's `plan` returned one list.
+    assert!(
+        err.contains(
+            "wit020.wasm` was built against `engine:plugin@0.2.0`, but this engine speaks \
+             `engine:plugin@0.3.0`; since 0.3.0, `plan` hands its shards out a page at a time \
+             (the `planner` interface; the guest SDK's `plan` returns `Shards`); rebuild \
+             against this engine's guest SDK"
         ),
         "{err}"
     );

@@ -24,7 +24,7 @@ use deepecho::metrics::forest::Forest;
 use deepecho::models::nn::{Adam, F, matmul};
 use deepecho::models::par::{Batch, Net, Work};
 use deepecho::rng::Rng;
-use guest_sdk::{Call, Error, Function, Param, Plugin, Result, Row, Shard, Table, bail};
+use guest_sdk::{Call, Error, Function, Param, Plugin, Result, Row, Shard, Shards, Table, bail};
 use serde::{Deserialize, Serialize};
 use std::hint::black_box;
 use std::path::Path;
@@ -248,7 +248,7 @@ impl Plugin for Kernels {
         ]
     }
 
-    fn plan(call: &Call) -> Result<Vec<Shard>> {
+    fn plan(call: &Call) -> Result<Shards> {
         if call.function() != FUNCTION {
             bail!("unknown function `{}`", call.function());
         }
@@ -277,7 +277,7 @@ impl Plugin for Kernels {
                 shards.push(shard.reads(reads.iter().copied()));
             }
         }
-        Ok(shards)
+        Ok(shards.into())
     }
 
     fn run(_function: &str, shard: &Shard, out: &mut Table) -> Result<()> {
@@ -311,7 +311,7 @@ mod tests {
             FUNCTION,
             r#"{"kernels": ["matmul", "float_loop"], "repetitions": 3}"#,
         )?;
-        assert_eq!(Kernels::plan(&call)?.len(), 6);
+        assert_eq!(Kernels::plan(&call)?.count(), 6);
         let bad = Call::new(FUNCTION, r#"{"kernels": ["nope"], "repetitions": 1}"#)?;
         assert!(Kernels::plan(&bad).is_err());
         Ok(())

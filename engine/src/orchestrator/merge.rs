@@ -2,9 +2,9 @@
 //! streaming: one part in memory at a time, the output uploaded in chunks and
 //! made visible only when complete.
 
-use crate::runtime::Shard;
 use crate::store::{Location, RunStore, shard_name};
 use crate::table::{Cell, append_part, merged_columns, parse_header};
+use crate::work::shards::ShardList;
 use anyhow::{Context, Result};
 use futures::{StreamExt, TryStreamExt};
 use object_store::buffered::BufWriter;
@@ -185,10 +185,12 @@ async fn read_header(store: &RunStore, i: usize) -> Result<Vec<String>> {
 /// `results.outputs/00000003-model=PAR/samples/a.csv`.
 pub async fn copy_side_outputs(
     store: &RunStore,
-    shards: &[Shard],
+    shards: &ShardList,
     output: &Location,
 ) -> Result<usize> {
-    let names = store.list("outputs").await?;
+    // In shard order, so that their keys are read a page at a time.
+    let mut names = store.list("outputs").await?;
+    names.sort_unstable();
     let stem = output
         .path
         .as_ref()
@@ -200,11 +202,11 @@ pub async fn copy_side_outputs(
         let Some((index, name)) = rel.split_once('/') else {
             continue;
         };
-        let key = index
-            .parse::<usize>()
-            .ok()
-            .and_then(|i| shards.get(i))
-            .map(|s| &s.key[..]);
+        let shard = match index.parse::<usize>() {
+            Ok(i) if i < shards.len() => Some(shards.get(i).await?),
+            _ => None,
+        };
+        let key = shard.as_ref().map(|s| &s.key[..]);
         let bytes = store
             .get(&format!("outputs/{rel}"))
             .await?

@@ -15,11 +15,12 @@ use crate::store::counted::{self, Requests};
 use crate::store::{Location, RunStore};
 use crate::work::artifact;
 use crate::work::data::{self, LocalData};
-use crate::work::{RunSpec, cache, read_shards, worker};
+use crate::work::queue::PartCount;
+use crate::work::shards::{self, ShardList};
+use crate::work::{RunSpec, cache, worker};
 use anyhow::{Context, Result, bail};
 use progress::{Progress, ProgressMode};
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -359,53 +360,64 @@ pub fn run_id(p: &Prepared) -> String {
     )
 }
 
-/// Plan the call in a sandbox with the run's limits.
-pub fn plan(runtime: &Runtime, p: &Prepared) -> Result<Vec<Shard>> {
+/// Plan the call in a sandbox with the run's limits, handing its shards to
+/// `each` a page at a time ([`shards::PAGE`]), each page checked (its
+/// shards' `reads`, `limits.max_shards`), so that no plan is ever held
+/// whole; how many shards were planned.
+pub fn plan(
+    runtime: &Runtime,
+    p: &Prepared,
+    mut each: impl FnMut(Vec<Shard>) -> Result<()>,
+) -> Result<usize> {
     let sandbox = worker::sandbox(&p.config.limits, data_dir(p), p.config.run.seed);
     let args = Value::Object(p.args.clone()).to_string();
-    let shards = runtime
-        .plan(&p.plugin, &p.config.run.function, &args, &sandbox)
-        .map_err(|f| {
-            // A guest that looked for data the run does not have.
-            let hint = match (data_dir(p), f.message.contains("/data")) {
-                (None, true) => {
-                    "; the run has no data: set `run.data` in the config to a folder (or an \
-                     s3://… prefix) to mount read-only as the guest's /data"
-                }
-                _ => "",
-            };
-            let e = anyhow::anyhow!("planning `{}` failed: {f}{hint}", p.config.run.function);
-            // The plugin refusing its arguments is the user's to fix: exit 2.
-            if f.kind == crate::runtime::ErrorKind::GuestError {
-                InputError::from(e).into()
-            } else {
-                e
+    let function = &p.config.run.function;
+    let failed = |f: crate::runtime::GuestFailure| -> anyhow::Error {
+        // A guest that looked for data the run does not have.
+        let hint = match (data_dir(p), f.message.contains("/data")) {
+            (None, true) => {
+                "; the run has no data: set `run.data` in the config to a folder (or an \
+                 s3://… prefix) to mount read-only as the guest's /data"
             }
-        })?;
-    if shards.is_empty() {
-        bail!(
-            "`{}` planned no shards for these arguments: nothing to run",
-            p.config.run.function
-        );
+            _ => "",
+        };
+        let e = anyhow::anyhow!("planning `{function}` failed: {f}{hint}");
+        // The plugin refusing its arguments is the user's to fix: exit 2.
+        if f.kind == crate::runtime::ErrorKind::GuestError {
+            InputError::from(e).into()
+        } else {
+            e
+        }
+    };
+    let mut planning = runtime
+        .plan(&p.plugin, function, &args, &sandbox)
+        .map_err(failed)?;
+    let max = p.config.limits.max_shards;
+    let mut n = 0;
+    while let Some(page) = planning.next(shards::PAGE as u32).map_err(failed)? {
+        if n + page.len() > max {
+            bail!(
+                "`{function}` planned more than {max} shards, the run's `limits.max_shards`; \
+                 raise the limit if that is intended"
+            );
+        }
+        crate::runtime::check_reads(
+            function,
+            n,
+            &page,
+            data_dir(p),
+            p.data
+                .iter()
+                .flat_map(|d| &d.tree.files)
+                .map(|f| f.path.as_str()),
+        )?;
+        n += page.len();
+        each(page)?;
     }
-    if shards.len() > p.config.limits.max_shards {
-        bail!(
-            "`{}` planned {} shards, more than `limits.max_shards` ({}); raise the limit if that is intended",
-            p.config.run.function,
-            shards.len(),
-            p.config.limits.max_shards
-        );
+    if n == 0 {
+        bail!("`{function}` planned no shards for these arguments: nothing to run");
     }
-    crate::runtime::check_reads(
-        &p.config.run.function,
-        &shards,
-        data_dir(p),
-        p.data
-            .iter()
-            .flat_map(|d| &d.tree.files)
-            .map(|f| f.path.as_str()),
-    )?;
-    Ok(shards)
+    Ok(n)
 }
 
 /// `engine run`: the whole run, start to finish. A rerun of the same config
@@ -424,8 +436,8 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
     let base = Location::parse_with(&prepared.store, credentials.as_ref())?;
     let store = RunStore::new(&base, prepared.config.run.tenant.as_deref(), &run_id);
 
-    let (spec, shards) =
-        publish_or_resume(&runtime, &prepared, &store, &run_id, !opts.no_cache).await?;
+    let spec = publish_or_resume(&runtime, &prepared, &store, &run_id, !opts.no_cache).await?;
+    let shards = ShardList::open(&store, &spec)?;
     if let Some(local) = &prepared.data
         && prepared.config.cluster.backend != Backend::Local
     {
@@ -589,12 +601,21 @@ async fn publish_or_resume(
     store: &RunStore,
     run_id: &str,
     cache: bool,
-) -> Result<(RunSpec, Vec<Shard>)> {
-    if let Some((spec, shards)) = load_published(store, run_id).await? {
-        let spec = update_settings(store, spec, prepared, cache).await?;
-        return Ok((spec, shards));
+) -> Result<RunSpec> {
+    if let Some(spec) = load_published(store, run_id).await? {
+        return update_settings(store, spec, prepared, cache).await;
     }
-    let shards = tokio::task::block_in_place(|| plan(runtime, prepared))?;
+    let bytes = tokio::fs::read(&prepared.component_path)
+        .await
+        .with_context(|| format!("cannot read `{}`", prepared.component_path.display()))?;
+    store.put("component.wasm", bytes).await?;
+    // Each page is stored as the plan hands it out.
+    let handle = tokio::runtime::Handle::current();
+    let mut writer = shards::Writer::new(store);
+    tokio::task::block_in_place(|| {
+        plan(runtime, prepared, |page| handle.block_on(writer.push(page)))
+    })?;
+    let (n, shard_pages) = writer.finish().await?;
     let spec = RunSpec {
         format: crate::work::FORMAT,
         run_id: run_id.to_owned(),
@@ -605,13 +626,16 @@ async fn publish_or_resume(
         seed: prepared.config.run.seed,
         tenant: prepared.config.run.tenant.clone(),
         limits: prepared.config.limits.clone(),
-        shards: shards.len(),
+        shards: n,
         lease_ms: prepared.config.cluster.lease.as_millis() as u64,
-        shards_sha256: None,
+        shard_pages,
         cache,
     };
-    let spec = publish(store, spec, &shards, &prepared.component_path).await?;
-    Ok((spec, shards))
+    // `run.json` last, so a worker that sees it finds everything else.
+    store
+        .put("run.json", serde_json::to_vec_pretty(&spec)?)
+        .await?;
+    Ok(spec)
 }
 
 /// A resumed run with this config's settings, which are not part of its id:
@@ -790,36 +814,14 @@ fn threads_needed(opts: &RunOptions, config: &Config) -> u32 {
 }
 
 /// The run as published earlier (a resume), if it is in the store.
-async fn load_published(store: &RunStore, run_id: &str) -> Result<Option<(RunSpec, Vec<Shard>)>> {
+async fn load_published(store: &RunStore, run_id: &str) -> Result<Option<RunSpec>> {
     let Some(spec) = store.get("run.json").await? else {
         return Ok(None);
     };
     let spec: RunSpec =
         serde_json::from_slice(&spec).context("the stored `run.json` is not a run spec")?;
     spec.check_id(run_id)?;
-    let shards = read_shards(store, &spec).await?;
-    Ok(Some((spec, shards)))
-}
-
-/// Write the run into the store; `run.json` last, so a worker that sees it
-/// finds everything else.
-async fn publish(
-    store: &RunStore,
-    mut spec: RunSpec,
-    shards: &[Shard],
-    component: &Path,
-) -> Result<RunSpec> {
-    let bytes = tokio::fs::read(component)
-        .await
-        .with_context(|| format!("cannot read `{}`", component.display()))?;
-    store.put("component.wasm", bytes).await?;
-    let shards = serde_json::to_vec(shards)?;
-    spec.shards_sha256 = Some(hex::encode(Sha256::digest(&shards)));
-    store.put("shards.json", shards).await?;
-    store
-        .put("run.json", serde_json::to_vec_pretty(&spec)?)
-        .await?;
-    Ok(spec)
+    Ok(Some(spec))
 }
 
 /// Wait until every shard has a part; returns how many failed. Workers in
@@ -847,23 +849,24 @@ async fn watch(
     let mut done = before.0;
     // Why every worker stopped, once none is left.
     let mut stopped: Option<String> = None;
-    // Listing an in-memory store is cheap; a directory or a bucket less so:
-    // counting the parts there lists 1,000 a request, so it is done at most
-    // every 400 ms and, up to 300,000 shards, at most 10 listing requests a
-    // second; at least every 30 s.
-    let pages = n.div_ceil(1000) as u64;
-    let every = match (&finished, store.root.is_memory()) {
-        (Some(_), _) => 250,
-        (None, true) => 50,
-        (None, false) => (pages * 100).clamp(400, 30_000),
-    };
+    let mut parts = PartCount::new(n);
     loop {
+        // Listing an in-memory store is cheap; a directory or a bucket less
+        // so: a count there lists a page (1,000 shards) for each stretch not
+        // yet complete, so it is done at most every 400 ms and at most 10
+        // listing requests a second; at least every 30 s.
+        let pages = parts.pages_left() as u64;
+        let every = match (&finished, store.root.is_memory()) {
+            (Some(_), _) => 250,
+            (None, true) => 50,
+            (None, false) => (pages * 100).clamp(400, 30_000),
+        };
         let tried = Instant::now();
         // Once every worker stopped, only the store knows.
         let here = finished.as_deref().filter(|_| stopped.is_none());
         // A store that does not answer does not keep Ctrl-C waiting.
         let counted = tokio::select! {
-            counted = count_finished(store, n, before, here) => counted,
+            counted = count_finished(store, &mut parts, n, before, here) => counted,
             _ = &mut ctrl_c => bail!("interrupted with {done} of {n} shards finished"),
             _ = term.recv() => bail!("terminated (SIGTERM) with {done} of {n} shards finished"),
         };
@@ -895,7 +898,7 @@ async fn watch(
                     continue;
                 }
                 Ok(None) => polling.over(POLLING),
-                Err(e) if is_store_error(&e) => {
+                Err(e) if crate::store::is_store_error(&e) => {
                     wait = wait.max(polling.failed(POLLING, e, tried)?);
                 }
                 Err(e) => return Err(e),
@@ -926,6 +929,7 @@ const POLLING: &str = "looking after the workers";
 /// counted in the store, exactly.
 async fn count_finished(
     store: &RunStore,
+    parts: &mut PartCount,
     n: usize,
     (before_done, before_failed): (usize, usize),
     finished: Option<&worker::Finished>,
@@ -935,16 +939,10 @@ async fn count_finished(
             before_done + f.done.load(Ordering::Relaxed),
             before_failed + f.failed.load(Ordering::Relaxed),
         ),
-        None => (store.count("parts").await?, store.count("failed").await?),
+        None => (parts.count(store).await?, store.count("failed").await?),
     };
     if done >= n && before_done > 0 && finished.is_some() {
         return Ok((done, store.count("failed").await?));
     }
     Ok((done, failed))
-}
-
-/// Whether `e` is the store's (an outage to wait out), not the backend's.
-fn is_store_error(e: &anyhow::Error) -> bool {
-    e.chain()
-        .any(|c| c.downcast_ref::<object_store::Error>().is_some())
 }

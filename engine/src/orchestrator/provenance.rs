@@ -5,9 +5,9 @@
 //! how often it was attempted.
 
 use super::Prepared;
-use crate::runtime::Shard;
 use crate::store::{Location, RunStore};
 use crate::table::Cell;
+use crate::work::shards::ShardList;
 use anyhow::{Context, Result};
 use object_store::path::Path as ObjPath;
 use serde_json::{Value, json};
@@ -22,7 +22,7 @@ pub const WASMTIME_VERSION: &str = "48.0.8";
 /// What a run was, for its provenance record.
 pub struct Facts<'a> {
     pub run_id: &'a str,
-    pub shards: &'a [Shard],
+    pub shards: &'a ShardList,
     pub rows: u64,
     pub failed: usize,
     /// Shards that had a part when this invocation started (a resume).
@@ -45,7 +45,13 @@ pub async fn write(
     output: &Location,
     facts: &Facts<'_>,
 ) -> Result<String> {
-    let record = record(prepared, facts, attempts(store).await);
+    let n = facts.shards.len();
+    let attempts = attempts(store, n <= CELLS_LISTED).await;
+    let listed = match n <= CELLS_LISTED {
+        true => Some(cells(facts, attempts.as_ref()).await?),
+        false => None,
+    };
+    let record = record(prepared, facts, attempts, listed);
     let path = meta_path(output);
     output
         .store
@@ -59,31 +65,44 @@ pub async fn write(
     Ok(format!("{shown}.meta.json"))
 }
 
-/// The attempts of each cell that was claimed, by shard index (from the
-/// claims; a memory store keeps none: `None`).
-async fn attempts(store: &RunStore) -> Option<BTreeMap<usize, usize>> {
+/// The attempts of each cell that was claimed (`all`), or of those claimed
+/// more than once, by shard index, from the claims read as they are listed;
+/// a memory store keeps none: `None`. Attempt `k` of a shard is claimed only
+/// after attempt `k - 1`, so a shard with a claim `<i>/k` was tried `k + 1`
+/// times: without `all`, only such claims are kept.
+async fn attempts(store: &RunStore, all: bool) -> Option<BTreeMap<usize, usize>> {
     if store.root.is_memory() {
         return None;
     }
     let mut by_shard: BTreeMap<usize, usize> = BTreeMap::new();
-    for name in store.list("claims").await.ok()? {
-        if let Some(i) = name.split_once('/').and_then(|(i, _)| i.parse().ok()) {
-            *by_shard.entry(i).or_default() += 1;
-        }
-    }
+    store
+        .for_each_name("claims", |name| {
+            let Some((i, attempt)) = name.split_once('/') else {
+                return;
+            };
+            let (Ok(i), Ok(attempt)) = (i.parse::<usize>(), attempt.parse::<usize>()) else {
+                return;
+            };
+            if all {
+                *by_shard.entry(i).or_default() += 1;
+            } else if attempt > 0 {
+                let tries = by_shard.entry(i).or_default();
+                *tries = (*tries).max(attempt + 1);
+            }
+        })
+        .await
+        .ok()?;
     Some(by_shard)
 }
 
 /// Each cell: its key cells, where its part came from (`cache`: the cell
 /// cache; `earlier`: an earlier, interrupted invocation of this run; `run`:
 /// computed now) and its attempts (claims made; `null` where not recorded).
-fn cells(f: &Facts<'_>, attempts: Option<&BTreeMap<usize, usize>>) -> Value {
+async fn cells(f: &Facts<'_>, attempts: Option<&BTreeMap<usize, usize>>) -> Result<Value> {
     let reused: HashSet<usize> = f.reused.unwrap_or_default().iter().copied().collect();
-    let list: Vec<Value> = f
-        .shards
-        .iter()
-        .enumerate()
-        .map(|(i, shard)| {
+    let mut list = Vec::new();
+    f.shards
+        .for_each(|i, shard| {
             let key: serde_json::Map<String, Value> = shard
                 .key
                 .iter()
@@ -101,10 +120,11 @@ fn cells(f: &Facts<'_>, attempts: Option<&BTreeMap<usize, usize>>) -> Value {
                 (_, Some(a)) => json!(a.get(&i).copied().unwrap_or(0)),
                 (_, None) => Value::Null,
             };
-            json!({ "shard": i, "key": key, "from": from, "attempts": tries })
+            list.push(json!({ "shard": i, "key": key, "from": from, "attempts": tries }));
+            Ok(())
         })
-        .collect();
-    Value::Array(list)
+        .await?;
+    Ok(Value::Array(list))
 }
 
 fn cell_value(c: &Cell) -> Value {
@@ -117,7 +137,12 @@ fn cell_value(c: &Cell) -> Value {
     }
 }
 
-fn record(p: &Prepared, f: &Facts<'_>, attempts: Option<BTreeMap<usize, usize>>) -> Value {
+fn record(
+    p: &Prepared,
+    f: &Facts<'_>,
+    attempts: Option<BTreeMap<usize, usize>>,
+    listed: Option<Value>,
+) -> Value {
     let n = f.shards.len();
     let more_than_once = attempts.as_ref().map(|a| {
         a.iter()
@@ -125,7 +150,6 @@ fn record(p: &Prepared, f: &Facts<'_>, attempts: Option<BTreeMap<usize, usize>>)
             .map(|(i, t)| (*i, *t))
             .collect::<BTreeMap<_, _>>()
     });
-    let listed = (n <= CELLS_LISTED).then(|| cells(f, attempts.as_ref()));
     // The config as resolved; its secrets (`output.key`, `output.secret_key`)
     // are never serialized.
     let config = serde_json::to_value(&p.config).unwrap_or(Value::Null);

@@ -463,40 +463,41 @@ impl Runtime {
             .collect())
     }
 
-    /// Split a call into shards.
-    pub fn plan(
-        &self,
+    /// Start splitting a call into shards, which [`Planning::next`] then
+    /// takes a page at a time. The sandbox (and its `limits.timeout`) lasts
+    /// the whole plan.
+    pub fn plan<'r>(
+        &'r self,
         plugin: &Plugin,
         function: &str,
         args: &str,
         sandbox: &Sandbox,
-    ) -> Result<Vec<Shard>, GuestFailure> {
+    ) -> Result<Planning<'r>, GuestFailure> {
         let (mut store, pipes) =
             self.new_store(sandbox, (PLAN_MAX, "the cap on what `plan` returns"))?;
+        let deadline = Instant::now() + sandbox.timeout;
         let called = self.block_on(guarded(sandbox.timeout, async {
             let bindings = instantiate(plugin, &mut store, sandbox).await?;
-            match bindings.call_plan(&mut store, function, args).await {
-                Ok(Ok(shards)) => Ok(shards),
+            match bindings
+                .engine_plugin_planner()
+                .call_plan(&mut store, function, args)
+                .await
+            {
+                Ok(Ok(shards)) => Ok((bindings, shards)),
                 Ok(Err(message)) => Err(GuestFailure::new(ErrorKind::GuestError, &message)),
                 Err(e) => Err(classify(&e, store.data())),
             }
         }));
-        let shards = called.map_err(|f| with_stderr_tail(f, &pipes[1]))?;
-        // The guest's memory (its own copy of the list) goes before the list
-        // is converted: a plan of millions of shards holds one copy at a time.
-        drop(store);
-        Ok(shards
-            .into_iter()
-            .map(|s| Shard {
-                key: s
-                    .key
-                    .into_iter()
-                    .map(|(k, v)| (k, host::from_wit(v)))
-                    .collect(),
-                payload: s.payload,
-                reads: s.reads,
-            })
-            .collect())
+        let (bindings, shards) = called.map_err(|f| with_stderr_tail(f, &pipes[1]))?;
+        Ok(Planning {
+            runtime: self,
+            store,
+            pipes,
+            bindings,
+            shards,
+            deadline,
+            timeout: sandbox.timeout,
+        })
     }
 
     /// Run one shard in a fresh sandbox (mounting the data directories of
@@ -580,6 +581,74 @@ impl Runtime {
     }
 }
 
+/// A plan in progress: its guest instance, asked for shards a page at a
+/// time, so that neither it nor the host holds all of a big plan.
+pub struct Planning<'r> {
+    runtime: &'r Runtime,
+    store: Store<ShardState>,
+    pipes: [MemoryOutputPipe; 2],
+    bindings: Bindings,
+    shards: wasmtime::component::ResourceAny,
+    deadline: Instant,
+    timeout: Duration,
+}
+
+impl Planning<'_> {
+    /// Up to `max` more shards; `None` once the plan has given them all.
+    pub fn next(&mut self, max: u32) -> Result<Option<Vec<Shard>>, GuestFailure> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(timed_out(self.timeout));
+        }
+        let (store, bindings, shards) = (&mut self.store, &self.bindings, self.shards);
+        store.set_hostcall_fuel(PLAN_MAX);
+        let called = self.runtime.block_on(guarded(left, async {
+            match bindings
+                .engine_plugin_planner()
+                .shards()
+                .call_next(&mut *store, shards, max)
+                .await
+            {
+                Ok(Ok(page)) => Ok(page),
+                Ok(Err(message)) => Err(GuestFailure::new(ErrorKind::GuestError, &message)),
+                Err(e) => Err(classify(&e, store.data())),
+            }
+        }));
+        let page = called
+            .map_err(|f| with_stderr_tail(f, &self.pipes[1]))
+            .map_err(|f| match f.kind {
+                // `guarded` names the whole plan's timeout, not what was left.
+                ErrorKind::Timeout => timed_out(self.timeout),
+                _ => f,
+            })?;
+        if page.len() > max as usize {
+            return Err(GuestFailure::new(
+                ErrorKind::GuestError,
+                &format!(
+                    "`next` returned {} shards where at most {max} were asked for",
+                    page.len()
+                ),
+            ));
+        }
+        if page.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(
+            page.into_iter()
+                .map(|s| Shard {
+                    key: s
+                        .key
+                        .into_iter()
+                        .map(|(k, v)| (k, host::from_wit(v)))
+                        .collect(),
+                    payload: s.payload,
+                    reads: s.reads,
+                })
+                .collect(),
+        ))
+    }
+}
+
 /// Instantiate a plugin in a store made by `new_store`.
 async fn instantiate(
     plugin: &Plugin,
@@ -629,7 +698,7 @@ fn timed_out(timeout: Duration) -> GuestFailure {
 }
 
 /// What to do about a component built against another version of the WIT
-/// (`0.1.0`): what changed since, and how to rebuild it.
+/// (`0.1.0`, `0.2.0`): what changed since, and how to rebuild it.
 fn wit_upgrade(theirs: &str) -> &'static str {
     let version = |v: &str| -> Option<(u64, u64, u64)> {
         let mut parts = v.split('.').map(|p| p.parse().ok());
@@ -643,7 +712,13 @@ fn wit_upgrade(theirs: &str) -> &'static str {
         }
         (Some((0, 1, _)), _) => {
             "; since 0.2.0, `run` no longer receives the call's arguments; a shard's payload \
-             carries what it needs; rebuild against this engine's guest SDK"
+             carries what it needs; since 0.3.0, `plan` hands its shards out a page at a time \
+             (the guest SDK's `plan` returns `Shards`); rebuild against this engine's guest SDK"
+        }
+        (Some((0, 2, _)), _) => {
+            "; since 0.3.0, `plan` hands its shards out a page at a time (the `planner` \
+             interface; the guest SDK's `plan` returns `Shards`); rebuild against this \
+             engine's guest SDK"
         }
         _ => "; rebuild it against this engine's guest SDK",
     }

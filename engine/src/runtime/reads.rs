@@ -31,9 +31,11 @@ pub fn check_read(dir: &str) -> Result<(), String> {
 /// directory on this machine (`None`: the run has no data) and the paths of
 /// its files (its tree: a worker elsewhere gets exactly these). An entry
 /// must be well formed and a directory holding data files; a shard of a run
-/// without data reads none.
+/// without data reads none. `shards` are those from `first_index` on (a page
+/// of the plan).
 pub fn check_reads<'a>(
     function: &str,
+    first_index: usize,
     shards: &[Shard],
     data: Option<&Path>,
     files: impl IntoIterator<Item = &'a str>,
@@ -57,7 +59,7 @@ pub fn check_reads<'a>(
             bail!(
                 "`{function}` planned {} reading {} directories, more than {READS_MAX}; \
                  a shard that reads this many should read the whole data directory (`reads` empty)",
-                describe_shard(i, shard),
+                describe_shard(first_index + i, shard),
                 shard.reads.len()
             );
         }
@@ -65,7 +67,7 @@ pub fn check_reads<'a>(
             let shown = escape_controls(&truncate(entry, 200)).into_owned();
             let planned = format!(
                 "`{function}` planned {} reading `{shown}`",
-                describe_shard(i, shard)
+                describe_shard(first_index + i, shard)
             );
             if let Err(why) = check_read(entry) {
                 bail!("{planned}, which is {why}");
@@ -174,7 +176,7 @@ mod tests {
         let files = ["Bar/Bar.csv", "deep/er/x.csv", "top.csv"];
         let dir = Path::new("/nonexistent/data");
         let check = |reads: &[&str]| {
-            check_reads("f.g", &[shard(&[]), shard(reads)], Some(dir), files)
+            check_reads("f.g", 0, &[shard(&[]), shard(reads)], Some(dir), files)
                 .map_err(|e| e.to_string())
         };
         assert!(check(&["Bar", "deep", "deep/er"]).is_ok());
@@ -190,10 +192,10 @@ mod tests {
                 .unwrap_err()
                 .contains("not a data directory path")
         );
-        let e = check_reads("f.g", &[shard(&["Bar"])], None, []).unwrap_err();
+        let e = check_reads("f.g", 0, &[shard(&["Bar"])], None, []).unwrap_err();
         assert!(e.to_string().contains("the run has no data"), "{e}");
         // No shard reads anything: nothing to check, with or without data.
-        assert!(check_reads("f.g", &[shard(&[])], None, []).is_ok());
+        assert!(check_reads("f.g", 0, &[shard(&[])], None, []).is_ok());
     }
 
     #[test]

@@ -162,7 +162,7 @@ const CONCURRENCY: usize = 16;
 pub async fn reuse(
     cache: &CellCache,
     store: &RunStore,
-    shards: &[Shard],
+    shards: &super::shards::ShardList,
     finished: &HashSet<usize>,
 ) -> Result<Vec<usize>> {
     let cached: HashSet<String> = match cache.folder.list("").await {
@@ -178,13 +178,19 @@ pub async fn reuse(
     if cached.is_empty() {
         return Ok(Vec::new());
     }
-    let hits: Vec<(usize, String)> = shards
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !finished.contains(i))
-        .map(|(i, s)| (i, cache.key(s)))
-        .filter(|(_, key)| cached.contains(key))
-        .collect();
+    // A page of shards at a time: only the hits are kept.
+    let mut hits: Vec<(usize, String)> = Vec::new();
+    shards
+        .for_each(|i, s| {
+            if !finished.contains(&i) {
+                let key = cache.key(s);
+                if cached.contains(&key) {
+                    hits.push((i, key));
+                }
+            }
+            Ok(())
+        })
+        .await?;
     let filled: Vec<Result<Option<usize>>> = futures::stream::iter(hits)
         .map(|(i, key)| async move {
             let entry = match cache.get(&key).await {

@@ -1,7 +1,7 @@
 //! The store protocol: what every worker does, whichever process it is in.
 //!
 //! A run is published in the store as `run.json` ([`RunSpec`]), the component
-//! and `shards.json`; workers claim shards (`queue`), run them in fresh
+//! and its shards in pages (`shards`); workers claim shards (`queue`), run them in fresh
 //! sandboxes and store one part per shard (`worker`), in threads of one
 //! process (`threads`); `engine worker` (`serve`) is that process on another
 //! machine. It depends on the store and the runtime alone: the orchestrator
@@ -12,15 +12,15 @@ pub mod cache;
 pub mod data;
 pub mod queue;
 mod serve;
+pub mod shards;
 pub mod threads;
 pub mod worker;
 
 pub use serve::{ServeOptions, serve};
 
 use crate::config::Limits;
-use crate::runtime::Shard;
 use crate::store::RunStore;
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -32,7 +32,9 @@ use sha2::{Digest, Sha256};
 /// are no longer part of the run id. 5: a process beats only while it holds
 /// a claim a quarter lease old (a reader holds a claim it has watched for
 /// less than a lease), and `finished` marks a run whose shards all have a part.
-pub const FORMAT: u32 = 5;
+/// 6: the shards are stored in pages (`shards/<page>.json`, [`shards::PAGE`]
+/// a page, each page's sha256 in `run.json`), not in one `shards.json`.
+pub const FORMAT: u32 = 6;
 
 /// The version of what a cell's result depends on beside its inputs (the
 /// table's encoding, how seeds derive; 4 since WIT 0.2): part of every
@@ -60,9 +62,10 @@ pub struct RunSpec {
     pub shards: usize,
     /// Claims whose process has not beaten for this long are re-offered.
     pub lease_ms: u64,
-    /// sha256 of `shards.json`, so a worker can tell it was not changed.
+    /// The sha256 of each page of shards (`shards/<page>.json`), so that a
+    /// worker can tell none was changed.
     #[serde(default)]
-    pub shards_sha256: Option<String>,
+    pub shard_pages: Vec<String>,
     /// Whether workers keep each successful cell in the tenant's cell cache
     /// (`work::cache`); off with `engine run --no-cache`.
     #[serde(default)]
@@ -141,38 +144,6 @@ pub async fn list_runs(
         });
     }
     Ok(out)
-}
-
-/// Read `shards.json` and check it against the spec's hash.
-pub async fn read_shards(store: &RunStore, spec: &RunSpec) -> Result<Vec<Shard>> {
-    let bytes = store
-        .get("shards.json")
-        .await?
-        .with_context(|| format!("run `{}` has no `shards.json`", spec.run_id))?;
-    if let Some(expected) = &spec.shards_sha256
-        && hex::encode(Sha256::digest(&bytes)) != *expected
-    {
-        bail!(
-            "the stored `shards.json` of run `{}` does not match the sha256 in its `run.json`: \
-             the store was modified; delete the run's folder and run again",
-            spec.run_id
-        );
-    }
-    let shards: Vec<Shard> = serde_json::from_slice(&bytes).with_context(|| {
-        format!(
-            "the stored `shards.json` of run `{}` is not a shard list",
-            spec.run_id
-        )
-    })?;
-    if shards.len() != spec.shards {
-        bail!(
-            "the stored `shards.json` of run `{}` has {} shards, its `run.json` says {}",
-            spec.run_id,
-            shards.len(),
-            spec.shards
-        );
-    }
-    Ok(shards)
 }
 
 /// The run id: a hash of everything that determines the results (the data

@@ -91,7 +91,9 @@ pub async fn serve(opts: ServeOptions) -> Result<u64> {
         .get("component.wasm")
         .await?
         .context("the run has no `component.wasm`")?;
-    let shards = super::read_shards(&store, &spec).await?;
+    // The first page now: a changed one stops this worker before it starts.
+    let shards = super::shards::ShardList::open(&store, &spec)?;
+    shards.page(0).await?;
     let threads = opts.threads.max(1);
     let runtime = Arc::new(tokio::task::block_in_place(|| {
         Runtime::new(threads as u32)

@@ -19,7 +19,7 @@ pub struct LoadedRun {
     pub runtime: Arc<Runtime>,
     pub plugin: Arc<Plugin>,
     pub spec: Arc<RunSpec>,
-    pub shards: Arc<Vec<Shard>>,
+    pub shards: Arc<super::shards::ShardList>,
     pub store: RunStore,
     /// The data directory on this machine (never a path read from the store).
     pub data_dir: Option<PathBuf>,
@@ -193,9 +193,9 @@ pub fn work(ctx: &WorkerCtx) -> Result<u64> {
                     message,
                 };
                 tracing::warn!(shard = i, "{failure}");
-                let output =
-                    ShardOutput::failed(&ctx.run.shards[i], failure, Vec::new(), Duration::ZERO);
-                settle(ctx, &queue, i, attempt, output)?;
+                let shard = read_shard(ctx, i)?;
+                let output = ShardOutput::failed(&shard, failure, Vec::new(), Duration::ZERO);
+                settle(ctx, &queue, (i, &shard), attempt, output)?;
                 continue;
             }
             Next::Run(i, attempt) => {
@@ -203,8 +203,16 @@ pub fn work(ctx: &WorkerCtx) -> Result<u64> {
                 (i, attempt)
             }
         };
-        let output =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_with_retries(ctx, i)));
+        let shard = match read_shard(ctx, i) {
+            Ok(shard) => shard,
+            Err(e) => {
+                ctx.active.release(i, attempt);
+                return Err(e);
+            }
+        };
+        let output = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_with_retries(ctx, i, &shard)
+        }));
         let Ok(output) = output else {
             // A bug of ours, not the guest's: give the claim back, to be
             // tried again (at most LOST_MAX times), and go on.
@@ -216,14 +224,25 @@ pub fn work(ctx: &WorkerCtx) -> Result<u64> {
             ctx.active.release(i, attempt);
             continue;
         };
-        settle(ctx, &queue, i, attempt, output)?;
+        settle(ctx, &queue, (i, &shard), attempt, output)?;
         ran += 1;
     }
     Ok(ran)
 }
 
-fn run_with_retries(ctx: &WorkerCtx, i: usize) -> ShardOutput {
-    let shard = &ctx.run.shards[i];
+/// Shard `i`, from its page (a store that fails is waited out; a page that
+/// was changed is not).
+fn read_shard(ctx: &WorkerCtx, i: usize) -> Result<Shard> {
+    let read = retrying(&format!("reading shard {i}"), || {
+        match ctx.block_on(ctx.run.shards.get(i)) {
+            Err(e) if !crate::store::is_store_error(&e) => Ok(Err(e)),
+            other => other.map(Ok),
+        }
+    })?;
+    read
+}
+
+fn run_with_retries(ctx: &WorkerCtx, i: usize, shard: &Shard) -> ShardOutput {
     let sandbox = sandbox_for(&ctx.run.spec, ctx.run.data_dir.as_deref(), shard);
     let mut retry = 0;
     loop {
@@ -246,7 +265,7 @@ fn run_with_retries(ctx: &WorkerCtx, i: usize) -> ShardOutput {
 fn settle(
     ctx: &WorkerCtx,
     queue: &Queue,
-    i: usize,
+    (i, shard): (usize, &Shard),
     attempt: u32,
     output: ShardOutput,
 ) -> Result<()> {
@@ -269,7 +288,6 @@ fn settle(
     {
         // A later run that plans the same cell reuses it; losing it costs
         // only that.
-        let shard = &ctx.run.shards[i];
         let key = cache.key(shard);
         if let Err(e) = ctx.block_on(cache.put(&key, shard, &output, &ctx.run.spec.run_id)) {
             tracing::warn!(shard = i, "cannot keep this cell in the cache: {e:#}");

@@ -1,6 +1,6 @@
 //! The smallest plugin: one function, one shard per name, one row per shard.
 
-use guest_sdk::{Call, Function, Param, Plugin, Result, Row, Shard, Table};
+use guest_sdk::{Call, Function, Param, Plugin, Result, Row, Shard, Shards, Table};
 use serde::{Deserialize, Serialize};
 
 struct Hello;
@@ -24,7 +24,7 @@ impl Plugin for Hello {
         ]
     }
 
-    fn plan(call: &Call) -> Result<Vec<Shard>> {
+    fn plan(call: &Call) -> Result<Shards> {
         let names: Vec<String> = call.arg("names")?;
         let greeting: String = call.arg("greeting")?;
         let repeat: i64 = call.arg("repeat")?;

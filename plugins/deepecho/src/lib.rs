@@ -6,7 +6,9 @@
 // Unit tests build the numeric code with `F = f64`, where `f64::from(F)` is a no-op.
 #![cfg_attr(test, allow(clippy::useless_conversion))]
 
-use guest_sdk::{Call, Cell, Error, Function, Param, Plugin, Result, Row, Shard, Table, bail};
+use guest_sdk::{
+    Call, Cell, Error, Function, Param, Plugin, Result, Row, Shard, Shards, Table, bail,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::time::Instant;
@@ -376,7 +378,7 @@ impl Plugin for DeepEcho {
         ]
     }
 
-    fn plan(call: &Call) -> Result<Vec<Shard>> {
+    fn plan(call: &Call) -> Result<Shards> {
         if call.function() != FUNCTION {
             bail!("unknown function `{}`", call.function());
         }

@@ -8,12 +8,15 @@ so every module used at run time is imported here, at the top level.
 """
 
 import heapq  # noqa: F401 -- Counter.most_common imports it lazily; see below
+import itertools
 import json
 import posixpath
 from collections import Counter
 
 import wit_world
 from componentize_py_types import Err
+from wit_world import exports
+from wit_world.exports import planner
 from wit_world.imports import host
 from wit_world.imports.types import (
     Cell_Boolean,
@@ -26,6 +29,41 @@ from wit_world.imports.types import (
 )
 
 FUNCTION = "pywords.count"
+
+
+def shards(call):
+    """The call's shards, made as the engine takes them (a generator)."""
+    # `run` sees only its shard: the payload carries `top` too.
+    top = call["top"]
+    for i, text in enumerate(call["texts"]):
+        yield Shard(key=[("text", Cell_Integer(i))], payload=json.dumps({"text": text, "top": top}), reads=[])
+    for path in call["files"]:
+        folder = posixpath.dirname(path)
+        yield Shard(
+            key=[("file", Cell_Text(path))],
+            payload=json.dumps({"file": path, "top": top}),
+            reads=[folder] if folder else [],
+        )
+
+
+class Shards(planner.Shards):
+    """A plan in progress: the engine takes its shards a page at a time."""
+
+    def __init__(self, shards):
+        self.shards = shards
+
+    def next(self, max: int) -> list[Shard]:
+        return list(itertools.islice(self.shards, max))
+
+
+class Planner(exports.Planner):
+    def plan(self, function: str, args: str) -> planner.Shards:
+        if function != FUNCTION:
+            raise Err(f"unknown function `{function}`")
+        call = json.loads(args)
+        if call["top"] < 1:
+            raise Err(f"`top` must be at least 1, not {call['top']}")
+        return Shards(shards(call))
 
 
 class WitWorld(wit_world.WitWorld):
@@ -46,29 +84,6 @@ class WitWorld(wit_world.WitWorld):
                 ],
             )
         ]
-
-    def plan(self, function: str, args: str) -> list[Shard]:
-        if function != FUNCTION:
-            raise Err(f"unknown function `{function}`")
-        call = json.loads(args)
-        if call["top"] < 1:
-            raise Err(f"`top` must be at least 1, not {call['top']}")
-        # `run` sees only its shard: the payload carries `top` too.
-        top = call["top"]
-        shards = [
-            Shard(key=[("text", Cell_Integer(i))], payload=json.dumps({"text": text, "top": top}), reads=[])
-            for i, text in enumerate(call["texts"])
-        ]
-        for path in call["files"]:
-            folder = posixpath.dirname(path)
-            shards.append(
-                Shard(
-                    key=[("file", Cell_Text(path))],
-                    payload=json.dumps({"file": path, "top": top}),
-                    reads=[folder] if folder else [],
-                )
-            )
-        return shards
 
     def run(self, function: str, shard: Shard, out: host.TableWriter) -> None:
         work = json.loads(shard.payload)

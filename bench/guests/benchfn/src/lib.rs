@@ -1,7 +1,7 @@
 //! The engine side of `bench/compare.sh`. Each function's Dask twin is in
 //! `bench/dask_peer.py`; keep the two doing the same work.
 
-use guest_sdk::{Call, Function, Param, Plugin, Result, Row, Shard, Table};
+use guest_sdk::{Call, Function, Param, Plugin, Result, Row, Shard, Shards, Table};
 
 struct Bench;
 
@@ -35,8 +35,9 @@ impl Plugin for Bench {
     }
 
     /// The payload is `[i, n]`: the shard's index and its `work`, `rows` or `ms`
-    /// (`run` sees only the shard).
-    fn plan(call: &Call) -> Result<Vec<Shard>> {
+    /// (`run` sees only the shard). Made as the engine takes them: a plan of
+    /// ten million shards is never a list in memory.
+    fn plan(call: &Call) -> Result<Shards> {
         let shards: i64 = call.arg("shards")?;
         let n: i64 = match call.function() {
             "bench.spin" => call.arg("work")?,
@@ -44,7 +45,9 @@ impl Plugin for Bench {
             "bench.sleep" => call.arg("ms")?,
             _ => 0,
         };
-        (0..shards).map(|i| Shard::new().payload((i, n))).collect()
+        Ok(Shards::lazy(
+            (0..shards).map(move |i| Shard::new().payload((i, n))),
+        ))
     }
 
     fn run(function: &str, shard: &Shard, out: &mut Table) -> Result<()> {

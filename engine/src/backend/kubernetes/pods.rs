@@ -142,7 +142,7 @@ mod tests {
             limits: Limits::default(),
             shards: 3,
             lease_ms: 1000,
-            shards_sha256: None,
+            shard_pages: Vec::new(),
             cache: true,
         }
     }

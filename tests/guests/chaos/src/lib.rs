@@ -7,6 +7,7 @@
 
 use guest_sdk::bindings::engine::plugin::host::{self, Level, TableWriter};
 use guest_sdk::bindings::engine::plugin::types::{Cell, FunctionInfo, Param, Shard};
+use guest_sdk::bindings::exports::engine::plugin::planner;
 
 struct Chaos;
 
@@ -115,19 +116,6 @@ impl guest_sdk::bindings::Guest for Chaos {
         }]
     }
 
-    fn plan(_function: String, args: String) -> Result<Vec<Shard>, String> {
-        let args: serde_json::Value = serde_json::from_str(&args).map_err(|e| e.to_string())?;
-        let n = args["shards"].as_i64().unwrap_or(6);
-        let (seed, steps) = (&args["seed"], &args["steps"]);
-        Ok((0..n)
-            .map(|i| Shard {
-                key: vec![("shard".into(), Cell::Integer(i))],
-                payload: serde_json::json!({"index": i, "seed": seed, "steps": steps}).to_string(),
-                reads: Vec::new(),
-            })
-            .collect())
-    }
-
     fn run(_function: String, shard: Shard, out: &TableWriter) -> Result<(), String> {
         let payload: serde_json::Value =
             serde_json::from_str(&shard.payload).map_err(|e| e.to_string())?;
@@ -220,6 +208,35 @@ impl guest_sdk::bindings::Guest for Chaos {
         }
         std::hint::black_box(&hog);
         Ok(())
+    }
+}
+
+impl planner::Guest for Chaos {
+    type Shards = Planned;
+
+    fn plan(_function: String, args: String) -> Result<planner::Shards, String> {
+        let args: serde_json::Value = serde_json::from_str(&args).map_err(|e| e.to_string())?;
+        let n = args["shards"].as_i64().unwrap_or(6);
+        let (seed, steps) = (&args["seed"], &args["steps"]);
+        let shards: Vec<Shard> = (0..n)
+            .map(|i| Shard {
+                key: vec![("shard".into(), Cell::Integer(i))],
+                payload: serde_json::json!({"index": i, "seed": seed, "steps": steps}).to_string(),
+                reads: Vec::new(),
+            })
+            .collect();
+        Ok(planner::Shards::new(Planned(std::cell::RefCell::new(
+            shards.into_iter(),
+        ))))
+    }
+}
+
+/// The planned shards, handed out a page at a time.
+struct Planned(std::cell::RefCell<std::vec::IntoIter<Shard>>);
+
+impl planner::GuestShards for Planned {
+    fn next(&self, max: u32) -> Result<Vec<Shard>, String> {
+        Ok(self.0.borrow_mut().by_ref().take(max as usize).collect())
     }
 }
 

@@ -1,7 +1,7 @@
 //! A plugin for tests: `faulty.misbehave` plans `shards` shards; shard `bad`
 //! misbehaves as `how` says, the others compute a row honestly.
 
-use guest_sdk::{Call, Function, Param, Plugin, Result, Row, Shard, Table, bail};
+use guest_sdk::{Call, Function, Param, Plugin, Result, Row, Shard, Shards, Table, bail};
 use serde::{Deserialize, Serialize};
 
 struct Faulty;
@@ -49,7 +49,7 @@ impl Plugin for Faulty {
                 Param::new(
                     "plan",
                     "string",
-                    "ok | panic | empty | sleep | huge-error | escape: how `plan` behaves.",
+                    "ok | panic | empty | sleep | huge-error | escape | lazy: how `plan` behaves (lazy: made as the engine takes them).",
                 )
                     .default("ok"),
             )
@@ -69,11 +69,17 @@ impl Plugin for Faulty {
         ]
     }
 
-    fn plan(call: &Call) -> Result<Vec<Shard>> {
+    fn plan(call: &Call) -> Result<Shards> {
         let n: i64 = call.arg("shards")?;
         match call.arg::<String>("plan")?.as_str() {
             "panic" => panic!("plan asked to panic"),
-            "empty" => return Ok(Vec::new()),
+            "empty" => return Ok(Vec::new().into()),
+            // Made as the engine takes them, never a list.
+            "lazy" => {
+                return Ok(Shards::lazy(
+                    (0..n).map(|i| Shard::new().key("shard", i).payload(i)),
+                ));
+            }
             "sleep" => std::thread::sleep(std::time::Duration::from_secs(3600)),
             "huge-error" => bail!("{}", "x".repeat(64 << 20)),
             "escape" => bail!("plan says \x1b[2J\x1b]0;pwned\x07hello\r"),
