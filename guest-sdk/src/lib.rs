@@ -567,10 +567,14 @@ impl planner::GuestShards for PlanShards {
 }
 
 /// Export a [`Plugin`] implementation as the component's entry points.
+/// Only in the wasm build: natively (a `cdylib` built for `cargo test`) the
+/// exports' names (`engine:plugin/planner@0.3.0#…`) are no linker symbols.
 #[macro_export]
 macro_rules! export {
     ($plugin:ty) => {
+        #[cfg(target_arch = "wasm32")]
         type __EnginePluginExports = $crate::Exports<$plugin>;
+        #[cfg(target_arch = "wasm32")]
         $crate::bindings::__export_plugin!(__EnginePluginExports with_types_in $crate::bindings);
     };
 }

@@ -411,8 +411,8 @@ fn a_tampered_store_is_refused_not_trusted() {
     }
     std::fs::write(&spec_path, good).unwrap();
 
-    // `shards.json` changed: refused by its sha256.
-    let shards_path = run.join("shards.json");
+    // A page of shards changed: refused by its sha256.
+    let shards_path = run.join("shards/00000000.json");
     let shards = std::fs::read_to_string(&shards_path).unwrap();
     let changed = shards.replacen("\\\"i\\\":1,", "\\\"i\\\":7,", 1);
     assert_ne!(changed, shards, "shard 1's payload is in {shards}");
@@ -420,7 +420,7 @@ fn a_tampered_store_is_refused_not_trusted() {
     let o = run_faulty(dir.path(), &[]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(
-        stderr(&o).contains("`shards.json`") && stderr(&o).contains("sha256"),
+        stderr(&o).contains("`shards/00000000.json`") && stderr(&o).contains("sha256"),
         "{}",
         stderr(&o)
     );

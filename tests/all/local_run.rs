@@ -198,3 +198,39 @@ fn a_provenance_record_sits_beside_the_table_without_secrets() {
     assert!(meta["run"]["wit"].as_str().is_some_and(|v| !v.is_empty()));
     assert!(meta["host"]["cpus"].as_u64().is_some_and(|n| n >= 1));
 }
+
+#[test]
+fn a_plan_of_several_pages_runs_every_shard_once_and_resumes() {
+    // 20,001 shards, made by the guest as the engine takes them: three pages
+    // of `shards/` (10,000 a page), read by the workers a page at a time.
+    let dir =
+        faulty_config("shards = 20001\nplan = \"lazy\"", 2, "").tap_config("store = \"store\"\n");
+    let o = run_command(dir.path()).arg("--no-cache").output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (header, rows) = read_csv(&dir.path().join("out/result.csv"));
+    let at = header.iter().position(|c| c == "shard").unwrap();
+    let shards: Vec<i64> = rows.iter().map(|r| r[at].parse().unwrap()).collect();
+    assert_eq!(
+        shards,
+        (0..20001).collect::<Vec<i64>>(),
+        "every shard once, in order"
+    );
+    let runs: Vec<_> = std::fs::read_dir(dir.path().join("store/runs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let mut pages: Vec<String> = std::fs::read_dir(runs[0].join("shards"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    pages.sort();
+    assert_eq!(pages, ["00000000.json", "00000001.json", "00000002.json"]);
+    // Run again: every page is there, every shard finished; nothing runs.
+    let o = run_command(dir.path()).arg("--no-cache").output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("20001 of 20001 shards already finished"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -191,18 +191,27 @@ fn an_empty_plan_is_reported() {
 
 #[test]
 fn ten_million_shards_are_refused_without_hurting_the_host() {
-    // Ten million: refused at the boundary (the guest's memory, or wasmtime's cap
-    // on data copied out of a guest).
+    // Ten million collected into one list in the guest: refused at the
+    // boundary (the guest's memory).
     let e = plan_error("shards = 10000000", "");
     assert!(
         e.contains("planning `faulty.misbehave` failed: out-of-memory")
             || e.contains("planning `faulty.misbehave` failed: limit-exceeded"),
         "{e}"
     );
+    // Made as the engine takes them: refused as soon as the plan passes
+    // `limits.max_shards` (a million by default), with nothing held whole.
+    let e = plan_error("shards = 10000000\nplan = \"lazy\"", "");
+    assert!(
+        e.contains(
+            "`faulty.misbehave` planned more than 1000000 shards, the run's `limits.max_shards`"
+        ),
+        "{e}"
+    );
     // A plan that fits but is larger than the run allows.
     let e = plan_error("shards = 200000", "memory = \"1G\"\nmax_shards = 100000");
     assert!(
-        e.contains("planned 200000 shards, more than `limits.max_shards` (100000)"),
+        e.contains("planned more than 100000 shards, the run's `limits.max_shards`"),
         "{e}"
     );
 }

@@ -438,6 +438,9 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
 
     let spec = publish_or_resume(&runtime, &prepared, &store, &run_id, !opts.no_cache).await?;
     let shards = ShardList::open(&store, &spec)?;
+    // The first page now: a resumed run whose pages were changed stops here;
+    // the others are checked as they are read.
+    shards.page(0).await?;
     if let Some(local) = &prepared.data
         && prepared.config.cluster.backend != Backend::Local
     {

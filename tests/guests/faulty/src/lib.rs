@@ -71,15 +71,10 @@ impl Plugin for Faulty {
 
     fn plan(call: &Call) -> Result<Shards> {
         let n: i64 = call.arg("shards")?;
-        match call.arg::<String>("plan")?.as_str() {
+        let how_to_plan = call.arg::<String>("plan")?;
+        match how_to_plan.as_str() {
             "panic" => panic!("plan asked to panic"),
             "empty" => return Ok(Vec::new().into()),
-            // Made as the engine takes them, never a list.
-            "lazy" => {
-                return Ok(Shards::lazy(
-                    (0..n).map(|i| Shard::new().key("shard", i).payload(i)),
-                ));
-            }
             "sleep" => std::thread::sleep(std::time::Duration::from_secs(3600)),
             "huge-error" => bail!("{}", "x".repeat(64 << 20)),
             "escape" => bail!("plan says \x1b[2J\x1b]0;pwned\x07hello\r"),
@@ -93,23 +88,25 @@ impl Plugin for Faulty {
         let sleep_ms: u64 = call.arg("sleep_ms")?;
         let rows: i64 = call.arg("rows")?;
         let emit: String = call.arg("emit")?;
-        (first..first + n)
-            .enumerate()
-            .map(|(k, i)| {
-                let work = Work {
-                    i,
-                    how: (i == bad).then(|| how.clone()),
-                    sleep_ms,
-                    rows: if i == bad { 1 } else { rows },
-                    emit: emit.clone(),
-                    read: read.get(k).cloned(),
-                };
-                Ok(Shard::new()
-                    .key("shard", i)
-                    .payload(work)?
-                    .reads(reads.iter().cloned()))
-            })
-            .collect()
+        let shards = (first..first + n).enumerate().map(move |(k, i)| {
+            let work = Work {
+                i,
+                how: (i == bad).then(|| how.clone()),
+                sleep_ms,
+                rows: if i == bad { 1 } else { rows },
+                emit: emit.clone(),
+                read: read.get(k).cloned(),
+            };
+            Ok(Shard::new()
+                .key("shard", i)
+                .payload(work)?
+                .reads(reads.iter().cloned()))
+        });
+        match how_to_plan.as_str() {
+            // Made as the engine takes them: never a list in memory.
+            "lazy" => Ok(Shards::lazy(shards)),
+            _ => shards.collect(),
+        }
     }
 
     fn run(_function: &str, shard: &Shard, out: &mut Table) -> Result<()> {
