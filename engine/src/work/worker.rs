@@ -233,13 +233,12 @@ pub fn work(ctx: &WorkerCtx) -> Result<u64> {
 /// Shard `i`, from its page (a store that fails is waited out; a page that
 /// was changed is not).
 fn read_shard(ctx: &WorkerCtx, i: usize) -> Result<Shard> {
-    let read = retrying(&format!("reading shard {i}"), || {
+    retrying(&format!("reading shard {i}"), || {
         match ctx.block_on(ctx.run.shards.get(i)) {
             Err(e) if !crate::store::is_store_error(&e) => Ok(Err(e)),
             other => other.map(Ok),
         }
-    })?;
-    read
+    })?
 }
 
 fn run_with_retries(ctx: &WorkerCtx, i: usize, shard: &Shard) -> ShardOutput {
