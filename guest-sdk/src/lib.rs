@@ -63,6 +63,8 @@ pub mod bindings {
 
 use bindings::engine::plugin::{host, types as wit};
 use bindings::exports::engine::plugin::planner;
+#[doc(hidden)]
+pub use planner::Guest as PlanGuest;
 
 pub mod testing;
 
@@ -576,5 +578,14 @@ macro_rules! export {
         type __EnginePluginExports = $crate::Exports<$plugin>;
         #[cfg(target_arch = "wasm32")]
         $crate::bindings::__export_plugin!(__EnginePluginExports with_types_in $crate::bindings);
+        /// Natively, the entry points the wasm build exports (so that the
+        /// plugin's code counts as used); not to be called.
+        #[cfg(not(target_arch = "wasm32"))]
+        #[doc(hidden)]
+        pub fn __engine_plugin_entry_points() {
+            let _ = <$crate::Exports<$plugin> as $crate::bindings::Guest>::describe;
+            let _ = <$crate::Exports<$plugin> as $crate::bindings::Guest>::run;
+            let _ = <$crate::Exports<$plugin> as $crate::PlanGuest>::plan;
+        }
     };
 }
