@@ -2,10 +2,9 @@
 //! heartbeat: the `local` backend's workers, and those of `engine worker`.
 
 use super::queue::{ActiveClaims, Walk};
-use super::worker::{Finished, LoadedRun, WorkerCtx, spawn_heartbeat, stuck_after, work};
+use super::worker::{Finished, LoadedRun, Stop, WorkerCtx, spawn_heartbeat, stuck_after, work};
 use anyhow::{Result, anyhow};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -16,7 +15,7 @@ const THREAD_STACK: usize = 8 << 20;
 /// `n` worker threads working on one run.
 pub struct Threads {
     threads: Vec<JoinHandle<Result<u64>>>,
-    stop: Arc<AtomicBool>,
+    stop: Arc<Stop>,
     heartbeat: tokio::task::JoinHandle<()>,
     /// Parts stored by these threads.
     pub finished: Arc<Finished>,
@@ -32,7 +31,7 @@ impl Threads {
                 runtime.slots()
             );
         }
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(Stop::default());
         let active = Arc::new(ActiveClaims::default());
         let finished = Arc::new(Finished::default());
         let walk = Arc::new(Walk::skipping(process, run.known_done.to_vec()));
@@ -90,7 +89,7 @@ impl Threads {
     }
 
     pub fn stop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.set();
     }
 
     /// Wait for every thread; the total number of shards they ran.
