@@ -49,6 +49,8 @@ use std::fmt;
 pub use wit_bindgen;
 
 #[doc(hidden)]
+// The generated `run` entry point takes its lowered arguments one by one.
+#[allow(clippy::too_many_arguments)]
 pub mod bindings {
     wit_bindgen::generate!({
         path: "wit",

@@ -167,6 +167,8 @@ fn grow(
     let Scratch { pairs, left, right } = scratch;
     left.resize(n_classes, 0.0);
     right.resize(n_classes, 0.0);
+    // `f` indexes each row's features (`x[i][f]`), not `x`.
+    #[allow(clippy::needless_range_loop)]
     for f in 0..n_features {
         // Candidate thresholds lie between distinct consecutive values, and the class
         // counts left of one do not depend on the order of equal values: an unstable

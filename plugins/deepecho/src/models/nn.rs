@@ -519,13 +519,13 @@ impl Gru {
     }
 
     /// One step with no trace (sampling): `h` (B×H) becomes the next state.
-    pub fn step(&self, x: &[F], h: &mut Vec<F>, batch: usize, scratch: &mut Vec<F>) {
+    pub fn step(&self, x: &[F], h: &mut [F], batch: usize, scratch: &mut Vec<F>) {
         let hd = self.hidden;
         let mut gi = vec![0.0; batch * 3 * hd];
         matmul(x, &self.wi.w, &mut gi, batch, self.input, 3 * hd, false);
         add_bias(&mut gi, &self.bi.w, batch, 3 * hd);
         scratch.resize(batch * 7 * hd, 0.0);
-        let prev = h.clone();
+        let prev = h.to_vec();
         let (gh, rest) = scratch.split_at_mut(batch * 3 * hd);
         let (r, rest) = rest.split_at_mut(batch * hd);
         let (z, rest) = rest.split_at_mut(batch * hd);
