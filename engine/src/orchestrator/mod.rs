@@ -393,6 +393,14 @@ pub fn plan(
         .plan(&p.plugin, function, &args, &sandbox)
         .map_err(failed)?;
     let max = p.config.limits.max_shards;
+    let reads = crate::runtime::ReadsCheck::new(
+        function,
+        data_dir(p),
+        p.data
+            .iter()
+            .flat_map(|d| &d.tree.files)
+            .map(|f| f.path.as_str()),
+    );
     let mut n = 0;
     while let Some(page) = planning.next(shards::PAGE as u32).map_err(failed)? {
         if n + page.len() > max {
@@ -401,16 +409,7 @@ pub fn plan(
                  raise the limit if that is intended"
             );
         }
-        crate::runtime::check_reads(
-            function,
-            n,
-            &page,
-            data_dir(p),
-            p.data
-                .iter()
-                .flat_map(|d| &d.tree.files)
-                .map(|f| f.path.as_str()),
-        )?;
+        reads.page(n, &page)?;
         n += page.len();
         each(page)?;
     }

@@ -23,7 +23,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx};
 pub use cache::{cache_dir, sha256_hex};
 pub use failure::{ErrorKind, GuestFailure};
 use failure::{classify, root_message, with_stderr_tail};
-pub use reads::{READS_MAX, check_read, check_reads};
+pub use reads::{READS_MAX, ReadsCheck, check_read};
 
 /// How often the epoch ticks; deadlines are counted in ticks.
 const TICK: Duration = Duration::from_millis(10);

@@ -27,70 +27,85 @@ pub fn check_read(dir: &str) -> Result<(), String> {
     }
 }
 
-/// Check the `reads` of every planned shard against the run's data: its
+/// Checks the `reads` of planned shards against the run's data: its
 /// directory on this machine (`None`: the run has no data) and the paths of
 /// its files (its tree: a worker elsewhere gets exactly these). An entry
 /// must be well formed and a directory holding data files; a shard of a run
-/// without data reads none. `shards` are those from `first_index` on (a page
-/// of the plan).
-pub fn check_reads<'a>(
-    function: &str,
-    first_index: usize,
-    shards: &[Shard],
-    data: Option<&Path>,
-    files: impl IntoIterator<Item = &'a str>,
-) -> Result<()> {
-    let Some(first) = shards.iter().position(|s| !s.reads.is_empty()) else {
-        return Ok(());
-    };
-    let data = data.map(|dir| {
-        let mut dirs = BTreeSet::new();
-        for file in files {
-            let mut at = 0;
-            while let Some(i) = file[at..].find('/') {
-                dirs.insert(file[..at + i].to_owned());
-                at += i + 1;
-            }
-        }
-        (dir, dirs)
-    });
-    for (i, shard) in shards.iter().enumerate().skip(first) {
-        if shard.reads.len() > READS_MAX {
-            bail!(
-                "`{function}` planned {} reading {} directories, more than {READS_MAX}; \
-                 a shard that reads this many should read the whole data directory (`reads` empty)",
-                describe_shard(first_index + i, shard),
-                shard.reads.len()
-            );
-        }
-        for entry in &shard.reads {
-            let shown = escape_controls(&truncate(entry, 200)).into_owned();
-            let planned = format!(
-                "`{function}` planned {} reading `{shown}`",
-                describe_shard(first_index + i, shard)
-            );
-            if let Err(why) = check_read(entry) {
-                bail!("{planned}, which is {why}");
-            }
-            match &data {
-                None => bail!("{planned}, but the run has no data (`run.data` is not set)"),
-                Some((dir, dirs)) if !dirs.contains(entry.as_str()) => {
-                    let abs = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-                    let what = if abs.join(entry).is_dir() {
-                        "a directory without data files in it"
-                    } else {
-                        "not a directory"
-                    };
-                    bail!(
-                        "{planned}, which is {what} of `run.data` ({})",
-                        abs.display()
-                    );
+/// without data reads none. Made once for a plan (the data's directories),
+/// then given the plan's pages.
+pub struct ReadsCheck<'a> {
+    function: &'a str,
+    data: Option<(&'a Path, BTreeSet<String>)>,
+}
+
+impl<'a> ReadsCheck<'a> {
+    pub fn new(
+        function: &'a str,
+        data: Option<&'a Path>,
+        files: impl IntoIterator<Item = &'a str>,
+    ) -> ReadsCheck<'a> {
+        let data = data.map(|dir| {
+            let mut dirs = BTreeSet::new();
+            for file in files {
+                let mut at = 0;
+                while let Some(i) = file[at..].find('/') {
+                    dirs.insert(file[..at + i].to_owned());
+                    at += i + 1;
                 }
-                Some(_) => {}
+            }
+            (dir, dirs)
+        });
+        ReadsCheck { function, data }
+    }
+
+    /// Check `shards`, those of the plan from `first_index` on (a page).
+    pub fn page(&self, first_index: usize, shards: &[Shard]) -> Result<()> {
+        let function = self.function;
+        for (i, shard) in shards.iter().enumerate() {
+            if shard.reads.len() > READS_MAX {
+                bail!(
+                    "`{function}` planned {} reading {} directories, more than {READS_MAX}; \
+                     a shard that reads this many should read the whole data directory (`reads` empty)",
+                    describe_shard(first_index + i, shard),
+                    shard.reads.len()
+                );
+            }
+            for entry in &shard.reads {
+                // Only a refused entry is described.
+                let planned = || {
+                    let shown = escape_controls(&truncate(entry, 200)).into_owned();
+                    format!(
+                        "`{function}` planned {} reading `{shown}`",
+                        describe_shard(first_index + i, shard)
+                    )
+                };
+                if let Err(why) = check_read(entry) {
+                    bail!("{}, which is {why}", planned());
+                }
+                match &self.data {
+                    None => bail!(
+                        "{}, but the run has no data (`run.data` is not set)",
+                        planned()
+                    ),
+                    Some((dir, dirs)) if !dirs.contains(entry.as_str()) => {
+                        let abs = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+                        let what = if abs.join(entry).is_dir() {
+                            "a directory without data files in it"
+                        } else {
+                            "not a directory"
+                        };
+                        bail!(
+                            "{}, which is {what} of `run.data` ({})",
+                            planned(),
+                            abs.display()
+                        );
+                    }
+                    Some(_) => {}
+                }
             }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// `shard (model=PARModel, dataset=Foo)`, or `shard 3` if it has no key cells.
@@ -176,7 +191,8 @@ mod tests {
         let files = ["Bar/Bar.csv", "deep/er/x.csv", "top.csv"];
         let dir = Path::new("/nonexistent/data");
         let check = |reads: &[&str]| {
-            check_reads("f.g", 0, &[shard(&[]), shard(reads)], Some(dir), files)
+            ReadsCheck::new("f.g", Some(dir), files)
+                .page(0, &[shard(&[]), shard(reads)])
                 .map_err(|e| e.to_string())
         };
         assert!(check(&["Bar", "deep", "deep/er"]).is_ok());
@@ -192,10 +208,16 @@ mod tests {
                 .unwrap_err()
                 .contains("not a data directory path")
         );
-        let e = check_reads("f.g", 0, &[shard(&["Bar"])], None, []).unwrap_err();
+        let e = ReadsCheck::new("f.g", None, [])
+            .page(0, &[shard(&["Bar"])])
+            .unwrap_err();
         assert!(e.to_string().contains("the run has no data"), "{e}");
         // No shard reads anything: nothing to check, with or without data.
-        assert!(check_reads("f.g", 0, &[shard(&[])], None, []).is_ok());
+        assert!(
+            ReadsCheck::new("f.g", None, [])
+                .page(0, &[shard(&[])])
+                .is_ok()
+        );
     }
 
     #[test]
