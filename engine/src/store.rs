@@ -399,13 +399,9 @@ impl RunStore {
 
     /// How many objects are below `rel/`, without keeping their names.
     pub async fn count(&self, rel: &str) -> Result<usize> {
-        let prefix = self.path(rel);
-        self.root
-            .store
-            .list(Some(&prefix))
-            .try_fold(0, |n, _| std::future::ready(Ok(n + 1)))
-            .await
-            .with_context(|| format!("cannot list `{prefix}`"))
+        let mut n = 0;
+        self.for_each_name(rel, |_| n += 1).await?;
+        Ok(n)
     }
 }
 

@@ -437,9 +437,6 @@ pub async fn run(opts: RunOptions) -> Result<Summary> {
 
     let spec = publish_or_resume(&runtime, &prepared, &store, &run_id, !opts.no_cache).await?;
     let shards = ShardList::open(&store, &spec)?;
-    // The first page now: a resumed run whose pages were changed stops here;
-    // the others are checked as they are read.
-    shards.page(0).await?;
     if let Some(local) = &prepared.data
         && prepared.config.cluster.backend != Backend::Local
     {
@@ -605,6 +602,9 @@ async fn publish_or_resume(
     cache: bool,
 ) -> Result<RunSpec> {
     if let Some(spec) = load_published(store, run_id).await? {
+        // Its first page now: a resumed run whose pages were changed stops
+        // here; the others are checked as they are read.
+        ShardList::open(store, &spec)?.page(0).await?;
         return update_settings(store, spec, prepared, cache).await;
     }
     let bytes = tokio::fs::read(&prepared.component_path)
