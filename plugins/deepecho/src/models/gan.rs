@@ -243,7 +243,7 @@ impl Nets {
     fn dis_backward(
         &mut self,
         x: &[F],
-        tr: &GruTrace,
+        tr: &mut GruTrace,
         dscore: &[F],
         steps: usize,
         want_dx: bool,
@@ -359,10 +359,10 @@ impl Model for Gan {
             for p in nets.d_params() {
                 p.zero_grad();
             }
-            let (tr, real_s) = nets.discriminate(&real_x, steps, b);
-            nets.dis_backward(&real_x, &tr, &vec![-1.0 / bf; b], steps, false);
-            let (tr, fake_s) = nets.discriminate(&fake_x, steps, b);
-            nets.dis_backward(&fake_x, &tr, &vec![1.0 / bf; b], steps, false);
+            let (mut tr, real_s) = nets.discriminate(&real_x, steps, b);
+            nets.dis_backward(&real_x, &mut tr, &vec![-1.0 / bf; b], steps, false);
+            let (mut tr, fake_s) = nets.discriminate(&fake_x, steps, b);
+            nets.dis_backward(&fake_x, &mut tr, &vec![1.0 / bf; b], steps, false);
             let dloss = -(real_s.iter().sum::<F>() - fake_s.iter().sum::<F>()) / bf;
             opt_d.step(&mut nets.d_params());
             for p in nets.d_params() {
@@ -372,12 +372,12 @@ impl Model for Gan {
             for p in nets.g_params() {
                 p.zero_grad();
             }
-            let (gtr, fake, gx) = nets.generate(&ctxs, steps, lat, rng);
+            let (mut gtr, fake, gx) = nets.generate(&ctxs, steps, lat, rng);
             let fake_x = nets.dis_input(&fake, &ctxs, steps);
-            let (tr, fake_s) = nets.discriminate(&fake_x, steps, b);
+            let (mut tr, fake_s) = nets.discriminate(&fake_x, steps, b);
             let gloss = -fake_s.iter().sum::<F>() / bf;
             let dx = nets
-                .dis_backward(&fake_x, &tr, &vec![-1.0 / bf; b], steps, true)
+                .dis_backward(&fake_x, &mut tr, &vec![-1.0 / bf; b], steps, true)
                 .unwrap_or_default();
             // The discriminator's weight gradients from this pass are not used (zeroed
             // before its next step), as in the reference.
@@ -422,7 +422,7 @@ impl Model for Gan {
             let mut dh = vec![0.0; steps * b * hid];
             nets.g_out
                 .backward(gtr.outputs(hid), &dy, Some(&mut dh), steps * b);
-            nets.g_rnn.backward(&gx, &gtr, &dh, None);
+            nets.g_rnn.backward(&gx, &mut gtr, &dh, None);
             opt_g.step(&mut nets.g_params());
             let (dl64, gl64) = (f64::from(dloss), f64::from(gloss));
             if !dl64.is_finite() || !gl64.is_finite() {

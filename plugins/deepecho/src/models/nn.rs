@@ -48,9 +48,69 @@ pub fn tanh(x: F) -> F {
     1.0 - 2.0 / (1.0 + exp(2.0 * x))
 }
 
+/// `ln x` for `f32`, `x` positive and normal: musl's `logf` (argument reduced to
+/// [√½, √2), `2·atanh` series in `s = f/(2+f)`), without its branches for zero,
+/// negative, subnormal and infinite `x`, so that it inlines; error < 1 ulp.
+#[cfg(not(test))]
+#[inline]
+pub fn ln(x: F) -> F {
+    ln_f32(x)
+}
+
+#[inline]
+fn ln_f32(x: f32) -> f32 {
+    // musl's constants, bit for bit: ln 2 split in two, and the series' coefficients.
+    let ln2_hi = f32::from_bits(0x3f31_7180); // 0.693_138_1
+    let ln2_lo = f32::from_bits(0x3717_f7d1); // 9.058e-6
+    let lg1 = f32::from_bits(0x3f2a_aaaa); // 0.666_666_6
+    let lg2 = f32::from_bits(0x3ecc_ce13); // 0.400_009_7
+    let lg3 = f32::from_bits(0x3e91_e9ee); // 0.284_987_9
+    let lg4 = f32::from_bits(0x3e78_9e26); // 0.242_790_8
+    let ix = x.to_bits().wrapping_add(0x3f80_0000 - 0x3f35_04f3);
+    let k = (ix >> 23) as i32 - 0x7f;
+    let f = f32::from_bits((ix & 0x007f_ffff) + 0x3f35_04f3) - 1.0;
+    let s = f / (2.0 + f);
+    let z = s * s;
+    let w = z * z;
+    let r = z * (lg1 + w * lg3) + w * (lg2 + w * lg4);
+    let hfsq = 0.5 * f * f;
+    let dk = k as f32;
+    s * (hfsq + r) + dk * ln2_lo - hfsq + f + dk * ln2_hi
+}
+
+/// Unit tests run in `f64` with the exact logarithm.
+#[cfg(test)]
+#[inline]
+pub fn ln(x: F) -> F {
+    x.ln()
+}
+
+/// `ln(1 + x)` for `x ≥ 0`, accurate for small `x` too: `ln(u) · x / (u − 1)` with
+/// `u = 1 + x` rounded (Goldberg's correction).
+#[inline]
+pub fn ln_1p(x: F) -> F {
+    let u = 1.0 + x;
+    if u == 1.0 { x } else { ln(u) * x / (u - 1.0) }
+}
+
+/// The larger of two numbers (no NaN handling): a compare and a select, where `f32::max`
+/// is a call to `fmaxf` in WebAssembly.
+#[inline]
+pub fn max(a: F, b: F) -> F {
+    if a > b { a } else { b }
+}
+
 #[inline]
 pub fn softplus(x: F) -> F {
-    x.max(0.0) + exp(-x.abs()).ln_1p()
+    max(x, 0.0) + ln_1p(exp(-x.abs()))
+}
+
+/// `(softplus(x), sigmoid(x))` from one exponential.
+#[inline]
+pub fn softplus_sigmoid(x: F) -> (F, F) {
+    let e = exp(-x.abs());
+    let sg = if x >= 0.0 { 1.0 } else { e } / (1.0 + e);
+    (max(x, 0.0) + ln_1p(e), sg)
 }
 
 /// A trainable tensor with its gradient and Adam moments.
@@ -113,93 +173,135 @@ impl Adam {
 /// Rows and columns of one register block of [`matmul`].
 const RB: usize = 4;
 const CB: usize = 8;
-/// Steps of `k` per iteration of [`matmul`]'s inner loop.
+/// Steps of `k` per iteration of [`block`]'s inner loop (in WebAssembly).
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128", not(test)))]
 const KU: usize = 4;
 
-/// `y[m×n] (+)= x[m×k] · w[k×n]`: 4×8 register blocks (the accumulators stay in
-/// SIMD registers, each loaded weight vector serves four rows).
-///
-/// `w` is first repacked into 8-column panels (`k × 8`, contiguous, the last one
-/// zero-padded) and each block of 4 rows of `x` into `k × 4` (interleaved), so the inner
-/// loop reads two sequential streams, has no bounds checks, and also covers the columns
-/// left over when `n` is not a multiple of 8. It takes `k` in steps of 4: in WebAssembly
-/// wasmtime checks its epoch counter on every loop back-edge and Cranelift keeps the
-/// accumulators on the stack across that check (bench/KERNELS.md), so fewer, longer
-/// iterations matter there. Every output is still the same sum in the same order
-/// (`y + x₀w₀ + x₁w₁ + …`): results are bit-identical to the plain triple loop.
-pub fn matmul(x: &[F], w: &[F], y: &mut [F], m: usize, k: usize, n: usize, accumulate: bool) {
-    let x = &x[..m * k];
-    let w = &w[..k * n];
-    let y = &mut y[..m * n];
-    if k == 0 {
-        if !accumulate {
-            y.fill(0.0);
-        }
-        return;
-    }
-    let m4 = m - m % RB;
-    if m4 > 0 {
-        let panels = n.div_ceil(CB);
-        let mut wp = vec![0.0 as F; panels * k * CB];
-        for (jb, panel) in wp.chunks_exact_mut(k * CB).enumerate() {
-            let j = jb * CB;
-            let cols = CB.min(n - j);
-            for (p, wr) in panel.chunks_exact_mut(CB).zip(w.chunks_exact(n)) {
-                copy_cols(&mut p[..cols], &wr[j..j + cols]);
-            }
-        }
-        let mut xp = vec![0.0 as F; k * RB];
-        for (xb, yb) in x[..m4 * k]
-            .chunks_exact(RB * k)
-            .zip(y[..m4 * n].chunks_exact_mut(RB * n))
-        {
-            for (r, xr) in xb.chunks_exact(k).enumerate() {
-                for (p, &v) in xp.chunks_exact_mut(RB).zip(xr) {
-                    p[r] = v;
-                }
-            }
-            for (jb, panel) in wp.chunks_exact(k * CB).enumerate() {
+/// A right-hand matrix `w[k×n]` repacked for [`Packed::mul`]: 8-column panels (`k × 8`,
+/// contiguous, the last one zero-padded), so that the product's inner loop reads two
+/// sequential streams, has no bounds checks, and also covers the columns left over when
+/// `n` is not a multiple of 8. Packing once serves every product with the same `w` (the
+/// GRU's recurrent weights serve every step of an epoch).
+pub struct Packed {
+    k: usize,
+    n: usize,
+    panels: Vec<F>,
+}
+
+impl Packed {
+    pub fn new(w: &[F], k: usize, n: usize) -> Packed {
+        let w = &w[..k * n];
+        let mut panels = vec![0.0 as F; n.div_ceil(CB) * k * CB];
+        if k > 0 {
+            for (jb, panel) in panels.chunks_exact_mut(k * CB).enumerate() {
                 let j = jb * CB;
                 let cols = CB.min(n - j);
-                let mut acc = [[0.0 as F; CB]; RB];
-                if accumulate {
-                    for (a, yr) in acc.iter_mut().zip(yb.chunks_exact(n)) {
-                        copy_cols(&mut a[..cols], &yr[j..j + cols]);
-                    }
-                }
-                block(&xp, panel, &mut acc);
-                for (a, yr) in acc.iter().zip(yb.chunks_exact_mut(n)) {
-                    copy_cols(&mut yr[j..j + cols], &a[..cols]);
+                for (p, wr) in panel.chunks_exact_mut(CB).zip(w.chunks_exact(n)) {
+                    copy_cols(&mut p[..cols], &wr[j..j + cols]);
                 }
             }
         }
+        Packed { k, n, panels }
     }
-    for i in m4..m {
-        let yr = &mut y[i * n..(i + 1) * n];
-        if !accumulate {
-            yr.iter_mut().for_each(|v| *v = 0.0);
+
+    /// `w[n×k]ᵀ` packed (the `[k×n]` transpose of `w`), without forming the transpose.
+    pub fn transposed(w: &[F], k: usize, n: usize) -> Packed {
+        let w = &w[..k * n];
+        let mut panels = vec![0.0 as F; n.div_ceil(CB) * k * CB];
+        if k > 0 {
+            for (jb, panel) in panels.chunks_exact_mut(k * CB).enumerate() {
+                let j = jb * CB;
+                for (kk, p) in panel.chunks_exact_mut(CB).enumerate() {
+                    for (c, v) in p.iter_mut().enumerate().take(n - j) {
+                        *v = w[(j + c) * k + kk];
+                    }
+                }
+            }
         }
-        for (kk, &a) in x[i * k..(i + 1) * k].iter().enumerate() {
-            for (yv, &wv) in yr.iter_mut().zip(&w[kk * n..(kk + 1) * n]) {
-                *yv += a * wv;
+        Packed { k, n, panels }
+    }
+
+    /// `y[m×n] (+)= x[m×k] · w`: 4×8 register blocks (the accumulators stay in SIMD
+    /// registers, each loaded weight vector serves four rows). Each block of 4 rows of `x`
+    /// is interleaved into `k × 4` first (the last block zero-padded). Every output is the
+    /// same sum in the same order as the plain triple loop (`y + x₀w₀ + x₁w₁ + …`): the
+    /// results are bit-identical to it.
+    pub fn mul(&self, x: &[F], y: &mut [F], m: usize, accumulate: bool) {
+        let (k, n) = (self.k, self.n);
+        let x = &x[..m * k];
+        let y = &mut y[..m * n];
+        if k == 0 {
+            if !accumulate {
+                y.fill(0.0);
+            }
+            return;
+        }
+        let mut xp = vec![[0.0 as F; RB]; k];
+        for i0 in (0..m).step_by(RB) {
+            let rows = RB.min(m - i0);
+            if rows == RB {
+                let xb = &x[i0 * k..(i0 + RB) * k];
+                let (x0, rest) = xb.split_at(k);
+                let (x1, rest) = rest.split_at(k);
+                let (x2, x3) = rest.split_at(k);
+                for (kk, p) in xp.iter_mut().enumerate() {
+                    *p = [x0[kk], x1[kk], x2[kk], x3[kk]];
+                }
+            } else {
+                xp.fill([0.0; RB]);
+                for (r, xr) in x[i0 * k..].chunks_exact(k).enumerate() {
+                    for (p, &v) in xp.iter_mut().zip(xr) {
+                        p[r] = v;
+                    }
+                }
+            }
+            let yb = &mut y[i0 * n..(i0 + rows) * n];
+            self.block_row(xp.as_flattened(), yb, rows, accumulate);
+        }
+    }
+
+    /// One block row: `yb[rows×n] (+)= xp · w`, `xp` interleaved `k × 4`.
+    fn block_row(&self, xp: &[F], yb: &mut [F], rows: usize, accumulate: bool) {
+        let (k, n) = (self.k, self.n);
+        for (jb, panel) in self.panels.chunks_exact(k * CB).enumerate() {
+            let j = jb * CB;
+            let cols = CB.min(n - j);
+            let mut acc = [[0.0 as F; CB]; RB];
+            if accumulate {
+                for (a, yr) in acc.iter_mut().zip(yb.chunks_exact(n)) {
+                    copy_cols(&mut a[..cols], &yr[j..j + cols]);
+                }
+            }
+            block(xp, panel, &mut acc);
+            for (a, yr) in acc.iter().zip(yb.chunks_exact_mut(n)).take(rows) {
+                copy_cols(&mut yr[j..j + cols], &a[..cols]);
             }
         }
     }
 }
 
-/// Copy up to 8 values; a full 8 with a fixed length, so that it compiles to two
-/// vector moves rather than a `memcpy` (in WebAssembly a `memory.copy`, which wasmtime
-/// runs as a call into the host).
+/// `y[m×n] (+)= x[m×k] · w[k×n]` ([`Packed::mul`] after packing `w`).
+pub fn matmul(x: &[F], w: &[F], y: &mut [F], m: usize, k: usize, n: usize, accumulate: bool) {
+    Packed::new(w, k, n).mul(x, y, m, accumulate);
+}
+
+/// Copy up to `N` values; a full `N` with a fixed length, so that it compiles to vector
+/// moves rather than a `memcpy` (in WebAssembly a `memory.copy`, which wasmtime runs as
+/// a call into the host).
 #[inline(always)]
-fn copy_cols(dst: &mut [F], src: &[F]) {
-    if let (Ok(d), Ok(s)) = (
-        <&mut [F; CB]>::try_from(&mut *dst),
-        <&[F; CB]>::try_from(src),
-    ) {
+fn copy_n<const N: usize>(dst: &mut [F], src: &[F]) {
+    if let (Ok(d), Ok(s)) = (<&mut [F; N]>::try_from(&mut *dst), <&[F; N]>::try_from(src)) {
         *d = *s;
     } else {
-        dst.copy_from_slice(src);
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = s;
+        }
     }
+}
+
+#[inline(always)]
+fn copy_cols(dst: &mut [F], src: &[F]) {
+    copy_n::<CB>(dst, src);
 }
 
 /// [`block`] in WebAssembly SIMD: the same products and sums (a multiply, then an add,
@@ -207,6 +309,11 @@ fn copy_cols(dst: &mut [F], src: &[F]) {
 /// 4-lane load by a lane shuffle (`pshufd` under Cranelift). From the portable code LLVM
 /// emits `v128.load32_splat`, which Cranelift turns into a scalar load into a general
 /// register plus a broadcast: 16 live general registers per unrolled step, most spilled.
+/// (Reading the four rows of `x` directly, without interleaving them first, lets LLVM
+/// fold the loads and shuffles back into such splats: measured 9 % slower.) The loop
+/// takes `k` in steps of 4: in WebAssembly wasmtime checks its epoch counter on every
+/// loop back-edge and Cranelift keeps the accumulators on the stack across that check
+/// (bench/KERNELS.md), so fewer, longer iterations matter.
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128", not(test)))]
 #[inline(always)]
 fn block(xp: &[F], panel: &[F], acc: &mut [[F; CB]; RB]) {
@@ -270,27 +377,14 @@ fn block(xp: &[F], panel: &[F], acc: &mut [[F; CB]; RB]) {
 fn block(xp: &[F], panel: &[F], acc: &mut [[F; CB]; RB]) {
     // `a` and `v` are arrays, so the loads need no bounds checks; natively each `a[r]`
     // becomes a broadcast from memory.
-    #[inline(always)]
-    fn step(acc: &mut [[F; CB]; RB], a: &[F; RB], v: &[F; CB]) {
+    let (xs, _) = xp.as_chunks::<RB>();
+    let (ws, _) = panel.as_chunks::<CB>();
+    for (a, v) in xs.iter().zip(ws) {
         for r in 0..RB {
             for c in 0..CB {
                 acc[r][c] += a[r] * v[c];
             }
         }
-    }
-    let (xs, xr) = xp.as_chunks::<{ RB * KU }>();
-    let (ws, wr) = panel.as_chunks::<{ CB * KU }>();
-    for (a, v) in xs.iter().zip(ws) {
-        let (a, _) = a.as_chunks::<RB>();
-        let (v, _) = v.as_chunks::<CB>();
-        for u in 0..KU {
-            step(acc, &a[u], &v[u]);
-        }
-    }
-    let (xr, _) = xr.as_chunks::<RB>();
-    let (wr, _) = wr.as_chunks::<CB>();
-    for (a, v) in xr.iter().zip(wr) {
-        step(acc, a, v);
     }
 }
 
@@ -303,27 +397,32 @@ pub fn add_bias(y: &mut [F], b: &[F], m: usize, n: usize) {
     }
 }
 
-/// `w[k×n]` transposed into `[n×k]`.
-pub fn transpose(w: &[F], k: usize, n: usize) -> Vec<F> {
-    let mut t = vec![0.0; k * n];
-    for i in 0..k {
-        for j in 0..n {
-            t[j * k + i] = w[i * n + j];
-        }
-    }
-    t
-}
-
 /// `dx[m×k] (+)= dy[m×n] · w[k×n]ᵀ`.
 pub fn matmul_bt(dy: &[F], w: &[F], dx: &mut [F], m: usize, n: usize, k: usize, accumulate: bool) {
-    let wt = transpose(w, k, n);
-    matmul(dy, &wt, dx, m, n, k, accumulate);
+    Packed::transposed(w, n, k).mul(dy, dx, m, accumulate);
 }
 
-/// `dw[k×n] += x[m×k]ᵀ · dy[m×n]` (transpose `x`, then the blocked product).
+/// `dw[k×n] += x[m×k]ᵀ · dy[m×n]`: `dy` packed as the right-hand side (its `m` rows are
+/// the reduction), and each 4 columns of `x` gathered into the interleaved left-hand
+/// block, so no transpose is formed. The same sums in the same order as
+/// `matmul(xᵀ, dy, dw, k, m, n, true)` with the transpose formed.
 pub fn matmul_at(x: &[F], dy: &[F], dw: &mut [F], m: usize, k: usize, n: usize) {
-    let xt = transpose(&x[..m * k], m, k);
-    matmul(&xt, dy, dw, k, m, n, true);
+    if m == 0 {
+        return;
+    }
+    let p = Packed::new(dy, m, n);
+    let x = &x[..m * k];
+    let mut xp = vec![0.0 as F; m * RB];
+    for i0 in (0..k).step_by(RB) {
+        let rows = RB.min(k - i0);
+        if rows < RB {
+            xp.fill(0.0);
+        }
+        for (d, xr) in xp.chunks_exact_mut(RB).zip(x.chunks_exact(k)) {
+            copy_n::<RB>(&mut d[..rows], &xr[i0..i0 + rows]);
+        }
+        p.block_row(&xp, &mut dw[i0 * n..(i0 + rows) * n], rows, true);
+    }
 }
 
 /// `db[n] += Σ_rows dy[m×n]`.
@@ -399,6 +498,10 @@ pub struct GruTrace {
     pub z: Vec<F>,
     pub n: Vec<F>,
     pub ghn: Vec<F>,
+    /// Written by [`Gru::backward_projected`]: d(loss)/d(gi), `[T·B × 3H]`.
+    pub dgi: Vec<F>,
+    /// Its scratch: d(loss)/d(Wₕh + bₕ) for every step.
+    dgh: Vec<F>,
 }
 
 impl GruTrace {
@@ -427,8 +530,10 @@ impl Gru {
     /// One step for a batch: `h` becomes the next state from `h_prev` (B×H). `gi` holds
     /// the input projections (B×3H); `gh` is scratch (B×3H); r, z, n and Wₕₙh + bₕₙ are
     /// recorded into `rec` (each B×H).
+    #[allow(clippy::too_many_arguments)]
     fn cell(
         &self,
+        wh: &Packed,
         gi: &[F],
         h_prev: &[F],
         h: &mut [F],
@@ -437,7 +542,7 @@ impl Gru {
         rec: [&mut [F]; 4],
     ) {
         let hd = self.hidden;
-        matmul(h_prev, &self.wh.w, gh, b, hd, 3 * hd, false);
+        wh.mul(h_prev, gh, b, false);
         add_bias(gh, &self.bh.w, b, 3 * hd);
         let [rr, zz, nn, gg] = rec;
         for i in 0..b {
@@ -451,17 +556,9 @@ impl Gru {
                 &mut nn[s.clone()],
                 &mut gg[s],
             );
-            for j in 0..hd {
-                let r = sigmoid(g[j] + q[j]);
-                let z = sigmoid(g[hd + j] + q[hd + j]);
-                let ghn = q[2 * hd + j];
-                let n = tanh(g[2 * hd + j] + r * ghn);
-                ho[j] = (1.0 - z) * n + z * hp[j];
-                rr[j] = r;
-                zz[j] = z;
-                nn[j] = n;
-                gg[j] = ghn;
-            }
+            let (gr, gz, gn) = (&g[..hd], &g[hd..2 * hd], &g[2 * hd..3 * hd]);
+            let (qr, qz, qn) = (&q[..hd], &q[hd..2 * hd], &q[2 * hd..3 * hd]);
+            gru_gates(gr, gz, gn, qr, qz, qn, hp, ho, rr, zz, nn, gg);
         }
     }
 
@@ -497,12 +594,14 @@ impl Gru {
         }
         let mut gh = vec![0.0; batch * 3 * hd];
         let bh = batch * hd;
+        let wh = Packed::new(&self.wh.w, hd, 3 * hd);
         for t in 0..steps {
             let (before, after) = tr.hs.split_at_mut((t + 1) * bh);
             let h_prev = &before[t * bh..];
             let h = &mut after[..bh];
             let s = t * bh..(t + 1) * bh;
             self.cell(
+                &wh,
                 &tr.gi[t * batch * 3 * hd..(t + 1) * batch * 3 * hd],
                 h_prev,
                 h,
@@ -530,63 +629,165 @@ impl Gru {
         let (r, rest) = rest.split_at_mut(batch * hd);
         let (z, rest) = rest.split_at_mut(batch * hd);
         let (n, g) = rest.split_at_mut(batch * hd);
-        self.cell(&gi, &prev, h, gh, batch, [r, z, n, g]);
+        let wh = Packed::new(&self.wh.w, hd, 3 * hd);
+        self.cell(&wh, &gi, &prev, h, gh, batch, [r, z, n, g]);
     }
 
     /// Backward through time. `dh_out` is the loss gradient on h₁…h_T (`[T·B × H]`);
     /// accumulates all weight gradients and writes `dx` (`[T·B × input]`) if asked.
-    pub fn backward(&mut self, x: &[F], tr: &GruTrace, dh_out: &[F], dx: Option<&mut [F]>) {
+    pub fn backward(&mut self, x: &[F], tr: &mut GruTrace, dh_out: &[F], dx: Option<&mut [F]>) {
         let (steps, batch, hd) = (tr.steps, tr.batch, self.hidden);
-        let dgi = self.backward_projected(tr, dh_out);
+        self.backward_projected(tr, dh_out);
+        let dgi = &tr.dgi;
         let rows = steps * batch;
-        matmul_at(x, &dgi, &mut self.wi.g, rows, self.input, 3 * hd);
-        col_sum(&dgi, &mut self.bi.g, rows, 3 * hd);
+        matmul_at(x, dgi, &mut self.wi.g, rows, self.input, 3 * hd);
+        col_sum(dgi, &mut self.bi.g, rows, 3 * hd);
         if let Some(dx) = dx {
-            matmul_bt(&dgi, &self.wi.w, dx, rows, 3 * hd, self.input, false);
+            matmul_bt(dgi, &self.wi.w, dx, rows, 3 * hd, self.input, false);
         }
     }
 
     /// Backward through time down to the input projections: accumulates the recurrent
-    /// gradients (Wₕ, bₕ) and returns d(loss)/d(gi), `[T·B × 3H]`.
-    pub fn backward_projected(&mut self, tr: &GruTrace, dh_out: &[F]) -> Vec<F> {
+    /// gradients (Wₕ, bₕ) and leaves d(loss)/d(gi) in `tr.dgi`. Only dh flows step by
+    /// step; the recurrent weights' gradient is one product over all steps at the end
+    /// (`Wₕ += Hᵀ_prev · dGh`), a long reduction that keeps the accumulators in registers.
+    pub fn backward_projected(&mut self, tr: &mut GruTrace, dh_out: &[F]) {
         let (steps, batch, hd) = (tr.steps, tr.batch, self.hidden);
         let bh = batch * hd;
-        let mut dgi = vec![0.0; steps * batch * 3 * hd];
+        let rows = steps * batch;
+        let mut dgi = std::mem::take(&mut tr.dgi);
+        let mut dgh_all = std::mem::take(&mut tr.dgh);
+        // Every entry is written below: no need to clear.
+        dgi.resize(rows * 3 * hd, 0.0);
+        dgh_all.resize(rows * 3 * hd, 0.0);
         let mut dh = vec![0.0; bh];
-        let mut dgh = vec![0.0; batch * 3 * hd];
-        let wht = transpose(&self.wh.w, hd, 3 * hd);
+        let wht = Packed::transposed(&self.wh.w, 3 * hd, hd);
         for t in (0..steps).rev() {
             let h_prev = &tr.hs[t * bh..(t + 1) * bh];
             for (d, &o) in dh.iter_mut().zip(&dh_out[t * bh..(t + 1) * bh]) {
                 *d += o;
             }
-            let dgi_t = &mut dgi[t * batch * 3 * hd..(t + 1) * batch * 3 * hd];
+            let span = t * batch * 3 * hd..(t + 1) * batch * 3 * hd;
+            let dgi_t = &mut dgi[span.clone()];
+            let dgh = &mut dgh_all[span];
             for i in 0..batch {
-                for j in 0..hd {
-                    let k = t * bh + i * hd + j;
-                    let (r, z, n, ghn) = (tr.r[k], tr.z[k], tr.n[k], tr.ghn[k]);
-                    let d = dh[i * hd + j];
-                    let dn = d * (1.0 - z);
-                    let dz = d * (h_prev[i * hd + j] - n);
-                    let dan = dn * (1.0 - n * n);
-                    let dr = dan * ghn;
-                    let dar = dr * r * (1.0 - r);
-                    let daz = dz * z * (1.0 - z);
-                    let o = i * 3 * hd;
-                    dgi_t[o + j] = dar;
-                    dgi_t[o + hd + j] = daz;
-                    dgi_t[o + 2 * hd + j] = dan;
-                    dgh[o + j] = dar;
-                    dgh[o + hd + j] = daz;
-                    dgh[o + 2 * hd + j] = dan * r;
-                    dh[i * hd + j] = d * z;
-                }
+                // Every slice cut to `hd` first: no bounds checks in the loop.
+                let at = t * bh + i * hd;
+                let (rs, zs) = (&tr.r[at..at + hd], &tr.z[at..at + hd]);
+                let (ns, gs) = (&tr.n[at..at + hd], &tr.ghn[at..at + hd]);
+                let hp = &h_prev[i * hd..(i + 1) * hd];
+                let dhi = &mut dh[i * hd..(i + 1) * hd];
+                let (ar, rest) = dgi_t[i * 3 * hd..(i + 1) * 3 * hd].split_at_mut(hd);
+                let (az, an) = rest.split_at_mut(hd);
+                let (hr, rest) = dgh[i * 3 * hd..(i + 1) * 3 * hd].split_at_mut(hd);
+                let (hz, hn) = rest.split_at_mut(hd);
+                gru_gates_backward(rs, zs, ns, gs, hp, dhi, ar, az, an, hr, hz, hn);
             }
-            matmul_at(h_prev, &dgh, &mut self.wh.g, batch, hd, 3 * hd);
-            col_sum(&dgh, &mut self.bh.g, batch, 3 * hd);
-            matmul(&dgh, &wht, &mut dh, batch, 3 * hd, hd, true);
+            wht.mul(dgh, &mut dh, batch, true);
         }
-        dgi
+        matmul_at(
+            &tr.hs[..rows * hd],
+            &dgh_all,
+            &mut self.wh.g,
+            rows,
+            hd,
+            3 * hd,
+        );
+        col_sum(&dgh_all, &mut self.bh.g, rows, 3 * hd);
+        tr.dgi = dgi;
+        tr.dgh = dgh_all;
+    }
+}
+
+/// One row of GRU gates: from the input projections (`gr`, `gz`, `gn`), the recurrent
+/// ones (`qr`, `qz`, `qn`) and the previous state `hp`, the new state and what backward
+/// needs (r, z, n and Wₕₙh + bₕₙ). The slices come in as arguments of their own (not
+/// inlined), so that LLVM knows they do not overlap and vectorises the loop.
+#[allow(clippy::too_many_arguments)]
+#[inline(never)]
+fn gru_gates(
+    gr: &[F],
+    gz: &[F],
+    gn: &[F],
+    qr: &[F],
+    qz: &[F],
+    qn: &[F],
+    hp: &[F],
+    ho: &mut [F],
+    rr: &mut [F],
+    zz: &mut [F],
+    nn: &mut [F],
+    gg: &mut [F],
+) {
+    let hd = hp.len();
+    let (gr, gz, gn, qr, qz, qn) = (
+        &gr[..hd],
+        &gz[..hd],
+        &gn[..hd],
+        &qr[..hd],
+        &qz[..hd],
+        &qn[..hd],
+    );
+    let (ho, rr, zz, nn, gg) = (
+        &mut ho[..hd],
+        &mut rr[..hd],
+        &mut zz[..hd],
+        &mut nn[..hd],
+        &mut gg[..hd],
+    );
+    for j in 0..hd {
+        let r = sigmoid(gr[j] + qr[j]);
+        let z = sigmoid(gz[j] + qz[j]);
+        let ghn = qn[j];
+        let n = tanh(gn[j] + r * ghn);
+        ho[j] = (1.0 - z) * n + z * hp[j];
+        rr[j] = r;
+        zz[j] = z;
+        nn[j] = n;
+        gg[j] = ghn;
+    }
+}
+
+/// Backward of [`gru_gates`] for one row: from the recorded r, z, n, Wₕₙh + bₕₙ and the
+/// previous state, and the state's gradient `dh` (replaced by its share for the previous
+/// state), the gradients of the input projections (`ar`, `az`, `an`) and of the
+/// recurrent ones (`hr`, `hz`, `hn`).
+#[allow(clippy::too_many_arguments)]
+#[inline(never)]
+fn gru_gates_backward(
+    rs: &[F],
+    zs: &[F],
+    ns: &[F],
+    gs: &[F],
+    hp: &[F],
+    dh: &mut [F],
+    ar: &mut [F],
+    az: &mut [F],
+    an: &mut [F],
+    hr: &mut [F],
+    hz: &mut [F],
+    hn: &mut [F],
+) {
+    let hd = dh.len();
+    let (rs, zs, ns, gs, hp) = (&rs[..hd], &zs[..hd], &ns[..hd], &gs[..hd], &hp[..hd]);
+    let (ar, az, an) = (&mut ar[..hd], &mut az[..hd], &mut an[..hd]);
+    let (hr, hz, hn) = (&mut hr[..hd], &mut hz[..hd], &mut hn[..hd]);
+    for j in 0..hd {
+        let (r, z, n, ghn) = (rs[j], zs[j], ns[j], gs[j]);
+        let d = dh[j];
+        let dn = d * (1.0 - z);
+        let dz = d * (hp[j] - n);
+        let dan = dn * (1.0 - n * n);
+        let dr = dan * ghn;
+        let dar = dr * r * (1.0 - r);
+        let daz = dz * z * (1.0 - z);
+        ar[j] = dar;
+        az[j] = daz;
+        an[j] = dan;
+        hr[j] = dar;
+        hz[j] = daz;
+        hn[j] = dan * r;
+        dh[j] = d * z;
     }
 }
 
@@ -647,17 +848,10 @@ impl Lstm {
         tr.hs.resize((steps + 1) * bh, 0.0);
         tr.cs.clear();
         tr.cs.resize((steps + 1) * bh, 0.0);
+        let wh = Packed::new(&self.wh.w, hd, 4 * hd);
         for t in 0..steps {
             let g = &mut tr.gates[t * batch * 4 * hd..(t + 1) * batch * 4 * hd];
-            matmul(
-                &tr.hs[t * bh..(t + 1) * bh],
-                &self.wh.w,
-                g,
-                batch,
-                hd,
-                4 * hd,
-                true,
-            );
+            wh.mul(&tr.hs[t * bh..(t + 1) * bh], g, batch, true);
             let (hb, ha) = tr.hs.split_at_mut((t + 1) * bh);
             let (cb, ca) = tr.cs.split_at_mut((t + 1) * bh);
             let _ = hb;
@@ -688,7 +882,7 @@ impl Lstm {
         let mut dgates = vec![0.0; steps * batch * 4 * hd];
         let mut dh = vec![0.0; bh];
         let mut dc = vec![0.0; bh];
-        let wht = transpose(&self.wh.w, hd, 4 * hd);
+        let wht = Packed::transposed(&self.wh.w, 4 * hd, hd);
         for t in (0..steps).rev() {
             for (d, &o) in dh.iter_mut().zip(&dh_out[t * bh..(t + 1) * bh]) {
                 *d += o;
@@ -725,7 +919,7 @@ impl Lstm {
                 hd,
                 4 * hd,
             );
-            matmul(dg, &wht, &mut dh, batch, 4 * hd, hd, false);
+            wht.mul(dg, &mut dh, batch, false);
         }
         let rows = steps * batch;
         matmul_at(x, &dgates, &mut self.wi.g, rows, self.input, 4 * hd);
@@ -770,6 +964,58 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// The transposed products are the plain loops' sums, bit for bit.
+    #[test]
+    fn transposed_products_equal_the_plain_loops() {
+        let mut rng = Rng::new(4);
+        for (m, k, n) in [(1, 1, 1), (5, 3, 7), (8, 4, 8), (9, 9, 19), (81, 18, 96)] {
+            let x: Vec<F> = (0..m * k).map(|_| rng.normal()).collect();
+            let dy: Vec<F> = (0..m * n).map(|_| rng.normal()).collect();
+            let w: Vec<F> = (0..k * n).map(|_| rng.normal()).collect();
+            let dw0: Vec<F> = (0..k * n).map(|_| rng.normal()).collect();
+            let mut dw = dw0.clone();
+            matmul_at(&x, &dy, &mut dw, m, k, n);
+            for i in 0..k {
+                for j in 0..n {
+                    let mut s = dw0[i * n + j];
+                    for r in 0..m {
+                        s += x[r * k + i] * dy[r * n + j];
+                    }
+                    assert_eq!(s.to_bits(), dw[i * n + j].to_bits(), "at {m}×{k}×{n}");
+                }
+            }
+            let mut dx = vec![0.0; m * k];
+            matmul_bt(&dy, &w, &mut dx, m, n, k, false);
+            for r in 0..m {
+                for i in 0..k {
+                    let mut s = 0.0;
+                    for j in 0..n {
+                        s += dy[r * n + j] * w[i * n + j];
+                    }
+                    assert_eq!(s.to_bits(), dx[r * k + i].to_bits(), "bt at {m}×{k}×{n}");
+                }
+            }
+        }
+    }
+
+    /// The `f32` logarithm is within 1 ulp of the exact one over many decades.
+    #[test]
+    fn ln_f32_is_within_an_ulp() {
+        let mut x = 1e-30f32;
+        while x < 1e30 {
+            for v in [x, x * 1.000_001, x * 1.37, x * 2.9] {
+                let got = ln_f32(v);
+                let want = f64::from(v).ln();
+                let ulp = f64::from(got.abs().max(1e-30)) * f64::from(f32::EPSILON);
+                assert!(
+                    (f64::from(got) - want).abs() <= ulp,
+                    "ln({v}) = {got}, exact {want}"
+                );
+            }
+            x *= 1.1;
         }
     }
 
@@ -827,7 +1073,7 @@ mod tests {
         let mut tr = GruTrace::default();
         gru.forward(&x, steps, batch, &mut tr);
         let mut dx = vec![0.0; x.len()];
-        gru.backward(&x, &tr, &v, Some(&mut dx));
+        gru.backward(&x, &mut tr, &v, Some(&mut dx));
         for k in 0..x.len() {
             let o = x[k];
             x[k] = o + 1e-6;

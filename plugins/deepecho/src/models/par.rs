@@ -12,8 +12,8 @@
 
 use super::Model;
 use super::nn::{
-    Adam, F, Gru, GruTrace, Linear, Param, add_bias, col_sum, exp, matmul, matmul_at, matmul_bt,
-    sigmoid, softplus,
+    Adam, F, Gru, GruTrace, Linear, Param, add_bias, col_sum, exp, ln, matmul, matmul_at,
+    matmul_bt, max, sigmoid, softplus, softplus_sigmoid,
 };
 use crate::data::{Column, Dataset, Kind, Sequence};
 use crate::rng::Rng;
@@ -220,39 +220,56 @@ impl Layout {
     }
 }
 
-/// A training batch: inputs, targets and row kinds, step-major (`row = t · B + b`).
+/// A training batch, step-major (`row = t · B + b`). A row's input is `[data inputs |
+/// START, BODY flags | context inputs]`; only the data inputs change from row to row, so
+/// they are stored as a matrix and the rest as each row's flag and each sequence's
+/// context, whose share of the input projection is computed once per sequence.
 pub struct Batch {
     pub steps: usize,
     pub batch: usize,
-    x: Vec<F>,
+    /// `[rows × data_in]`: the previous step's values (0 at step 0 and in padding).
+    xd: Vec<F>,
+    /// Per row: `TOK_START` (step 0), `TOK_BODY` (a data step) or `NO_TOKEN` (padding).
+    flag: Vec<u8>,
+    /// `[B × ctx_in]`: each sequence's context inputs.
+    ctx: Vec<F>,
     /// `[rows × n_cols]` normalised targets.
     targets: Vec<F>,
     /// 0 = predict values (and "not the end"), 1 = predict the end, 2 = padding.
     kind: Vec<u8>,
 }
 
+/// A padding row's flag: neither START nor BODY.
+const NO_TOKEN: u8 = u8::MAX;
+
 impl Batch {
     pub fn new(layout: &Layout, seqs: &[Sequence]) -> Batch {
         let batch = seqs.len();
         let steps = seqs.iter().map(|s| s.len).max().unwrap_or(0) + 1;
         let nc = layout.data.len();
+        let (din, cin) = (layout.data_in, layout.n_in - layout.data_in - 2);
         let rows = steps * batch;
-        let mut x = vec![0.0; rows * layout.n_in];
+        let mut xd = vec![0.0; rows * din];
+        let mut flag = vec![NO_TOKEN; rows];
+        let mut ctx = vec![0.0; batch * cin];
         let mut targets = vec![0.0; rows * nc];
         let mut kind = vec![2u8; rows];
         let mut step_t = vec![0.0; nc];
+        let mut row = vec![0.0; layout.n_in];
         for (b, s) in seqs.iter().enumerate() {
+            layout.write_context(&s.context, &mut row);
+            ctx[b * cin..(b + 1) * cin].copy_from_slice(&row[din + 2..]);
             for t in 0..steps {
                 let r = t * batch + b;
-                let row = &mut x[r * layout.n_in..(r + 1) * layout.n_in];
-                layout.write_context(&s.context, row);
                 if t == 0 {
-                    row[layout.data_in] = 1.0;
+                    flag[r] = TOK_START as u8;
                 } else if t - 1 < s.len {
                     for (j, e) in layout.data.iter().enumerate() {
                         step_t[j] = e.target(s.data[(t - 1) * nc + j]);
                     }
-                    layout.write_step(&step_t, TOK_BODY, row);
+                    layout.write_step(&step_t, TOK_BODY, &mut row);
+                    xd[r * din..(r + 1) * din].copy_from_slice(&row[..din]);
+                    flag[r] = TOK_BODY as u8;
                 }
                 if t < s.len {
                     kind[r] = 0;
@@ -267,10 +284,31 @@ impl Batch {
         Batch {
             steps,
             batch,
-            x,
+            xd,
+            flag,
+            ctx,
             targets,
             kind,
         }
+    }
+
+    /// The full input rows `[rows × n_in]` (for tests: what the split stands for).
+    #[cfg(test)]
+    fn full_inputs(&self, layout: &Layout) -> Vec<F> {
+        let (din, nin) = (layout.data_in, layout.n_in);
+        let cin = nin - din - 2;
+        let mut x = vec![0.0; self.steps * self.batch * nin];
+        for (r, row) in x.chunks_exact_mut(nin).enumerate() {
+            let b = r % self.batch;
+            row[..din].copy_from_slice(&self.xd[r * din..(r + 1) * din]);
+            match self.flag[r] as usize {
+                TOK_START => row[din] = 1.0,
+                TOK_BODY => row[din + 1] = 1.0,
+                _ => {}
+            }
+            row[din + 2..].copy_from_slice(&self.ctx[b * cin..(b + 1) * cin]);
+        }
+        x
     }
 }
 
@@ -328,8 +366,11 @@ impl Net {
     pub fn loss(&mut self, b: &Batch, w: &mut Work, grad: bool) -> F {
         let rows = b.steps * b.batch;
         let (nin, nout) = (self.layout.n_in, self.layout.n_out);
-        // Linear → GRU input projection folded into one product: GI = X·(W_d·W_i) + (b_d·W_i + b_i).
+        let (din, cin) = (self.layout.data_in, nin - self.layout.data_in - 2);
         let h3 = 3 * HIDDEN;
+        // Linear → GRU input projection folded into one product: GI = X·(W_d·W_i) +
+        // (b_d·W_i + b_i), X = [data | flags | context]. The data part is a product per
+        // row; the flags' and the context's parts are rows of W_c added per row.
         let mut wc = vec![0.0; nin * h3];
         matmul(
             &self.down.w.w,
@@ -342,10 +383,29 @@ impl Net {
         );
         let mut bc = self.gru.bi.w.clone();
         matmul(&self.down.b.w, &self.gru.wi.w, &mut bc, 1, HIDDEN, h3, true);
+        // base[b] = bc + context_b · W_c[context rows]
+        let mut base = vec![0.0; b.batch * h3];
+        matmul(
+            &b.ctx,
+            &wc[(din + 2) * h3..],
+            &mut base,
+            b.batch,
+            cin,
+            h3,
+            false,
+        );
+        add_bias(&mut base, &bc, b.batch, h3);
         let mut gi = std::mem::take(&mut w.tr.gi);
         gi.resize(rows * h3, 0.0);
-        matmul(&b.x, &wc, &mut gi, rows, nin, h3, false);
-        add_bias(&mut gi, &bc, rows, h3);
+        matmul(&b.xd, &wc, &mut gi, rows, din, h3, false);
+        for (r, g) in gi.chunks_exact_mut(h3).enumerate() {
+            let bs = &base[(r % b.batch) * h3..][..h3];
+            match b.flag[r] as usize {
+                TOK_START => add3(g, bs, &wc[din * h3..][..h3]),
+                TOK_BODY => add3(g, bs, &wc[(din + 1) * h3..][..h3]),
+                _ => g.iter_mut().zip(bs).for_each(|(g, &v)| *g += v),
+            }
+        }
         self.gru.forward_projected(gi, b.steps, b.batch, &mut w.tr);
         w.y.resize(rows * nout, 0.0);
         self.up.forward(w.tr.outputs(HIDDEN), &mut w.y, rows);
@@ -364,10 +424,10 @@ impl Net {
             // step, BODY at a data step.
             let c = if b.kind[r] == 1 { TOK_END } else { TOK_BODY };
             let z = &y[nout - 3..];
-            let mx = z.iter().copied().fold(F::NEG_INFINITY, F::max);
+            let mx = z.iter().copied().fold(F::NEG_INFINITY, max);
             let e: [F; 3] = [exp(z[0] - mx), exp(z[1] - mx), exp(z[2] - mx)];
             let sum = e[0] + e[1] + e[2];
-            total += sum.ln() + mx - z[c];
+            total += ln(sum) + mx - z[c];
             for i in 0..3 {
                 dy[nout - 3 + i] = (e[i] / sum - if i == c { 1.0 } else { 0.0 }) * scale;
             }
@@ -381,28 +441,29 @@ impl Net {
                     Enc::Num { .. } => {
                         let m: F = if t.is_nan() { 1.0 } else { 0.0 };
                         let lm = y[o + 2];
-                        total += softplus(lm) - m * lm;
-                        dy[o + 2] = (sigmoid(lm) - m) * scale;
+                        let (sp, sg) = softplus_sigmoid(lm);
+                        total += sp - m * lm;
+                        dy[o + 2] = (sg - m) * scale;
                         if m == 0.0 {
                             let mu = y[o];
-                            let s = softplus(y[o + 1]) + SIGMA_MIN;
+                            let (sp, sg) = softplus_sigmoid(y[o + 1]);
+                            let s = sp + SIGMA_MIN;
                             let diff = t - mu;
                             let inv = 1.0 / s;
-                            total += HALF_LN_2PI + s.ln() + 0.5 * diff * diff * inv * inv;
+                            total += HALF_LN_2PI + ln(s) + 0.5 * diff * diff * inv * inv;
                             dy[o] = -diff * inv * inv * scale;
-                            dy[o + 1] =
-                                (inv - diff * diff * inv * inv * inv) * sigmoid(y[o + 1]) * scale;
+                            dy[o + 1] = (inv - diff * diff * inv * inv * inv) * sg * scale;
                         }
                         o += 3;
                     }
                     Enc::Cat { k } => {
                         let z = &y[o..o + k];
-                        let mx = z.iter().copied().fold(F::NEG_INFINITY, F::max);
-                        let sum: F = z.iter().map(|v| (v - mx).exp()).sum();
+                        let mx = z.iter().copied().fold(F::NEG_INFINITY, max);
+                        let sum: F = z.iter().map(|&v| exp(v - mx)).sum();
                         let c = t as usize;
-                        total += sum.ln() + mx - z[c];
+                        total += ln(sum) + mx - z[c];
                         for i in 0..*k {
-                            let p = (z[i] - mx).exp() / sum;
+                            let p = exp(z[i] - mx) / sum;
                             dy[o + i] = (p - if i == c { 1.0 } else { 0.0 }) * scale;
                         }
                         o += k;
@@ -414,13 +475,35 @@ impl Net {
             w.dh.resize(rows * HIDDEN, 0.0);
             self.up
                 .backward(w.tr.outputs(HIDDEN), &w.dy, Some(&mut w.dh), rows);
-            let dgi = self.gru.backward_projected(&w.tr, &w.dh);
-            // P = Xᵀ·dGI, s = Σ dGI; then dW_i += W_dᵀ·P + b_dᵀ·s, db_i += s,
+            self.gru.backward_projected(&mut w.tr, &w.dh);
+            let dgi = &w.tr.dgi;
+            // P = Xᵀ·dGI [n_in × 3H], by parts: the data rows' product, the flags' rows
+            // (sums of dGI over the rows with that flag), the context's rows (contextᵀ ·
+            // per-sequence sums); s = Σ dGI. Then dW_i += W_dᵀ·P + b_dᵀ·s, db_i += s,
             // dW_d += P·W_iᵀ, db_d += s·W_iᵀ.
             let mut p = vec![0.0; nin * h3];
-            matmul_at(&b.x, &dgi, &mut p, rows, nin, h3);
+            matmul_at(&b.xd, dgi, &mut p, rows, din, h3);
+            let mut per_seq = vec![0.0; b.batch * h3];
+            for (r, g) in dgi.chunks_exact(h3).enumerate() {
+                let dst = match b.flag[r] as usize {
+                    TOK_START => Some(din),
+                    TOK_BODY => Some(din + 1),
+                    _ => None,
+                };
+                if let Some(d) = dst {
+                    p[d * h3..(d + 1) * h3]
+                        .iter_mut()
+                        .zip(g)
+                        .for_each(|(p, &v)| *p += v);
+                }
+                per_seq[(r % b.batch) * h3..][..h3]
+                    .iter_mut()
+                    .zip(g)
+                    .for_each(|(p, &v)| *p += v);
+            }
+            matmul_at(&b.ctx, &per_seq, &mut p[(din + 2) * h3..], b.batch, cin, h3);
             let mut s = vec![0.0; h3];
-            col_sum(&dgi, &mut s, rows, h3);
+            col_sum(&per_seq, &mut s, b.batch, h3);
             col_sum(&s, &mut self.gru.bi.g, 1, h3);
             matmul_at(&self.down.w.w, &p, &mut self.gru.wi.g, nin, HIDDEN, h3);
             matmul_at(&self.down.b.w, &s, &mut self.gru.wi.g, 1, HIDDEN, h3);
@@ -434,7 +517,6 @@ impl Net {
                 true,
             );
             matmul_bt(&s, &self.gru.wi.w, &mut self.down.b.g, 1, h3, HIDDEN, true);
-            w.tr.gi = dgi; // reuse the allocation next epoch
         }
         total * scale
     }
@@ -478,7 +560,7 @@ impl Net {
                 // sequence once it is at least `min_len` long (before that it counts as
                 // BODY, as in the reference), and the end is forced at `max_len`.
                 let z = &yr[nout - 3..];
-                let mx = z.iter().copied().fold(F::NEG_INFINITY, F::max);
+                let mx = z.iter().copied().fold(F::NEG_INFINITY, max);
                 let p: Vec<f64> = z.iter().map(|v| f64::from(exp(v - mx))).collect();
                 let sum: f64 = p.iter().sum();
                 let mut u = rng.f64() * sum;
@@ -520,7 +602,7 @@ impl Net {
                         }
                         Enc::Cat { k } => {
                             let zs = &yr[o..o + k];
-                            let mx = zs.iter().copied().fold(F::NEG_INFINITY, F::max);
+                            let mx = zs.iter().copied().fold(F::NEG_INFINITY, max);
                             let sum: f64 = zs.iter().map(|v| f64::from(exp(v - mx))).sum();
                             let mut u = rng.f64() * sum;
                             let mut c = k - 1;
@@ -562,11 +644,20 @@ impl Net {
     }
 }
 
+/// `g += a + b`, elementwise.
+#[inline]
+fn add3(g: &mut [F], a: &[F], b: &[F]) {
+    for ((g, &a), &b) in g.iter_mut().zip(a).zip(b) {
+        *g += a + b;
+    }
+}
+
 /// Helper for f64 conversions that also compile when `F = f64` (unit tests).
 trait ToF64 {
     fn to64(self) -> f64;
 }
 impl ToF64 for F {
+    #[allow(clippy::unnecessary_cast)] // F is f64 in unit tests
     fn to64(self) -> f64 {
         self as f64
     }
@@ -709,6 +800,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::needless_range_loop)]
     fn gradients_match_finite_differences() {
         let mut rng = Rng::new(7);
         let ds = toy(&mut rng);
@@ -759,6 +851,29 @@ mod tests {
         for s in &out {
             assert!((2..=4).contains(&s.len), "length {}", s.len);
             assert_eq!(s.data.len(), s.len * 2);
+        }
+    }
+
+    /// The loss's split input projection (data rows by product, flags and context per
+    /// row) computes what `Linear → GRU → Linear` computes on the full input rows.
+    #[test]
+    fn split_inputs_give_the_full_network() {
+        let mut rng = Rng::new(5);
+        let ds = toy(&mut rng);
+        let mut net = Net::new(&ds, &mut rng);
+        let batch = Batch::new(&net.layout, &ds.seqs);
+        let mut work = Work::default();
+        net.loss(&batch, &mut work, false);
+        let rows = batch.steps * batch.batch;
+        let x = batch.full_inputs(&net.layout);
+        let mut a = vec![0.0; rows * HIDDEN];
+        net.down.forward(&x, &mut a, rows);
+        let mut tr = GruTrace::default();
+        net.gru.forward(&a, batch.steps, batch.batch, &mut tr);
+        let mut y = vec![0.0; rows * net.layout.n_out];
+        net.up.forward(tr.outputs(HIDDEN), &mut y, rows);
+        for (i, (a, b)) in y.iter().zip(&work.y).enumerate() {
+            assert!((a - b).abs() < 1e-12, "output {i}: {a} vs {b}");
         }
     }
 
