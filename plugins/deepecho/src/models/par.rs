@@ -242,6 +242,15 @@ pub struct Batch {
 /// A padding row's flag: neither START nor BODY.
 const NO_TOKEN: u8 = u8::MAX;
 
+/// The input slot of a row's flag (`data_in` + 0 for START, + 1 for BODY; none for padding).
+fn flag_input(flag: u8, data_in: usize) -> Option<usize> {
+    match flag as usize {
+        TOK_START => Some(data_in),
+        TOK_BODY => Some(data_in + 1),
+        _ => None,
+    }
+}
+
 impl Batch {
     pub fn new(layout: &Layout, seqs: &[Sequence]) -> Batch {
         let batch = seqs.len();
@@ -301,10 +310,8 @@ impl Batch {
         for (r, row) in x.chunks_exact_mut(nin).enumerate() {
             let b = r % self.batch;
             row[..din].copy_from_slice(&self.xd[r * din..(r + 1) * din]);
-            match self.flag[r] as usize {
-                TOK_START => row[din] = 1.0,
-                TOK_BODY => row[din + 1] = 1.0,
-                _ => {}
+            if let Some(i) = flag_input(self.flag[r], din) {
+                row[i] = 1.0;
             }
             row[din + 2..].copy_from_slice(&self.ctx[b * cin..(b + 1) * cin]);
         }
@@ -400,10 +407,9 @@ impl Net {
         matmul(&b.xd, &wc, &mut gi, rows, din, h3, false);
         for (r, g) in gi.chunks_exact_mut(h3).enumerate() {
             let bs = &base[(r % b.batch) * h3..][..h3];
-            match b.flag[r] as usize {
-                TOK_START => add3(g, bs, &wc[din * h3..][..h3]),
-                TOK_BODY => add3(g, bs, &wc[(din + 1) * h3..][..h3]),
-                _ => g.iter_mut().zip(bs).for_each(|(g, &v)| *g += v),
+            match flag_input(b.flag[r], din) {
+                Some(i) => add3(g, bs, &wc[i * h3..][..h3]),
+                None => add_bias(g, bs, 1, h3),
             }
         }
         self.gru.forward_projected(gi, b.steps, b.batch, &mut w.tr);
@@ -485,21 +491,10 @@ impl Net {
             matmul_at(&b.xd, dgi, &mut p, rows, din, h3);
             let mut per_seq = vec![0.0; b.batch * h3];
             for (r, g) in dgi.chunks_exact(h3).enumerate() {
-                let dst = match b.flag[r] as usize {
-                    TOK_START => Some(din),
-                    TOK_BODY => Some(din + 1),
-                    _ => None,
-                };
-                if let Some(d) = dst {
-                    p[d * h3..(d + 1) * h3]
-                        .iter_mut()
-                        .zip(g)
-                        .for_each(|(p, &v)| *p += v);
+                if let Some(i) = flag_input(b.flag[r], din) {
+                    add_bias(&mut p[i * h3..(i + 1) * h3], g, 1, h3);
                 }
-                per_seq[(r % b.batch) * h3..][..h3]
-                    .iter_mut()
-                    .zip(g)
-                    .for_each(|(p, &v)| *p += v);
+                add_bias(&mut per_seq[(r % b.batch) * h3..][..h3], g, 1, h3);
             }
             matmul_at(&b.ctx, &per_seq, &mut p[(din + 2) * h3..], b.batch, cin, h3);
             let mut s = vec![0.0; h3];
