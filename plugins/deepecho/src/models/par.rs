@@ -335,6 +335,80 @@ pub struct Work {
     y: Vec<F>,
     dy: Vec<F>,
     dh: Vec<F>,
+    terms: Terms,
+}
+
+/// The loss's per-row terms, gathered so that they are computed by plain loops.
+#[derive(Default)]
+struct Terms {
+    /// Per non-padding row: the token logits `[START, END, BODY]` and 1 if the target
+    /// is END (else BODY).
+    z: Vec<[F; 4]>,
+    /// Per numeric column of a data row: missing-value logit, mean, σ's pre-activation,
+    /// target (NaN if missing).
+    num: Vec<[F; 4]>,
+    tok_term: Vec<F>,
+    tok_d: Vec<[F; 3]>,
+    /// `[missing term, its gradient, Gaussian term, ∂mean, ∂σ-pre-activation]`.
+    num_out: Vec<[F; 5]>,
+}
+
+impl Terms {
+    fn clear(&mut self) {
+        self.z.clear();
+        self.num.clear();
+    }
+
+    fn compute(&mut self, scale: F) {
+        self.tok_term.resize(self.z.len(), 0.0);
+        self.tok_d.resize(self.z.len(), [0.0; 3]);
+        token_terms(&self.z, &mut self.tok_term, &mut self.tok_d, scale);
+        self.num_out.resize(self.num.len(), [0.0; 5]);
+        num_terms(&self.num, &mut self.num_out, scale);
+    }
+}
+
+/// Softmax cross-entropy of the token, per row: the loss term and the scaled gradient.
+#[inline(never)]
+fn token_terms(z: &[[F; 4]], term: &mut [F], d: &mut [[F; 3]], scale: F) {
+    for ((z, term), d) in z.iter().zip(term).zip(d) {
+        let mx = max(max(max(F::NEG_INFINITY, z[0]), z[1]), z[2]);
+        let e: [F; 3] = [exp(z[0] - mx), exp(z[1] - mx), exp(z[2] - mx)];
+        let sum = e[0] + e[1] + e[2];
+        let end = z[3] == 1.0;
+        let zc = if end { z[TOK_END] } else { z[TOK_BODY] };
+        *term = ln(sum) + mx - zc;
+        for i in 0..3 {
+            let hot = if (i == TOK_END && end) || (i == TOK_BODY && !end) {
+                1.0
+            } else {
+                0.0
+            };
+            d[i] = (e[i] / sum - hot) * scale;
+        }
+    }
+}
+
+/// A numeric column's terms, per value: the missing-value logit's Bernoulli loss, and
+/// (meaningful when the target is present) the Gaussian negative log-likelihood, with
+/// their scaled gradients.
+#[inline(never)]
+fn num_terms(num: &[[F; 4]], out: &mut [[F; 5]], scale: F) {
+    for (&[lm, mu, sr, t], out) in num.iter().zip(out) {
+        let m: F = if t.is_nan() { 1.0 } else { 0.0 };
+        let (sp, sg) = softplus_sigmoid(lm);
+        let (sp2, sg2) = softplus_sigmoid(sr);
+        let s = sp2 + SIGMA_MIN;
+        let diff = t - mu;
+        let inv = 1.0 / s;
+        *out = [
+            sp - m * lm,
+            (sg - m) * scale,
+            HALF_LN_2PI + ln(s) + 0.5 * diff * diff * inv * inv,
+            -diff * inv * inv * scale,
+            (inv - diff * diff * inv * inv * inv) * sg2 * scale,
+        ];
+    }
 }
 
 impl Net {
@@ -419,54 +493,69 @@ impl Net {
         w.dy.resize(rows * nout, 0.0);
         let nc = self.layout.data.len();
         let scale = 1.0 / (b.batch * b.batch * (nc + 1)).max(1) as F;
+        // The terms are computed column-wise first (plain loops over gathered values,
+        // which LLVM vectorises: exp and ln are branch-free), then summed row by row in
+        // the order of the row loop they replace, so the loss is the same bits.
+        let t = &mut w.terms;
+        t.clear();
+        for r in 0..rows {
+            if b.kind[r] == 2 {
+                continue;
+            }
+            let y = &w.y[r * nout..(r + 1) * nout];
+            let z = &y[nout - 3..];
+            t.z.push([z[0], z[1], z[2], (b.kind[r] == 1) as u8 as F]);
+            if b.kind[r] == 1 {
+                continue;
+            }
+            let mut o = 0;
+            for (j, e) in self.layout.data.iter().enumerate() {
+                match e {
+                    Enc::Num { .. } => {
+                        t.num
+                            .push([y[o + 2], y[o], y[o + 1], b.targets[r * nc + j]]);
+                        o += 3;
+                    }
+                    Enc::Cat { k } => o += k,
+                }
+            }
+        }
+        t.compute(scale);
         let mut total: F = 0.0;
+        let (mut ti, mut ni) = (0, 0);
         for r in 0..rows {
             if b.kind[r] == 2 {
                 continue;
             }
             let y = &w.y[r * nout..(r + 1) * nout];
             let dy = &mut w.dy[r * nout..(r + 1) * nout];
-            // The token: softmax over [START, END, BODY]; the target is END at the end
-            // step, BODY at a data step.
-            let c = if b.kind[r] == 1 { TOK_END } else { TOK_BODY };
-            let z = &y[nout - 3..];
-            let mx = z.iter().copied().fold(F::NEG_INFINITY, max);
-            let e: [F; 3] = [exp(z[0] - mx), exp(z[1] - mx), exp(z[2] - mx)];
-            let sum = e[0] + e[1] + e[2];
-            total += ln(sum) + mx - z[c];
-            for i in 0..3 {
-                dy[nout - 3 + i] = (e[i] / sum - if i == c { 1.0 } else { 0.0 }) * scale;
-            }
+            total += t.tok_term[ti];
+            dy[nout - 3..].copy_from_slice(&t.tok_d[ti]);
+            ti += 1;
             if b.kind[r] == 1 {
                 continue;
             }
             let mut o = 0;
             for (j, e) in self.layout.data.iter().enumerate() {
-                let t = b.targets[r * nc + j];
                 match e {
                     Enc::Num { .. } => {
-                        let m: F = if t.is_nan() { 1.0 } else { 0.0 };
-                        let lm = y[o + 2];
-                        let (sp, sg) = softplus_sigmoid(lm);
-                        total += sp - m * lm;
-                        dy[o + 2] = (sg - m) * scale;
-                        if m == 0.0 {
-                            let mu = y[o];
-                            let (sp, sg) = softplus_sigmoid(y[o + 1]);
-                            let s = sp + SIGMA_MIN;
-                            let diff = t - mu;
-                            let inv = 1.0 / s;
-                            total += HALF_LN_2PI + ln(s) + 0.5 * diff * diff * inv * inv;
-                            dy[o] = -diff * inv * inv * scale;
-                            dy[o + 1] = (inv - diff * diff * inv * inv * inv) * sg * scale;
+                        let [tm, dlm, tg, dmu, dsr] = t.num_out[ni];
+                        total += tm;
+                        dy[o + 2] = dlm;
+                        if !t.num[ni][3].is_nan() {
+                            total += tg;
+                            dy[o] = dmu;
+                            dy[o + 1] = dsr;
                         }
+                        ni += 1;
                         o += 3;
                     }
                     Enc::Cat { k } => {
+                        let tc = b.targets[r * nc + j];
                         let z = &y[o..o + k];
                         let mx = z.iter().copied().fold(F::NEG_INFINITY, max);
                         let sum: F = z.iter().map(|&v| exp(v - mx)).sum();
-                        let c = t as usize;
+                        let c = tc as usize;
                         total += ln(sum) + mx - z[c];
                         for i in 0..*k {
                             let p = exp(z[i] - mx) / sum;
