@@ -352,7 +352,9 @@ def table():
             target = ("met" if e >= 0.9 and e > d else "MISSED") + " (>= 0.9, > dask)"
         elif workload.startswith("deepecho/PAR") and {"engine", "pytorch"} <= sides.keys():
             r = statistics.median(sides["pytorch"]) / statistics.median(sides["engine"])
-            want = 5 if workload.endswith("fit") else 20
+            # Issue 12: fit ≥ 20× at 1024 epochs, sampling ≥ 100×; the 128-epoch fit keeps
+            # the first issue's ≥ 5×.
+            want = 100 if workload.endswith("sample") else 20 if "-1024-" in workload else 5
             ratio, target = f"{r:.1f}x faster", ("met" if r >= want else "MISSED") + f" (>= {want}x)"
         elif workload == "start/warm":
             r = statistics.median(sides["engine"])
