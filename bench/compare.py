@@ -319,7 +319,7 @@ path = "out.csv"
     out = WORK / "runs" / "example.csv"
     for _ in range(1 if QUICK else 2):
         wall, *_ = run_process(
-            [ENGINE, "--quiet", "run", example, "--plugins", PLUGINS, "--output", out],
+            [ENGINE, "--quiet", "run", example, "--plugins", PLUGINS, "--output", out, "--no-cache"],
             env=engine_env(),
         )
         record("deepecho/example", "engine", wall, "s")
