@@ -28,16 +28,24 @@ const HALF_LN_2PI: F = 0.918_938_5;
 #[derive(Clone, Debug)]
 enum Enc {
     /// Standardised to `(x − mean) / sd` (population sd, as `np.nanstd`; 0 when sd = 0);
-    /// `nulls`: the column had missing values in training.
+    /// `nulls`: the column had missing values in training (only then does sampling draw
+    /// any).
     Num { mean: f64, sd: f64, nulls: bool },
-    /// `k` = categories + 1 (the last slot means missing).
-    Cat { k: usize },
+    /// `k` = categories + 1 (the last slot means missing); `nulls` as for `Num`.
+    Cat { k: usize, nulls: bool },
 }
 
 impl Enc {
     fn fit(col: &Column, values: impl Iterator<Item = f64>) -> Enc {
         match &col.kind {
-            Kind::Categorical(c) => Enc::Cat { k: c.len() + 1 },
+            Kind::Categorical(c) => {
+                let k = c.len() + 1;
+                // The values `target` maps to the missing slot: NaN and unknown codes.
+                let nulls = values
+                    .into_iter()
+                    .any(|v| v.is_nan() || v < 0.0 || v as usize >= k - 1);
+                Enc::Cat { k, nulls }
+            }
             Kind::Numeric => {
                 let (mut n, mut sum, mut nulls) = (0usize, 0.0f64, false);
                 let vals: Vec<f64> = values.collect();
@@ -68,7 +76,7 @@ impl Enc {
     fn n_in(&self) -> usize {
         match self {
             Enc::Num { .. } => 2,
-            Enc::Cat { k } => *k,
+            Enc::Cat { k, .. } => *k,
         }
     }
     /// The reference's input width for this column (only for the initialisation's fan-in):
@@ -76,13 +84,13 @@ impl Enc {
     fn ref_in(&self) -> usize {
         match self {
             Enc::Num { .. } => 3,
-            Enc::Cat { k } => *k,
+            Enc::Cat { k, .. } => *k,
         }
     }
     fn n_out(&self) -> usize {
         match self {
             Enc::Num { .. } => 3,
-            Enc::Cat { k } => *k,
+            Enc::Cat { k, .. } => *k,
         }
     }
     /// Normalised target: the standardised number, or the category slot; NaN = missing number.
@@ -97,7 +105,7 @@ impl Enc {
                     0.0
                 }
             }
-            Enc::Cat { k } => {
+            Enc::Cat { k, .. } => {
                 if v.is_nan() || v < 0.0 || v as usize >= k - 1 {
                     (k - 1) as F
                 } else {
@@ -119,18 +127,17 @@ impl Enc {
             Enc::Cat { .. } => out[target as usize] = 1.0,
         }
     }
-    /// Back to data units. A missing draw in a column that had no missing values gives
-    /// the column's mean, as the reference (its input there is value 0, missing flag 1).
+    /// Back to data units (NaN = missing).
     fn decode(&self, target: F) -> f64 {
         match self {
-            Enc::Num { mean, sd, nulls } => {
+            Enc::Num { mean, sd, .. } => {
                 if target.is_nan() {
-                    if *nulls { f64::NAN } else { *mean }
+                    f64::NAN
                 } else {
                     mean + f64::from(target) * sd
                 }
             }
-            Enc::Cat { k } => {
+            Enc::Cat { k, .. } => {
                 if target as usize >= k - 1 {
                     f64::NAN
                 } else {
@@ -235,7 +242,8 @@ pub struct Batch {
     ctx: Vec<F>,
     /// `[rows × n_cols]` normalised targets.
     targets: Vec<F>,
-    /// 0 = predict values (and "not the end"), 1 = predict the end, 2 = padding.
+    /// 0 = predict values (and "not the end"), 1 = predict the end (and the END row's
+    /// values), 2 = padding.
     kind: Vec<u8>,
 }
 
@@ -286,7 +294,11 @@ impl Batch {
                         targets[r * nc + j] = e.target(s.data[t * nc + j]);
                     }
                 } else if t == s.len {
+                    // The reference also scores the data columns at the END row, against
+                    // its all-zero input row: numeric target 0 (the standardised mean),
+                    // not missing; categorical the first category.
                     kind[r] = 1;
+                    targets[r * nc..(r + 1) * nc].fill(0.0);
                 }
             }
         }
@@ -505,9 +517,6 @@ impl Net {
             let y = &w.y[r * nout..(r + 1) * nout];
             let z = &y[nout - 3..];
             t.z.push([z[0], z[1], z[2], (b.kind[r] == 1) as u8 as F]);
-            if b.kind[r] == 1 {
-                continue;
-            }
             let mut o = 0;
             for (j, e) in self.layout.data.iter().enumerate() {
                 match e {
@@ -516,7 +525,7 @@ impl Net {
                             .push([y[o + 2], y[o], y[o + 1], b.targets[r * nc + j]]);
                         o += 3;
                     }
-                    Enc::Cat { k } => o += k,
+                    Enc::Cat { k, .. } => o += k,
                 }
             }
         }
@@ -532,9 +541,6 @@ impl Net {
             total += t.tok_term[ti];
             dy[nout - 3..].copy_from_slice(&t.tok_d[ti]);
             ti += 1;
-            if b.kind[r] == 1 {
-                continue;
-            }
             let mut o = 0;
             for (j, e) in self.layout.data.iter().enumerate() {
                 match e {
@@ -550,7 +556,7 @@ impl Net {
                         ni += 1;
                         o += 3;
                     }
-                    Enc::Cat { k } => {
+                    Enc::Cat { k, .. } => {
                         let tc = b.targets[r * nc + j];
                         let z = &y[o..o + k];
                         let mx = z.iter().copied().fold(F::NEG_INFINITY, max);
@@ -668,11 +674,18 @@ impl Net {
                 let mut o = 0;
                 for (j, e) in self.layout.data.iter().enumerate() {
                     match e {
-                        Enc::Num { .. } => {
+                        // A column that had no missing values in training never gets
+                        // one drawn (the reference draws the flag anyway and writes the
+                        // column's mean: README, Fidelity).
+                        Enc::Num { nulls, .. } => {
                             let s = f64::from(softplus(yr[o + 1]) + SIGMA_MIN);
                             let zn = rng.normal();
-                            let pm = f64::from(sigmoid(yr[o + 2]));
-                            if rng.f64() < pm {
+                            let pm = if *nulls {
+                                f64::from(sigmoid(yr[o + 2]))
+                            } else {
+                                0.0
+                            };
+                            if *nulls && rng.f64() < pm {
                                 step_t[j] = F::NAN;
                                 loglik[b] += pm.max(1e-12).ln();
                             } else {
@@ -684,12 +697,15 @@ impl Net {
                             }
                             o += 3;
                         }
-                        Enc::Cat { k } => {
-                            let zs = &yr[o..o + k];
+                        Enc::Cat { k, nulls } => {
+                            // Without missing values in training, the draw is over the
+                            // categories alone (the last slot is missing).
+                            let slots = if *nulls || *k == 1 { *k } else { k - 1 };
+                            let zs = &yr[o..o + slots];
                             let mx = zs.iter().copied().fold(F::NEG_INFINITY, max);
                             let sum: f64 = zs.iter().map(|v| f64::from(exp(v - mx))).sum();
                             let mut u = rng.f64() * sum;
-                            let mut c = k - 1;
+                            let mut c = slots - 1;
                             for (i, v) in zs.iter().enumerate() {
                                 u -= f64::from(exp(v - mx));
                                 if u <= 0.0 {
@@ -935,6 +951,44 @@ mod tests {
         for s in &out {
             assert!((2..=4).contains(&s.len), "length {}", s.len);
             assert_eq!(s.data.len(), s.len * 2);
+        }
+    }
+
+    /// Missing values are sampled only in columns that had some in training. Untrained
+    /// (one epoch) the missing logits are near 0, so before this rule about half the
+    /// draws were "missing" (a numeric one decoded to the column's mean).
+    #[test]
+    fn missing_values_are_drawn_only_where_training_had_them() {
+        let mut rng = Rng::new(5);
+        let with = toy(&mut rng);
+        let mut without = with.clone();
+        for s in &mut without.seqs {
+            for (i, v) in s.data.iter_mut().enumerate() {
+                if v.is_nan() {
+                    *v = if i % 2 == 0 { 0.5 } else { 1.0 };
+                }
+            }
+        }
+        let contexts: Vec<Sequence> = (0..40).flat_map(|_| with.seqs.clone()).collect();
+        for (ds, nulls) in [(&with, true), (&without, false)] {
+            let mut par = Par::new(1, 1);
+            par.fit(ds, &mut rng).unwrap();
+            let Some(Enc::Num { mean, .. }) = par.net.as_ref().map(|n| n.layout.data[0].clone())
+            else {
+                panic!("column a is numeric")
+            };
+            let out = par.sample(ds, &contexts, &mut rng).unwrap();
+            let values = || out.iter().flat_map(|s| s.data.chunks_exact(2));
+            let num_missing = values().filter(|v| v[0].is_nan() || v[0] == mean).count();
+            let cat_missing = values().filter(|v| v[1].is_nan()).count();
+            if nulls {
+                assert!(
+                    num_missing > 0 && cat_missing > 0,
+                    "{num_missing} {cat_missing}"
+                );
+            } else {
+                assert_eq!((num_missing, cat_missing), (0, 0));
+            }
         }
     }
 
