@@ -2,6 +2,8 @@
 //! bench/deepecho_quality.py's scorer): `cargo run -p deepecho --release --example samples --
 //! MODEL DATASET EPOCHS SEED OUT.csv` (data from `plugins/deepecho/data`, or
 //! `ENGINE_DATA_DIR`). Uses the same seeds as a shard of `run_benchmark` with `seed = SEED`.
+//! With `PAR_INIT_OUT=FILE`, also writes PARModel's initial weights as JSON, for
+//! bench/deepecho_same_init.py (the reference trained from the same initialisation).
 
 use deepecho::models::{self, ModelParams};
 use deepecho::rng::{Rng, derive};
@@ -24,6 +26,25 @@ fn main() {
     let t = Instant::now();
     let mut model: Box<dyn Model> = if model_name == "PARModel" {
         // Built directly to read its loss curve (the same as `models::build`).
+        if let Ok(path) = std::env::var("PAR_INIT_OUT") {
+            // `Par::fit` draws the network first: a clone of the generator gives the same one.
+            let net = models::par::Net::new(&ds, &mut rng.clone());
+            let context = ds.context_cols.iter().map(|c| match &c.kind {
+                data::Kind::Categorical(names) => names.clone(),
+                data::Kind::Numeric => Vec::new(),
+            });
+            let init = serde_json::json!({
+                "n_in": net.layout.n_in,
+                "n_out": net.layout.n_out,
+                "data_columns": ds.data_cols.iter().map(|c| c.name.clone()).collect::<Vec<_>>(),
+                "context_categories": context.collect::<Vec<_>>(),
+                "down_w": net.down.w.w, "down_b": net.down.b.w,
+                "gru_wi": net.gru.wi.w, "gru_wh": net.gru.wh.w,
+                "gru_bi": net.gru.bi.w, "gru_bh": net.gru.bh.w,
+                "up_w": net.up.w.w, "up_b": net.up.b.w,
+            });
+            std::fs::write(path, init.to_string()).unwrap();
+        }
         let mut par = models::par::Par::new(epochs, 1);
         par.fit(&ds, &mut rng).unwrap();
         losses = par.losses.clone();
