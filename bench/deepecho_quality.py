@@ -119,7 +119,11 @@ def run_reference(work, model, dataset, epochs, seed):
         sys.executable, __file__, "reference-child", "--model", model, "--dataset", dataset,
         "--epochs", str(epochs), "--seed", str(seed), "--data", str(DATA), "--out", str(out),
     ]
-    p = subprocess.run(cmd, capture_output=True, text=True)
+    # DeepEcho gives categories their input slots in `set()` order, which follows Python's
+    # per-process string hashing: without a fixed PYTHONHASHSEED the same torch seed is
+    # another initialisation every run.
+    env = dict(os.environ, PYTHONHASHSEED=str(seed))
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if p.returncode != 0:
         raise SystemExit(f"the reference {model} run failed:\n{p.stderr[-3000:]}")
     info = json.loads(p.stdout.strip().splitlines()[-1])
