@@ -40,10 +40,7 @@ impl Enc {
         match &col.kind {
             Kind::Categorical(c) => {
                 let k = c.len() + 1;
-                // The values `target` maps to the missing slot: NaN and unknown codes.
-                let nulls = values
-                    .into_iter()
-                    .any(|v| v.is_nan() || v < 0.0 || v as usize >= k - 1);
+                let nulls = values.into_iter().any(|v| cat_slot(k, v) == k - 1);
                 Enc::Cat { k, nulls }
             }
             Kind::Numeric => {
@@ -105,13 +102,7 @@ impl Enc {
                     0.0
                 }
             }
-            Enc::Cat { k, .. } => {
-                if v.is_nan() || v < 0.0 || v as usize >= k - 1 {
-                    (k - 1) as F
-                } else {
-                    v as usize as F
-                }
-            }
+            Enc::Cat { k, .. } => cat_slot(*k, v) as F,
         }
     }
     fn write_input(&self, target: F, out: &mut [F]) {
@@ -145,6 +136,16 @@ impl Enc {
                 }
             }
         }
+    }
+}
+
+/// A categorical value's slot among `k`: its code, or the last slot (missing) for NaN and
+/// unknown codes.
+fn cat_slot(k: usize, v: f64) -> usize {
+    if v.is_nan() || v < 0.0 || v as usize >= k - 1 {
+        k - 1
+    } else {
+        v as usize
     }
 }
 
@@ -295,10 +296,9 @@ impl Batch {
                     }
                 } else if t == s.len {
                     // The reference also scores the data columns at the END row, against
-                    // its all-zero input row: numeric target 0 (the standardised mean),
-                    // not missing; categorical the first category.
+                    // its all-zero input row; the targets keep their initial 0: numeric
+                    // the standardised mean, not missing; categorical the first category.
                     kind[r] = 1;
-                    targets[r * nc..(r + 1) * nc].fill(0.0);
                 }
             }
         }
