@@ -99,6 +99,13 @@ def reference_child(args):
         model = BasicGANModel(epochs=args.epochs, cuda=False, verbose=False)
     else:
         raise SystemExit(f"no reference for {args.model}")
+    print(json.dumps(fit_and_sample(model, (data, entity, context, types), args.out)))
+
+
+def fit_and_sample(model, table, out):
+    """Fit a DeepEcho model on the table, sample one sequence per entity with its context
+    into `out`; returns the times and the loss curve (if the model keeps one)."""
+    data, entity, context, types = table
     t = time.perf_counter()
     model.fit(data, entity_columns=entity, context_columns=context, data_types=types)
     fit_time = time.perf_counter() - t
@@ -106,11 +113,11 @@ def reference_child(args):
     t = time.perf_counter()
     sampled = model.sample(context=contexts)
     sample_time = time.perf_counter() - t
-    sampled.to_csv(args.out, index=False)
+    sampled.to_csv(out, index=False)
     losses = None
     if hasattr(model, "loss_values") and len(model.loss_values):
         losses = [float(v) for v in model.loss_values["Loss"]]
-    print(json.dumps({"fit_time": fit_time, "sample_time": sample_time, "losses": losses}))
+    return {"fit_time": fit_time, "sample_time": sample_time, "losses": losses}
 
 
 def run_reference(work, model, dataset, epochs, seed):

@@ -5,10 +5,10 @@ our `Net::new` draws for a training seed.
   target/venv-bench/bin/python bench/deepecho_same_init.py [--epochs 128] [--seeds 0,1,2]
       [--metric-seeds 5] [--work DIR]
 
-Needs `cargo build --release -p deepecho --example samples` (bench/deepecho_same_init.sh
-builds it). Per training seed it prints both loss curves and their largest gap, the share of
-sampled values drawn "missing" on the reference's side (decoded to the column mean), and
-both sides' sktime scores (bench/deepecho_quality.py's metric code). The two samplers draw
+Needs `cargo build --release -p deepecho --example samples` first. Per training seed it
+prints both loss curves and their largest gap, each side's share of sampled values equal
+to the column mean (a "missing" draw decoded), and both sides' sktime scores
+(bench/deepecho_quality.py's metric code). The two samplers draw
 from different generators, so the scores compare the trained models statistically; the
 loss curves compare the training itself.
 """
@@ -67,11 +67,10 @@ def load_init(net, init, model):
         net.up.bias.copy_(torch.tensor(init["up_b"]))
 
 
-def reference_from(init, epochs, seed, out):
+def reference_from(init, table, epochs, seed, out):
     import torch
     import deepecho.models.par as par
 
-    data, entity, context, types = quality.load_table(quality.DATA, "BasicMotions")
     torch.manual_seed(seed)
     model = par.PARModel(epochs=epochs, cuda=False, verbose=False)
     real_init = par.PARNet.__init__
@@ -82,21 +81,16 @@ def reference_from(init, epochs, seed, out):
 
     par.PARNet.__init__ = init_from_ours
     try:
-        model.fit(data, entity_columns=entity, context_columns=context, data_types=types)
+        return quality.fit_and_sample(model, table, out)["losses"]
     finally:
         par.PARNet.__init__ = real_init
-    contexts = data[entity + context].drop_duplicates(subset=entity).reset_index(drop=True)
-    sampled = model.sample(context=contexts)
-    sampled.to_csv(out, index=False)
-    return [float(v) for v in model.loss_values["Loss"]]
 
 
-def mean_share(path):
+def mean_share(real, path):
     """Share of sampled dim_* values equal to the real column's mean (a "missing" draw)."""
     import numpy as np
     import pandas as pd
 
-    real = pd.read_csv(quality.DATA / "BasicMotions" / "BasicMotions.csv")
     synth = pd.read_csv(path)
     cols = [c for c in real.columns if c.startswith("dim_")]
     hits = sum(
@@ -114,7 +108,8 @@ def main():
     args = p.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    real, entity, context, _ = quality.load_table(quality.DATA, "BasicMotions")
+    table = quality.load_table(quality.DATA, "BasicMotions")
+    real, entity, context, _ = table
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         init_path, ours_csv, ref_csv = (work / f"{n}-{seed}.{e}" for n, e in
@@ -125,7 +120,7 @@ def main():
             capture_output=True, text=True, check=True, cwd=ROOT,
         )
         ours_losses = json.loads(run.stdout.strip().splitlines()[-1])["losses"]
-        ref_losses = reference_from(json.loads(init_path.read_text()), args.epochs, seed, ref_csv)
+        ref_losses = reference_from(json.loads(init_path.read_text()), table, args.epochs, seed, ref_csv)
         gap = max(abs(a - b) for a, b in zip(ours_losses, ref_losses))
         marks = [e for e in (0, 1, 2, 4, 8, 16, 32, 64, 127, 255, 511, 1023) if e < args.epochs]
         print(f"training seed {seed}: loss by epoch (ours / reference), largest gap {gap:.2e}")
@@ -134,7 +129,7 @@ def main():
         for side, path in (("ours", ours_csv), ("ref", ref_csv)):
             s = quality.score_all(real, path, entity, context, args.metric_seeds)
             scores[side] = {m: statistics.median(x[m] for x in s) for m in quality.METRICS}
-            scores[side]["mean_share"] = mean_share(path)
+            scores[side]["mean_share"] = mean_share(real, path)
         rows.append((seed, gap, scores))
         for side in ("ours", "ref"):
             print(f"  {side:<4} " + ", ".join(f"{k} {v:.3f}" for k, v in scores[side].items()))
