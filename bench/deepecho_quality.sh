@@ -12,7 +12,7 @@
 # --table-only, --work). QUALITY_ENGINE=PATH uses that engine binary instead of building one
 # (BENCH_PROFILE=release builds a release engine; default dev). QUALITY_TORCH_THREADS=N sets
 # PyTorch's threads (default: its own choice; on a shared machine 1 gives steadier times).
-# The table goes to stdout and to target/deepecho-quality/table.md.
+# The table goes to stdout and to WORK/table.md (WORK: --work, default target/deepecho-quality).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -42,7 +42,17 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import deepecho, skti
   "$venv/bin/pip" install --quiet --disable-pip-version-check 'numpy<3' 'deepecho==0.8.1' 'sktime==1.2.*'
 fi
 
+# The table goes beside the run's measurements: into --work DIR when one is given.
+out="$work"
+args=("$@")
+for i in "${!args[@]}"; do
+  case "${args[$i]}" in
+    --work=*) out="${args[$i]#--work=}" ;;
+    --work) out="${args[$((i + 1))]:-$work}" ;;
+  esac
+done
+mkdir -p "$out"
 start=$(date +%s)
 "$venv/bin/python" -W ignore bench/deepecho_quality.py --engine "$engine" --plugins "$work/plugins" "$@" \
-  | tee "$work/table.md"
-echo "# command: bench/deepecho_quality.sh $*; wall $(( $(date +%s) - start )) s" | tee -a "$work/table.md"
+  | tee "$out/table.md"
+echo "# command: bench/deepecho_quality.sh $*; wall $(( $(date +%s) - start )) s" | tee -a "$out/table.md"
