@@ -34,7 +34,8 @@ medians [min-max] over the metric seeds, ours beside the reference, and fit/samp
       [--engine PATH] [--plugins DIR] [--work DIR]
 
 Our side runs first (minutes), then the reference seed by seed; WORK/table.partial.md is
-rewritten after each step, so an interrupted run still leaves its table.
+rewritten after each step, so an interrupted run still leaves its table; the final table
+goes to stdout and to WORK/table.md.
 
 Every measurement is appended, one JSON object per line, to WORK/measurements.jsonl.
 """
@@ -353,7 +354,7 @@ def main():
             results.setdefault(key, {})[side] = {"scores": m["scores"][:args.metric_seeds],
                                                  "fit": m.get("fit"), "sample": m.get("sample")}
         args.load_before = (float("nan"),)
-        print_table(results, models, epochs_list, sorted(set(seeds) | set(ref_seeds)), args, 0.0, sys.stdout)
+        final_table(results, models, epochs_list, sorted(set(seeds) | set(ref_seeds)), args, started, work)
         return
 
     def table():
@@ -417,8 +418,17 @@ def main():
                         + ", ".join(f"{k} {summary([s[k] for s in scores])}" for k in METRICS))
                     table()
 
-    print_table(results, models, epochs_list, sorted(set(seeds) | set(ref_seeds)), args,
-                time.perf_counter() - started, sys.stdout)
+    final_table(results, models, epochs_list, sorted(set(seeds) | set(ref_seeds)), args, started, work)
+
+
+def final_table(results, models, epochs_list, seeds, args, started, work):
+    """The table, to stdout and to WORK/table.md, with the command that made it."""
+    elapsed = time.perf_counter() - started
+    command = os.environ.get("QUALITY_COMMAND") or " ".join(sys.argv)
+    with open(work / "table.md", "w") as f:
+        for out in (sys.stdout, f):
+            print_table(results, models, epochs_list, seeds, args, elapsed, out)
+            print(f"# command: {command}; wall {elapsed:.0f} s", file=out)
 
 
 def print_table(results, models, epochs_list, seeds, args, elapsed, out):

@@ -42,17 +42,6 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import deepecho, skti
   "$venv/bin/pip" install --quiet --disable-pip-version-check 'numpy<3' 'deepecho==0.8.1' 'sktime==1.2.*'
 fi
 
-# The table goes beside the run's measurements: into --work DIR when one is given.
-out="$work"
-args=("$@")
-for i in "${!args[@]}"; do
-  case "${args[$i]}" in
-    --work=*) out="${args[$i]#--work=}" ;;
-    --work) out="${args[$((i + 1))]:-$work}" ;;
-  esac
-done
-mkdir -p "$out"
-start=$(date +%s)
-"$venv/bin/python" -W ignore bench/deepecho_quality.py --engine "$engine" --plugins "$work/plugins" "$@" \
-  | tee "$out/table.md"
-echo "# command: bench/deepecho_quality.sh $*; wall $(( $(date +%s) - start )) s" | tee -a "$out/table.md"
+# deepecho_quality.py writes the table to stdout and to WORK/table.md, with this command.
+QUALITY_COMMAND="bench/deepecho_quality.sh $*" \
+  "$venv/bin/python" -W ignore bench/deepecho_quality.py --engine "$engine" --plugins "$work/plugins" "$@"
