@@ -247,7 +247,13 @@ pub struct Limits {
     pub outputs: u64,
     /// Distinct columns one shard's rows may use.
     pub columns: u64,
+    /// Threads one shard may use: its own and its helpers' (see the guest SDK's
+    /// `Helper`), at most [`MAX_THREADS`]. A plugin's results do not depend on it.
+    pub threads: u32,
 }
+
+/// Most threads `limits.threads` may give one shard.
+pub const MAX_THREADS: u32 = 16;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -260,6 +266,7 @@ impl Default for Limits {
             max_shards: 1_000_000,
             outputs: 1000,
             columns: 1000,
+            threads: 1,
         }
     }
 }
@@ -496,6 +503,15 @@ impl Source {
                      shorter one makes a live worker on a slow store request look dead, so its shards run twice",
                     MIN_LEASE.as_secs(),
                     humantime::format_duration(config.cluster.lease)
+                ),
+            ));
+        }
+        if !(1..=MAX_THREADS).contains(&config.limits.threads) {
+            return Err(self.error_at(
+                self.key_offset(&["limits", "threads"]),
+                format!(
+                    "`limits.threads` must be 1 to {MAX_THREADS} (got {}): the threads one shard may use, its own included",
+                    config.limits.threads
                 ),
             ));
         }
@@ -755,6 +771,30 @@ mod tests {
             )
             .is_ok()
         );
+    }
+
+    #[test]
+    fn threads_outside_one_to_the_cap_are_refused_where_they_are_written() {
+        let text = |t: u32| {
+            format!(
+                "[run]\nfunction = \"f\"\n[limits]\nthreads = {t}\n[output]\npath = \"o.csv\"\n"
+            )
+        };
+        for t in [0, MAX_THREADS + 1] {
+            let e = Source::from_text(Path::new("c.toml"), text(t))
+                .parse()
+                .unwrap_err();
+            assert_eq!(e.location, "c.toml:4:1", "{e:?}");
+            assert!(
+                e.message
+                    .contains(&format!("must be 1 to {MAX_THREADS} (got {t})")),
+                "{e:?}"
+            );
+        }
+        let ok = Source::from_text(Path::new("c.toml"), text(2))
+            .parse()
+            .unwrap();
+        assert_eq!(ok.limits.threads, 2);
     }
 
     #[test]

@@ -54,7 +54,7 @@ pub use wit_bindgen;
 pub mod bindings {
     wit_bindgen::generate!({
         path: "wit",
-        world: "plugin",
+        world: "plugin-with-helper",
         runtime_path: "::guest_sdk::wit_bindgen::rt",
         export_macro_name: "__export_plugin",
         pub_export_macro: true,
@@ -64,6 +64,8 @@ pub mod bindings {
 }
 
 use bindings::engine::plugin::{host, types as wit};
+#[doc(hidden)]
+pub use bindings::exports::engine::plugin::helper::Guest as HelperGuest;
 use bindings::exports::engine::plugin::planner;
 #[doc(hidden)]
 pub use planner::Guest as PlanGuest;
@@ -465,6 +467,12 @@ pub trait Plugin {
     /// Run one shard of `function`, pushing result rows into `out`. It sees
     /// the shard, not the call's arguments.
     fn run(function: &str, shard: &Shard, out: &mut Table) -> Result<()>;
+    /// Answer one request of a [`Helper`] this plugin started: called in the
+    /// helper's own instance, which keeps its state (statics) between requests.
+    fn serve(request: &[u8]) -> Result<Vec<u8>> {
+        let _ = request;
+        Err(Error::new("this plugin serves no helper requests"))
+    }
 }
 
 // ---------------------------------------------------------------- host services
@@ -511,6 +519,50 @@ pub fn emit(name: &str, data: &[u8]) -> Result<()> {
     }
 }
 
+/// Another instance of this plugin working beside the caller, on a thread of
+/// its own, answering requests with [`Plugin::serve`]. It shares the shard's
+/// sandbox and limits and ends with the shard. [`Helper::start`] fails where
+/// the run's `limits.threads` leaves no room (and always natively): the caller
+/// then does the work itself, so a plugin's results must not depend on
+/// whether a helper ran.
+pub struct Helper {
+    #[cfg(target_arch = "wasm32")]
+    inner: host::Helper,
+}
+
+impl Helper {
+    /// Start a helper, or say why none can start.
+    pub fn start() -> Result<Helper> {
+        #[cfg(target_arch = "wasm32")]
+        {
+            host::start_helper()
+                .map(|inner| Helper { inner })
+                .map_err(Error)
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        Err(Error::new("helpers run only inside the engine"))
+    }
+
+    /// Hand the helper a request; returns while it works on it.
+    pub fn send(&self, request: &[u8]) -> Result<()> {
+        #[cfg(target_arch = "wasm32")]
+        return self.inner.send(request).map_err(Error);
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let _ = request;
+            unreachable!("no helper starts natively")
+        }
+    }
+
+    /// Wait for the reply to the request sent last.
+    pub fn receive(&self) -> Result<Vec<u8>> {
+        #[cfg(target_arch = "wasm32")]
+        return self.inner.receive().map_err(Error);
+        #[cfg(not(target_arch = "wasm32"))]
+        unreachable!("no helper starts natively")
+    }
+}
+
 // ---------------------------------------------------------------- export glue
 
 #[doc(hidden)]
@@ -547,6 +599,12 @@ impl<P: Plugin> bindings::exports::engine::plugin::planner::Guest for Exports<P>
         Ok(planner::Shards::new(PlanShards(std::cell::RefCell::new(
             shards,
         ))))
+    }
+}
+
+impl<P: Plugin> bindings::exports::engine::plugin::helper::Guest for Exports<P> {
+    fn serve(request: Vec<u8>) -> Result<Vec<u8>, String> {
+        P::serve(&request).map_err(|e| e.0)
     }
 }
 
@@ -588,6 +646,7 @@ macro_rules! export {
             let _ = <$crate::Exports<$plugin> as $crate::bindings::Guest>::describe;
             let _ = <$crate::Exports<$plugin> as $crate::bindings::Guest>::run;
             let _ = <$crate::Exports<$plugin> as $crate::PlanGuest>::plan;
+            let _ = <$crate::Exports<$plugin> as $crate::HelperGuest>::serve;
         }
     };
 }

@@ -41,11 +41,13 @@ fn check_seed(seed: u64, shards: usize) {
     } else {
         ""
     };
+    // Odd seeds allow a helper per shard: the guest starts them at random.
+    let threads = 1 + seed % 2;
     let dir = config(&format!(
         "[run]\nfunction = \"chaos.run\"\n[run.args]\nshards = {shards}\nseed = {seed}\n\
          [cluster]\nworkers = 3\n{store}\
          [limits]\nmemory = \"64M\"\ntimeout = \"2s\"\noutput_size = \"4M\"\nlog_size = \"256K\"\noutputs = 50\n\
-         [output]\npath = \"out/result.csv\"\n"
+         threads = {threads}\n[output]\npath = \"out/result.csv\"\n"
     ));
     let mut child = engine()
         .args([

@@ -425,3 +425,66 @@ fn a_tampered_store_is_refused_not_trusted() {
         stderr(&o)
     );
 }
+
+/// Shards whose plugin starts helpers (`limits.threads = 2`): every row right.
+fn all_ok(dir: &Path) -> Duration {
+    let started = Instant::now();
+    let o = run_faulty(dir, &[]);
+    let took = started.elapsed();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let (_, rows) = read_csv(&dir.join("out/result.csv"));
+    assert_eq!(rows.len(), 4);
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row[..2], [i.to_string(), (i * i).to_string()]);
+    }
+    took
+}
+
+#[test]
+fn a_helper_answers_and_may_start_no_helper_of_its_own() {
+    // Shard 1 starts one; two workers, so another shard runs beside them.
+    let dir = one_bad("helper", 2, "threads = 2");
+    all_ok(dir.path());
+}
+
+#[test]
+fn without_threads_to_spare_no_helper_starts_and_the_shard_says_why() {
+    let e = error_of("helper");
+    assert!(
+        e.contains("`limits.threads` is 1: no thread is left for another helper"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_trapping_helper_fails_its_shard_with_the_helpers_panic() {
+    let e = bad_row(one_bad("helper-trap", 1, "threads = 2").path());
+    assert!(
+        e.starts_with("guest-error: the helper failed: trap: "),
+        "{e}"
+    );
+    assert!(e.contains("helper asked to trap"), "{e}");
+}
+
+#[test]
+fn a_spinning_helper_ends_at_the_shards_timeout() {
+    let e = bad_row(one_bad("helper-spin", 1, "threads = 2\ntimeout = \"2s\"").path());
+    assert!(e.contains("the helper failed: timeout: "), "{e}");
+    assert!(e.contains("`limits.timeout` (2s)"), "{e}");
+}
+
+#[test]
+fn a_helpers_memory_counts_in_its_shards_limit() {
+    // 40 MB in the shard and 40 MB in its helper: over 64M together.
+    let e = bad_row(one_bad("helper-alloc", 1, "threads = 2").path());
+    assert!(e.contains("the helper failed: out-of-memory: "), "{e}");
+}
+
+#[test]
+fn a_helper_left_spinning_ends_with_its_shard() {
+    // Far below the timeout: the helper is stopped when its shard ends, not at
+    // its deadline (a hang guard with a wide margin, not a timing assertion).
+    let dir = one_bad("helper-abandoned", 1, "threads = 2\ntimeout = \"120s\"");
+    let took = all_ok(dir.path());
+    assert!(took < Duration::from_secs(60), "the run took {took:?}");
+}

@@ -1,8 +1,12 @@
 //! What a guest sees of the host: the `engine:plugin/host` imports, backed by
 //! one shard's state, plus WASI.
 
+pub use super::helper::HelperHandle;
+use super::helper::Spawner;
 use crate::table::{Cell, PartBuilder, RowError};
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use wasmtime::component::{HasSelf, Linker, Resource, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -14,6 +18,7 @@ mod generated {
         exports: { default: async },
         with: {
             "engine:plugin/host.table-writer": super::TableWriter,
+            "engine:plugin/host.helper": super::HelperHandle,
         },
     });
 }
@@ -61,8 +66,12 @@ pub(crate) struct ShardState {
     pub log: Vec<u8>,
     pub outputs: SideOutputs,
     pub progress: (u64, u64),
-    /// Linear memory of every instance of the call, summed.
-    memory_used: u64,
+    /// Linear memory of every instance of the call (its helpers' too), summed.
+    memory_used: Arc<AtomicU64>,
+    /// This store's share of it.
+    memory_own: u64,
+    /// Set for a shard's `run`: what it needs to start helpers.
+    pub(crate) spawner: Option<Spawner>,
     /// Set when the memory limiter refused a growth.
     pub memory_denied: bool,
     /// Bytes the guest may hand the host in one call (wasmtime's hostcall
@@ -122,7 +131,9 @@ impl ShardState {
             log: Vec::new(),
             outputs: SideOutputs::default(),
             progress: (0, 0),
-            memory_used: 0,
+            memory_used: Arc::new(AtomicU64::new(0)),
+            memory_own: 0,
+            spawner: None,
             memory_denied: false,
             hostcall_max: 0,
             hostcall_limit: "",
@@ -131,6 +142,24 @@ impl ShardState {
 
     pub fn limits(&self) -> HostLimits {
         self.limits
+    }
+
+    /// The counter of the shard's memory, to share with a helper's store.
+    pub(crate) fn memory_counter(&self) -> Arc<AtomicU64> {
+        self.memory_used.clone()
+    }
+
+    /// Count this (helper's) store's memory in the shard's `counter`.
+    pub(crate) fn share_memory(&mut self, counter: Arc<AtomicU64>) {
+        counter.fetch_add(self.memory_own, Ordering::Relaxed);
+        self.memory_used = counter;
+    }
+
+    /// Give this store's memory back to the shard's count (a helper ending).
+    pub(crate) fn release_memory(&mut self) {
+        self.memory_used
+            .fetch_sub(self.memory_own, Ordering::Relaxed);
+        self.memory_own = 0;
     }
 
     /// A `table-writer` handle to lend to the guest.
@@ -170,12 +199,14 @@ impl wasmtime::ResourceLimiter for ShardState {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let total = (self.memory_used + desired as u64).saturating_sub(current as u64);
-        if total > self.limits.memory {
+        let grow = (desired as u64).saturating_sub(current as u64);
+        let before = self.memory_used.fetch_add(grow, Ordering::Relaxed);
+        if before.saturating_add(grow) > self.limits.memory {
+            self.memory_used.fetch_sub(grow, Ordering::Relaxed);
             self.memory_denied = true;
             return Ok(false);
         }
-        self.memory_used = total;
+        self.memory_own += grow;
         Ok(true)
     }
 
@@ -202,6 +233,19 @@ impl wit_host::Host for ShardState {
         };
         let message = crate::text::truncate(&message, super::MESSAGE_MAX * 4);
         self.append_log(&format!("[{level}] {message}\n"))
+    }
+
+    fn start_helper(&mut self) -> wasmtime::Result<Result<Resource<HelperHandle>, String>> {
+        let Some(spawner) = &mut self.spawner else {
+            return Ok(Err(
+                "helpers start only from a shard's `run`, not from a helper, `describe` or `plan`"
+                    .into(),
+            ));
+        };
+        match spawner.start() {
+            Ok(handle) => Ok(Ok(self.table.push(handle)?)),
+            Err(why) => Ok(Err(why)),
+        }
     }
 
     fn progress(&mut self, done: u64, total: u64) -> wasmtime::Result<()> {
@@ -243,6 +287,29 @@ impl wit_host::Host for ShardState {
             .or_default()
             .extend_from_slice(&data);
         Ok(Ok(()))
+    }
+}
+
+impl wit_host::HostHelper for ShardState {
+    fn send(
+        &mut self,
+        helper: Resource<HelperHandle>,
+        request: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), String>> {
+        Ok(self.table.get_mut(&helper)?.send(request))
+    }
+
+    fn receive(
+        &mut self,
+        helper: Resource<HelperHandle>,
+    ) -> wasmtime::Result<Result<Vec<u8>, String>> {
+        Ok(self.table.get_mut(&helper)?.receive())
+    }
+
+    fn drop(&mut self, helper: Resource<HelperHandle>) -> wasmtime::Result<()> {
+        // Dropping the handle stops the helper and joins its thread.
+        self.table.delete(helper)?;
+        Ok(())
     }
 }
 

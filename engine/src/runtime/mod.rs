@@ -3,6 +3,7 @@
 
 mod cache;
 mod failure;
+mod helper;
 mod host;
 mod reads;
 
@@ -87,6 +88,8 @@ pub struct Sandbox {
     pub outputs: u64,
     /// Most columns one call's rows may use.
     pub columns: u64,
+    /// Threads a shard may use, its own and its helpers'.
+    pub threads: u32,
     /// Mounted read-only at [`GUEST_DATA_DIR`], all of it, or only `reads`.
     pub data_dir: Option<PathBuf>,
     /// The directories of `data_dir` to mount, each at `/data/<dir>`
@@ -106,6 +109,7 @@ impl Sandbox {
             log_size: 1 << 20,
             outputs: 0,
             columns: 0,
+            threads: 1,
             data_dir: None,
             reads: Vec::new(),
             seed: 0,
@@ -180,15 +184,18 @@ impl Runtime {
             bail!("at most {MAX_SLOTS} sandboxes run in one process, not {slots}");
         }
         let slots = slots.max(1) + 2;
+        // Room for one helper (`limits.threads` = 2) per sandbox: a helper that
+        // finds no free slot is refused, and its shard does the work itself.
+        let instances = slots * 2;
         let mut pool = PoolingAllocationConfig::default();
         // Per slot: up to 16 core instances and 4 memories. A Rust guest uses a
         // few; a Python guest built by componentize-py 0.25 (18 MB) 14 core
         // instances (libc, libpython, its runtime, adapters) and one memory.
-        pool.total_component_instances(slots)
-            .total_core_instances(slots * 16)
-            .total_memories(slots * 4)
-            .total_tables(slots * 16)
-            .total_stacks(slots)
+        pool.total_component_instances(instances)
+            .total_core_instances(instances * 16)
+            .total_memories(instances * 4)
+            .total_tables(instances * 16)
+            .total_stacks(instances)
             .max_core_instances_per_component(64)
             .max_memories_per_component(16)
             .max_tables_per_component(64)
@@ -361,81 +368,17 @@ impl Runtime {
         Ok(plugin)
     }
 
-    /// A fresh store for one call: WASI with the data directory read-only,
-    /// captured stdout/stderr, the memory limiter, the epoch deadline and the
-    /// cap on bytes the guest may hand the host in one call.
-    fn new_store(
-        &self,
-        sandbox: &Sandbox,
-        (hostcall_max, hostcall_limit): (usize, &'static str),
-    ) -> Result<(Store<ShardState>, [MemoryOutputPipe; 2]), GuestFailure> {
-        let pipes = [
-            MemoryOutputPipe::new(sandbox.log_size as usize),
-            MemoryOutputPipe::new(sandbox.log_size as usize),
-        ];
-        let mut wasi = WasiCtx::builder();
-        wasi.stdout(pipes[0].clone()).stderr(pipes[1].clone());
-        let denied = |message: String| GuestFailure {
-            kind: ErrorKind::Denied,
-            message,
-        };
-        match (&sandbox.data_dir, sandbox.reads.first()) {
-            (Some(dir), _) => {
-                for (host, guest) in reads::mounts(dir, &sandbox.reads).map_err(denied)? {
-                    wasi.preopened_dir(&host, &guest, FsPerms::ReadOnly)
-                        .map_err(|e| {
-                            denied(format!(
-                                "cannot open the data directory `{}`: {e}",
-                                host.display()
-                            ))
-                        })?;
-                }
-            }
-            (None, Some(read)) => {
-                return Err(denied(format!(
-                    "the shard reads `{}`, but the run has no data",
-                    crate::text::escape_controls(&crate::text::truncate(read, 200))
-                )));
-            }
-            (None, None) => {}
-        }
-        use rand::SeedableRng;
-        wasi.secure_random(rand::rngs::StdRng::seed_from_u64(sandbox.seed))
-            .insecure_random(rand::rngs::StdRng::seed_from_u64(sandbox.seed ^ 0x5eed))
-            .insecure_random_seed(u128::from(sandbox.seed))
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false);
-        let limits = HostLimits {
-            memory: sandbox.memory,
-            output_size: sandbox.output_size,
-            log_size: sandbox.log_size,
-            outputs: sandbox.outputs,
-            columns: sandbox.columns,
-            timeout: sandbox.timeout,
-        };
-        let mut store = Store::new(&self.engine, ShardState::new(wasi.build(), limits));
-        store.limiter(|s| s);
-        store.set_hostcall_fuel(hostcall_max);
-        store.data_mut().hostcall_max = hostcall_max;
-        store.data_mut().hostcall_limit = hostcall_limit;
-        let ticks = (sandbox.timeout.as_millis() / TICK.as_millis()).max(1) as u64 + 1;
-        store.set_epoch_deadline(ticks);
-        store.epoch_deadline_trap();
-        Ok((store, pipes))
-    }
-
     /// The functions a plugin offers.
     pub fn describe(&self, plugin: &Plugin) -> Result<Vec<FunctionInfo>> {
         let sandbox = Sandbox::for_describe();
         let failed =
             |f: GuestFailure| anyhow::anyhow!("`describe` of `{}` failed: {f}", plugin.origin);
-        let (mut store, _pipes) = self
-            .new_store(
-                &sandbox,
-                (DESCRIBE_MAX, "the cap on what `describe` returns"),
-            )
-            .map_err(failed)?;
+        let (mut store, _pipes) = new_store(
+            &self.engine,
+            &sandbox,
+            (DESCRIBE_MAX, "the cap on what `describe` returns"),
+        )
+        .map_err(failed)?;
         let called = self.block_on(guarded(sandbox.timeout, async {
             let bindings = instantiate(plugin, &mut store, &sandbox).await?;
             bindings
@@ -473,8 +416,11 @@ impl Runtime {
         args: &str,
         sandbox: &Sandbox,
     ) -> Result<Planning<'r>, GuestFailure> {
-        let (mut store, pipes) =
-            self.new_store(sandbox, (PLAN_MAX, "the cap on what `plan` returns"))?;
+        let (mut store, pipes) = new_store(
+            &self.engine,
+            sandbox,
+            (PLAN_MAX, "the cap on what `plan` returns"),
+        )?;
         let deadline = Instant::now() + sandbox.timeout;
         let called = self.block_on(guarded(sandbox.timeout, async {
             let bindings = instantiate(plugin, &mut store, sandbox).await?;
@@ -520,7 +466,8 @@ impl Runtime {
         let hostcall_max = usize::try_from(hostcall_max)
             .unwrap_or(usize::MAX)
             .min(PLAN_MAX);
-        let (mut store, pipes) = match self.new_store(
+        let (mut store, pipes) = match new_store(
+            &self.engine,
             sandbox,
             (hostcall_max, "`limits.output_size` or `limits.log_size`"),
         ) {
@@ -529,6 +476,16 @@ impl Runtime {
                 return ShardOutput::failed(shard, failure, Vec::new(), started.elapsed());
             }
         };
+        let memory = store.data().memory_counter();
+        store.data_mut().spawner = Some(helper::Spawner {
+            engine: self.engine.clone(),
+            pre: plugin.pre.instance_pre().clone(),
+            sandbox: sandbox.clone(),
+            deadline: started + sandbox.timeout,
+            left: sandbox.threads.saturating_sub(1),
+            memory,
+            started: 0,
+        });
         let wit_shard = host::wit::Shard {
             key: shard
                 .key
@@ -579,6 +536,70 @@ impl Runtime {
             },
         }
     }
+}
+
+/// A fresh store for one call: WASI with the data directory read-only,
+/// captured stdout/stderr, the memory limiter, the epoch deadline and the
+/// cap on bytes the guest may hand the host in one call.
+fn new_store(
+    engine: &Engine,
+    sandbox: &Sandbox,
+    (hostcall_max, hostcall_limit): (usize, &'static str),
+) -> Result<(Store<ShardState>, [MemoryOutputPipe; 2]), GuestFailure> {
+    let pipes = [
+        MemoryOutputPipe::new(sandbox.log_size as usize),
+        MemoryOutputPipe::new(sandbox.log_size as usize),
+    ];
+    let mut wasi = WasiCtx::builder();
+    wasi.stdout(pipes[0].clone()).stderr(pipes[1].clone());
+    let denied = |message: String| GuestFailure {
+        kind: ErrorKind::Denied,
+        message,
+    };
+    match (&sandbox.data_dir, sandbox.reads.first()) {
+        (Some(dir), _) => {
+            for (host, guest) in reads::mounts(dir, &sandbox.reads).map_err(denied)? {
+                wasi.preopened_dir(&host, &guest, FsPerms::ReadOnly)
+                    .map_err(|e| {
+                        denied(format!(
+                            "cannot open the data directory `{}`: {e}",
+                            host.display()
+                        ))
+                    })?;
+            }
+        }
+        (None, Some(read)) => {
+            return Err(denied(format!(
+                "the shard reads `{}`, but the run has no data",
+                crate::text::escape_controls(&crate::text::truncate(read, 200))
+            )));
+        }
+        (None, None) => {}
+    }
+    use rand::SeedableRng;
+    wasi.secure_random(rand::rngs::StdRng::seed_from_u64(sandbox.seed))
+        .insecure_random(rand::rngs::StdRng::seed_from_u64(sandbox.seed ^ 0x5eed))
+        .insecure_random_seed(u128::from(sandbox.seed))
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
+    let limits = HostLimits {
+        memory: sandbox.memory,
+        output_size: sandbox.output_size,
+        log_size: sandbox.log_size,
+        outputs: sandbox.outputs,
+        columns: sandbox.columns,
+        timeout: sandbox.timeout,
+    };
+    let mut store = Store::new(engine, ShardState::new(wasi.build(), limits));
+    store.limiter(|s| s);
+    store.set_hostcall_fuel(hostcall_max);
+    store.data_mut().hostcall_max = hostcall_max;
+    store.data_mut().hostcall_limit = hostcall_limit;
+    let ticks = (sandbox.timeout.as_millis() / TICK.as_millis()).max(1) as u64 + 1;
+    store.set_epoch_deadline(ticks);
+    store.epoch_deadline_trap();
+    Ok((store, pipes))
 }
 
 /// A plan in progress: its guest instance, asked for shards a page at a

@@ -386,6 +386,7 @@ pub fn sandbox(limits: &Limits, data_dir: Option<&Path>, seed: u64) -> Sandbox {
         log_size: limits.log_size,
         outputs: limits.outputs,
         columns: limits.columns,
+        threads: limits.threads,
         data_dir: data_dir.map(Path::to_path_buf),
         reads: Vec::new(),
         seed,

@@ -162,7 +162,18 @@ impl guest_sdk::bindings::Guest for Chaos {
                     ][rng.below(5) as usize];
                     host::log(level, &text(&mut rng));
                 }
-                65..=69 => host::progress(rng.next(), rng.next()),
+                65..=67 => host::progress(rng.next(), rng.next()),
+                // A helper (refused at `limits.threads = 1`), asked odd things, kept
+                // or dropped at random.
+                68..=69 => {
+                    if let Ok(h) = host::start_helper() {
+                        let _ = h.send(text(&mut rng).as_bytes());
+                        if rng.below(2) == 0 {
+                            let _ = h.receive();
+                        }
+                        let _ = h.receive();
+                    }
+                }
                 70..=79 => {
                     let ms = if rng.below(20) == 0 {
                         10_000
@@ -211,6 +222,16 @@ impl guest_sdk::bindings::Guest for Chaos {
         }
         std::hint::black_box(&hog);
         Ok(())
+    }
+}
+
+impl guest_sdk::bindings::exports::engine::plugin::helper::Guest for Chaos {
+    fn serve(request: Vec<u8>) -> Result<Vec<u8>, String> {
+        match request.len() % 3 {
+            0 => Ok(request),
+            1 => Err(String::from_utf8_lossy(&request).into_owned()),
+            _ => panic!("chaos helper panics"),
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! A plugin for tests: `faulty.misbehave` plans `shards` shards; shard `bad`
 //! misbehaves as `how` says, the others compute a row honestly.
 
-use guest_sdk::{Call, Function, Param, Plugin, Result, Row, Shard, Shards, Table, bail};
+use guest_sdk::{Call, Function, Helper, Param, Plugin, Result, Row, Shard, Shards, Table, bail};
 use serde::{Deserialize, Serialize};
 
 struct Faulty;
@@ -32,7 +32,7 @@ impl Plugin for Faulty {
                 Param::new(
                     "how",
                     "string",
-                    "trap | error | spin | alloc | stack | recurse | sleep | slow | rows | cell | log | \
+                    "trap | error | spin | alloc | stack | recurse | sleep | slow | rows | cell | log | helper* | \
                      badrow | probe | emit-csv | emit-prefix | emit-many | emit-empty | huge-error | \
                      escape | error-column | long-column | wide",
                 )
@@ -106,6 +106,35 @@ impl Plugin for Faulty {
             // Made as the engine takes them: never a list in memory.
             "lazy" => Ok(Shards::lazy(shards)),
             _ => shards.collect(),
+        }
+    }
+
+    fn serve(request: &[u8]) -> Result<Vec<u8>> {
+        match request {
+            b"trap" => panic!("helper asked to trap"),
+            b"spin" => loop {
+                std::hint::black_box(());
+            },
+            b"alloc" => {
+                let v = vec![1u8; 40 << 20];
+                std::hint::black_box(&v);
+                Ok(b"allocated".to_vec())
+            }
+            b"helper" => Ok(Helper::start()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+                .into_bytes()),
+            r => match r
+                .strip_prefix(b"square ")
+                .and_then(|n| std::str::from_utf8(n).ok())
+            {
+                Some(n) => {
+                    let n: i64 = n.parse()?;
+                    Ok((n * n).to_string().into_bytes())
+                }
+                None => bail!("unknown request"),
+            },
         }
     }
 
@@ -219,6 +248,47 @@ fn misbehave(how: &str, out: &mut Table) -> Result<()> {
             out.push(row)
         }
         "probe" => out.push(probe_sandbox()),
+        // Helpers (run with `limits.threads = 2`): one that answers, then what a
+        // helper may not do (start its own) and what the shard may not (a second).
+        "helper" => {
+            let h = Helper::start()?;
+            h.send(b"square 7")?;
+            let reply = h.receive()?;
+            if reply != b"49" {
+                bail!("the helper answered {:?}", String::from_utf8_lossy(&reply));
+            }
+            h.send(b"helper")?;
+            let nested = String::from_utf8_lossy(&h.receive()?).into_owned();
+            let second = Helper::start()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            if !nested.contains("not from a helper") || !second.contains("no thread is left") {
+                bail!("helpers started where none may: {nested:?}, {second:?}");
+            }
+            Ok(())
+        }
+        "helper-trap" | "helper-spin" => {
+            let h = Helper::start()?;
+            h.send(how.trim_start_matches("helper-").as_bytes())?;
+            h.receive()?;
+            Ok(())
+        }
+        // 40 MB here and 40 MB in the helper: more than 64M for the two together.
+        "helper-alloc" => {
+            let mine = vec![1u8; 40 << 20];
+            std::hint::black_box(&mine);
+            let h = Helper::start()?;
+            h.send(b"alloc")?;
+            h.receive()?;
+            Ok(())
+        }
+        // The shard ends while its helper spins: the helper must end with it.
+        "helper-abandoned" => {
+            let h = Helper::start()?;
+            h.send(b"spin")?;
+            Ok(())
+        }
         other => bail!("unknown misbehaviour `{other}`"),
     }
 }
