@@ -400,6 +400,11 @@ impl Plugin for DeepEcho {
         let job: Job = shard.get()?;
         out.push(run_job(&job)?)
     }
+
+    /// PARModel's helper: the second part of its training batch (`models::par::serve`).
+    fn serve(request: &[u8]) -> Result<Vec<u8>> {
+        models::par::serve(request)
+    }
 }
 
 #[cfg(feature = "plugin")]

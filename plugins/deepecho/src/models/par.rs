@@ -19,6 +19,9 @@ use crate::data::{Column, Dataset, Kind, Sequence};
 use crate::rng::Rng;
 use guest_sdk::{Result, bail};
 
+mod parts;
+pub use parts::serve;
+
 const HIDDEN: usize = 32;
 /// A floor under σ = softplus(·), only so that log σ stays finite in `f32` (the
 /// reference has none; in standardised units it is never approached in practice).
@@ -235,6 +238,9 @@ impl Layout {
 pub struct Batch {
     pub steps: usize,
     pub batch: usize,
+    /// The whole training batch's size, for the loss's normalisation (`batch`, unless
+    /// this is a part of it).
+    whole: usize,
     /// `[rows × data_in]`: the previous step's values (0 at step 0 and in padding).
     xd: Vec<F>,
     /// Per row: `TOK_START` (step 0), `TOK_BODY` (a data step) or `NO_TOKEN` (padding).
@@ -262,6 +268,12 @@ fn flag_input(flag: u8, data_in: usize) -> Option<usize> {
 
 impl Batch {
     pub fn new(layout: &Layout, seqs: &[Sequence]) -> Batch {
+        Batch::part(layout, seqs, seqs.len())
+    }
+
+    /// The part of a batch of `whole` sequences made of `seqs`: its loss and gradients
+    /// are that part's share of the whole batch's.
+    pub fn part(layout: &Layout, seqs: &[Sequence], whole: usize) -> Batch {
         let batch = seqs.len();
         let steps = seqs.iter().map(|s| s.len).max().unwrap_or(0) + 1;
         let nc = layout.data.len();
@@ -305,6 +317,7 @@ impl Batch {
         Batch {
             steps,
             batch,
+            whole,
             xd,
             flag,
             ctx,
@@ -425,7 +438,10 @@ fn num_terms(num: &[[F; 4]], out: &mut [[F; 5]], scale: F) {
 
 impl Net {
     pub fn new(ds: &Dataset, rng: &mut Rng) -> Net {
-        let layout = Layout::new(ds);
+        Net::with_layout(Layout::new(ds), rng)
+    }
+
+    fn with_layout(layout: Layout, rng: &mut Rng) -> Net {
         // PyTorch's init, U(±1/√fan_in), with the reference's input width as the fan-in:
         // its always-zero input slots (σ, an unused categorical slot, END) take no part
         // in the network's function, so they are not stored here.
@@ -504,7 +520,7 @@ impl Net {
         w.dy.clear();
         w.dy.resize(rows * nout, 0.0);
         let nc = self.layout.data.len();
-        let scale = 1.0 / (b.batch * b.batch * (nc + 1)).max(1) as F;
+        let scale = 1.0 / (b.whole * b.whole * (nc + 1)).max(1) as F;
         // The terms are computed column-wise first (plain loops over gathered values,
         // which LLVM vectorises: exp and ln are branch-free), then summed row by row in
         // the order of the row loop they replace, so the loss is the same bits.
@@ -792,7 +808,11 @@ impl Model for Par {
             bail!("no sequences to fit");
         }
         let mut net = Net::new(ds, rng);
-        let batch = Batch::new(&net.layout, &ds.seqs);
+        // Two parts by sequence (see `parts`): the second maybe in a helper, beside.
+        let (whole, split) = (ds.seqs.len(), ds.seqs.len().div_ceil(2));
+        let batch = Batch::part(&net.layout, &ds.seqs[..split], whole);
+        let mut second =
+            parts::Second::start(&net, Batch::part(&net.layout, &ds.seqs[split..], whole));
         self.min_len = ds.seqs.iter().map(|s| s.len).min().unwrap_or(0);
         self.max_len = ds.seqs.iter().map(|s| s.len).max().unwrap_or(0);
         let mut adam = Adam::new(1e-3);
@@ -802,7 +822,10 @@ impl Model for Par {
             for p in net.params() {
                 p.zero_grad();
             }
+            let weights = parts::weights(&mut net);
+            second.begin(&weights)?;
             let loss = net.loss(&batch, &mut work, true);
+            let loss = loss + second.finish(&weights, &mut net)?;
             if !loss.is_finite() {
                 bail!("the training loss became {loss} at epoch {epoch}");
             }
@@ -994,6 +1017,67 @@ mod tests {
 
     /// The loss's split input projection (data rows by product, flags and context per
     /// row) computes what `Linear → GRU → Linear` computes on the full input rows.
+    #[test]
+    fn two_parts_give_the_whole_batch_and_a_helper_the_same_bits() {
+        let mut rng = Rng::new(5);
+        let ds = toy(&mut rng);
+        let n = ds.seqs.len();
+        let mut net = Net::new(&ds, &mut rng);
+        let mut work = Work::default();
+        for p in net.params() {
+            p.zero_grad();
+        }
+        let whole_loss = net.loss(&Batch::new(&net.layout, &ds.seqs), &mut work, true);
+        let whole_grads = parts::grads(&mut net);
+
+        let split = n.div_ceil(2);
+        let first = Batch::part(&net.layout, &ds.seqs[..split], n);
+        let layout = net.layout.clone();
+        let second = || Batch::part(&layout, &ds.seqs[split..], n);
+        let weights = parts::weights(&mut net);
+        // Natively no helper starts: the second part is computed here.
+        let mut here = parts::Second::start(&net, second());
+        assert!(matches!(here, parts::Second::Here(_)));
+        for p in net.params() {
+            p.zero_grad();
+        }
+        let first_loss = net.loss(&first, &mut work, true);
+        let first_grads = parts::grads(&mut net);
+        here.begin(&weights).unwrap();
+        let loss = first_loss + here.finish(&weights, &mut net).unwrap();
+        let sum_grads = parts::grads(&mut net);
+        assert!(
+            (loss - whole_loss).abs() < 1e-12 * whole_loss.abs(),
+            "{loss} vs {whole_loss}"
+        );
+        for (a, b) in sum_grads.iter().zip(&whole_grads) {
+            assert!((a - b).abs() <= 1e-12 * (1.0 + b.abs()), "{a} vs {b}");
+        }
+
+        // A helper's side, through the wire: the second part's loss and gradients,
+        // bit for bit what the shard's own instance adds to the first part's.
+        assert_eq!(
+            serve(&parts::init_request(&layout, &second())).unwrap(),
+            b""
+        );
+        let reply = serve(&parts::step_request(&weights)).unwrap();
+        let (helper_loss, helper_grads) = parts::read_reply(&reply).unwrap();
+        assert_eq!((first_loss + helper_loss).to_bits(), loss.to_bits());
+        let added: Vec<F> = first_grads
+            .iter()
+            .zip(&helper_grads)
+            .map(|(a, b)| a + b)
+            .collect();
+        assert_eq!(added, sum_grads);
+        let e = serve(&reply[..3]).unwrap_err();
+        assert!(
+            e.message().contains("unknown request") || e.message().contains("truncated"),
+            "{e}"
+        );
+        let e = serve(&parts::step_request(&weights[..5])).unwrap_err();
+        assert!(e.message().contains("fewer than its network has"), "{e}");
+    }
+
     #[test]
     fn split_inputs_give_the_full_network() {
         let mut rng = Rng::new(5);
