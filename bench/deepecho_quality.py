@@ -165,6 +165,7 @@ workers = 1
 [limits]
 memory = "4G"
 timeout = "60m"
+threads = 2
 [output]
 path = "out.csv"
 """
