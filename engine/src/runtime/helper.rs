@@ -19,8 +19,10 @@ use std::time::Instant;
 use wasmtime::component::{InstancePre, TypedFunc};
 use wasmtime::{Engine, UpdateDeadline};
 
-/// The export a helper serves requests with.
-const HELPER_INTERFACE: &str = "engine:plugin/helper@0.3.0";
+/// The export a helper serves requests with: `engine:plugin/helper@<WIT_VERSION>`.
+fn helper_interface() -> String {
+    format!("engine:plugin/helper@{}", crate::WIT_VERSION)
+}
 
 /// What a shard needs to start helpers; in the shard's [`ShardState`] only
 /// (a helper starts none of its own, nor do `describe` and `plan`).
@@ -250,19 +252,20 @@ async fn instantiate(
             format!("no sandbox for a helper: {}", super::root_message(&e))
         }
     })?;
+    let name = helper_interface();
     let missing = || {
         format!(
-            "the plugin does not export `{HELPER_INTERFACE}`: build it with this engine's \
+            "the plugin does not export `{name}`: build it with this engine's \
              guest SDK (world `plugin-with-helper`)"
         )
     };
     let iface = instance
-        .get_export_index(&mut *store, None, HELPER_INTERFACE)
+        .get_export_index(&mut *store, None, &name)
         .ok_or_else(missing)?;
     let func = instance
         .get_export_index(&mut *store, Some(&iface), "serve")
         .ok_or_else(missing)?;
     instance
         .get_typed_func(&mut *store, func)
-        .map_err(|e| format!("the plugin's `{HELPER_INTERFACE}#serve` has another type: {e}"))
+        .map_err(|e| format!("the plugin's `{name}#serve` has another type: {e}"))
 }
