@@ -147,7 +147,13 @@ fn a_killed_orchestrator_resumes_without_rerunning_finished_shards() {
             .and_then(|mut r| r.next())
             .and_then(|e| e.ok())
             .and_then(|e| std::fs::read_dir(e.path().join("parts")).ok())
-            .map_or(0, |r| r.count())
+            // Only finished parts: a worker killed mid-write leaves its
+            // store's staging file (`<shard>.csv#<n>`) beside them.
+            .map_or(0, |r| {
+                r.filter_map(|e| e.ok())
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".csv"))
+                    .count()
+            })
     };
     let started = Instant::now();
     while parts() < 4 {
