@@ -304,11 +304,14 @@ def deepecho():
         folder = WORK / "runs" / f"par-{epochs}"
         folder.mkdir(parents=True, exist_ok=True)
         # Two threads, as PyTorch's default here (2 cores): PAR's second half-batch in a
-        # helper. Also one thread, once: the same result bits, for the per-core figure.
+        # helper. Also one thread: the same result bits, for the per-core figure.
         for threads in (1, 2):
             (folder / f"config-{threads}.toml").write_text(par_config(epochs, threads))
+        # PyTorch's fits take minutes (1 run at 1024 epochs, 2 at 128); the engine's take
+        # seconds, so its figure is a median of RUNS, not one sample of a noisy machine.
         runs = 1 if epochs > 128 or QUICK else 2
-        for side, threads, n in [("engine", 2, runs), ("engine-1thread", 1, 1)]:
+        engine_runs = 1 if QUICK else RUNS
+        for side, threads, n in [("engine", 2, engine_runs), ("engine-1thread", 1, engine_runs)]:
             for _ in range(n):
                 engine_run(folder / f"config-{threads}.toml")
                 with open(folder / "out.csv") as f:
